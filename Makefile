@@ -1,0 +1,29 @@
+# Two front doors: `make run` runs the main job, `make test` runs the tests.
+# Each creates .venv and installs what it needs on first use.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint fixtures clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/lineage-verify fixtures/bundles/valid-delegation-chain.json --log-key fixtures/log.vkey
+
+test: $(STAMP) lint
+	$(VENV)/bin/pytest -q -n 2
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+fixtures: $(STAMP)
+	$(PY) -m fixtures.generate
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -93,9 +93,7 @@ class ProofError(VerificationError):
     trusts and ``computed`` the root the proof leads to (both raw bytes).
     """
 
-    def __init__(
-        self, message: str, expected: bytes | None = None, computed: bytes | None = None
-    ):
+    def __init__(self, message: str, expected: bytes | None = None, computed: bytes | None = None):
         if expected is not None and computed is not None:
             message = f"{message} (expected root {expected.hex()}, computed {computed.hex()})"
         super().__init__(message)

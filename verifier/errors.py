@@ -110,9 +110,20 @@ class AttenuationError(VerificationError):
 
 
 class ChainError(VerificationError):
-    """A chain of authority that does not hold: a broken link, a bad signer, a lapsed window."""
+    """A chain of authority that does not hold: a broken link, a bad signer, a lapsed window.
 
-    def __init__(self, message: str, entry_id: str | None = None, check: str | None = None):
+    ``entry_id`` names the entry, ``check`` the rule it broke (FORMAT.md §8), and
+    ``field`` the widened field when the check is ``attenuation``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        entry_id: str | None = None,
+        check: str | None = None,
+        field: str | None = None,
+    ):
         super().__init__(message)
         self.entry_id = entry_id
         self.check = check
+        self.field = field

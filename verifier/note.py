@@ -240,6 +240,11 @@ class Signer:
     def verifier(self) -> Verifier:
         return self._verifier
 
+    @property
+    def seed(self) -> bytes:
+        """The 32-byte Ed25519 seed. Secret: for key files only."""
+        return self._key.encode()
+
     def sign(self, message: bytes) -> bytes:
         """The 64-byte RFC 8032 signature of message."""
         if not isinstance(message, bytes):

@@ -1,0 +1,356 @@
+"""Canonical resource names and patterns (docs/SCOPE.md §2): tables, round trips, matching."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from verifier.errors import FormatError, ResourceError
+from verifier.resource import (
+    MAX_LENGTH,
+    MAX_SEGMENTS,
+    Resource,
+    matches,
+    parse_resource,
+    pattern_within,
+)
+
+ACCEPTED = [
+    "https://mail.corp:443",
+    "https://mail.corp:443/inbox/msg-17",
+    "https://mail.corp:443/inbox/*",
+    "https://mail.corp:443/*",
+    "http://10.0.0.1:8080/a",
+    "http://255.255.255.255:1/a",
+    "https://a-b.c9.example:65535/x",
+    "coap+tcp://h:5683/x",
+    "mailbox:alice/inbox/msg-17",
+    "mailbox:alice/*",
+    "mailbox:*",
+    "urn:ietf:params:oauth",  # ":" is a segment character
+    "drive:Folder/Report.PDF",  # paths are case-sensitive: upper case is fine there
+    "ns:a%2Ab",  # a literal "*" is written %2A
+    "ns:%25",  # a literal "%"
+    "ns:%C3%A9t%C3%A9",  # UTF-8 is percent-encoded, upper-case hex
+    "ns:~user/!$&'()+,;=:@",
+    "ns:...",  # three dots is an ordinary segment
+    "ns:a.b/.c/d.",
+]
+
+REJECTED = [
+    ("HTTPS://mail.corp:443", "scheme must be lower-case"),
+    ("Mailbox:alice", "namespace must be lower-case"),
+    ("https://Mail.corp:443", "host must be lower-case"),
+    ("https://mail.corp", "port must be explicit"),
+    ("https://mail.corp:", "port must be explicit"),
+    ("https://mail.corp:0443", "leading zero"),
+    ("https://mail.corp:0", "out of range"),
+    ("https://mail.corp:65536", "out of range"),
+    ("https://mail.corp:99999999999", "out of range"),
+    ("https://mail.corp:+443", "not decimal"),
+    ("https://mail.corp:443/.", "dot-segment"),
+    ("https://mail.corp:443/a/..", "dot-segment"),
+    ("ns:./a", "dot-segment"),
+    ("ns:a//b", "empty segment"),
+    ("ns:/a", "empty segment"),
+    ("https://mail.corp:443//a", "empty segment"),
+    ("https://mail.corp:443/", "trailing '/'"),
+    ("ns:a/", "trailing '/'"),
+    ("ns:a%2Fb", "percent-encoded '/'"),
+    ("ns:a%2fb", "lower-case hex"),
+    ("ns:%2a", "lower-case hex"),
+    ("ns:%c3%a9", "lower-case hex"),
+    ("ns:%41", "unreserved character 'A'"),
+    ("ns:%7E", "unreserved character '~'"),
+    ("ns:%2E%2E", "unreserved character '.'"),
+    ("ns:%", "malformed percent-escape"),
+    ("ns:%4", "malformed percent-escape"),
+    ("ns:%GG", "malformed percent-escape"),
+    ("ns:ab*", "partial wildcard"),
+    ("ns:*x", "partial wildcard"),
+    ("ns:a/**", "partial wildcard"),
+    ("ns:a/*/b", "only allowed as the final segment"),
+    ("https://h:1/*/b", "only allowed as the final segment"),
+    ("https://h:1/a?x=1", "query"),
+    ("https://h:1/a#top", "fragment"),
+    ("https://user@h:1/a", "userinfo"),
+    ("https://user:pw@h:1/a", "userinfo"),
+    ("ns:a b", "whitespace"),
+    (" ns:a", "whitespace"),
+    ("ns:a\n", "whitespace"),
+    ("ns:a\tb", "whitespace"),
+    ("ns:caf\u00e9", "non-ASCII"),
+    ("https://b\u00fccher.de:443", "non-ASCII"),
+    ("https://[::1]:443/a", "IPv6"),
+    ("https://01.2.3.4:1", "dotted-quad"),
+    ("https://1.2.3:1", "dotted-quad"),
+    ("https://256.1.1.1:1", "dotted-quad"),
+    ("https://0x7f.1:1", "dotted-quad"),
+    ("https://mail.corp.:443", "DNS name"),
+    ("https://-a.corp:443", "DNS name"),
+    ("https://a_b.corp:443", "DNS name"),
+    ("https://:443", "empty host"),
+    ("ns:", "at least one segment"),
+    ("ns", "expected scheme"),
+    (":a", "expected scheme"),
+    ("1ns:a", "is not [a-z]"),
+    ("ns:a\\b", "not allowed in a segment"),
+    ("ns:a<b", "not allowed in a segment"),
+    ("ns:" + "/".join(["a"] * (MAX_SEGMENTS + 1)), "segments"),
+    ("ns:" + "a" * MAX_LENGTH, "longer than"),
+]
+
+
+@pytest.mark.parametrize("text", ACCEPTED)
+def test_canonical_names_are_accepted_and_round_trip(text: str) -> None:
+    r = parse_resource(text)
+    assert str(r) == text
+    assert parse_resource(str(r)) == r
+    assert Resource(r.prefix, r.segments, r.wildcard) == r
+
+
+@pytest.mark.parametrize(("text", "why"), REJECTED)
+def test_non_canonical_names_are_rejected_saying_why(text: str, why: str) -> None:
+    with pytest.raises(ResourceError) as info:
+        parse_resource(text)
+    assert why in str(info.value)
+    assert isinstance(info.value, FormatError)
+
+
+@pytest.mark.parametrize("value", [None, 17, b"ns:a", ["ns:a"]])
+def test_non_strings_are_a_resource_error(value: object) -> None:
+    with pytest.raises(ResourceError, match="must be a string"):
+        parse_resource(value)  # type: ignore[arg-type]
+
+
+def test_parts_of_the_parsed_value() -> None:
+    assert parse_resource("https://mail.corp:443/inbox/*") == Resource(
+        "https://mail.corp:443", ("inbox",), True
+    )
+    assert parse_resource("mailbox:alice/inbox") == Resource("mailbox", ("alice", "inbox"))
+    assert parse_resource("https://h:1").is_url
+    assert not parse_resource("ns:a").is_url
+
+
+def test_flags_restrict_the_accepted_forms() -> None:
+    with pytest.raises(ResourceError, match="wildcard is not allowed"):
+        parse_resource("ns:a/*", allow_wildcard=False)
+    with pytest.raises(ResourceError, match="wildcard is not allowed"):
+        parse_resource("https://h:1/*", allow_wildcard=False, url_only=True)
+    with pytest.raises(ResourceError, match="expected a URL"):
+        parse_resource("ns:a", url_only=True)
+    assert parse_resource("https://h:1/a", allow_wildcard=False, url_only=True).segments == ("a",)
+
+
+@pytest.mark.parametrize(
+    ("prefix", "segments", "wildcard"),
+    [
+        ("HTTPS://h:1", (), False),
+        ("https://h", (), False),
+        ("ns", (), False),  # a name needs a segment
+        ("ns", ("*",), False),  # the wildcard is a flag, not a segment
+        ("ns", ("a/b",), False),
+        ("ns", ("",), False),
+        ("ns", ("..",), False),
+        ("ns:x", ("a",), False),
+        ("https://h:1", ("a",), 1),
+        ("ns", ["a"], False),
+        ("ns", (1,), False),
+    ],
+)
+def test_the_constructor_refuses_non_canonical_parts(
+    prefix: str, segments: tuple, wildcard: bool
+) -> None:
+    with pytest.raises(ResourceError):
+        Resource(prefix, segments, wildcard)
+
+
+# --- generated canonical names ---
+
+_PCHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()+,;=:@"
+_ESCAPES = [
+    f"%{b:02X}"
+    for b in range(256)
+    if chr(b) not in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~/"
+]
+segments = (
+    st.lists(st.one_of(st.sampled_from(_PCHARS), st.sampled_from(_ESCAPES)), min_size=1, max_size=6)
+    .map("".join)
+    .filter(lambda s: s not in (".", ".."))
+)
+labels = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,8}[a-z0-9])?", fullmatch=True)
+dns_hosts = (
+    st.lists(labels, min_size=1, max_size=4)
+    .map(".".join)
+    .filter(lambda h: not h.split(".")[-1].isdigit() and not h.split(".")[-1].startswith("0x"))
+)
+ipv4_hosts = st.lists(st.integers(0, 255), min_size=4, max_size=4).map(
+    lambda xs: ".".join(map(str, xs))
+)
+schemes = st.from_regex(r"[a-z][a-z0-9+.-]{0,7}", fullmatch=True)
+url_prefixes = st.builds(
+    lambda s, h, p: f"{s}://{h}:{p}",
+    schemes,
+    st.one_of(dns_hosts, ipv4_hosts),
+    st.integers(1, 65535),
+)
+
+
+@st.composite
+def resources(draw: st.DrawFn) -> Resource:
+    prefix = draw(st.one_of(url_prefixes, schemes))
+    wildcard = draw(st.booleans())
+    low = 0 if "://" in prefix or wildcard else 1
+    segs = draw(st.lists(segments, min_size=low, max_size=5))
+    return Resource(prefix, tuple(segs), wildcard)
+
+
+def _text(prefix: str, segs: list[str], wildcard: bool) -> str:
+    parts = [*segs, "*"] if wildcard else segs
+    if "://" in prefix:
+        return prefix + "".join("/" + p for p in parts)
+    return prefix + ":" + "/".join(parts)
+
+
+@settings(max_examples=300)
+@given(resources())
+def test_parse_of_str_is_identity(r: Resource) -> None:
+    assert parse_resource(str(r)) == r
+
+
+@settings(max_examples=300)
+@given(
+    st.one_of(url_prefixes, schemes),
+    st.lists(segments, max_size=5),
+    st.booleans(),
+)
+def test_str_of_parse_is_identity(prefix: str, segs: list[str], wildcard: bool) -> None:
+    if "://" not in prefix and not segs and not wildcard:
+        segs = ["x"]
+    text = _text(prefix, segs, wildcard)
+    r = parse_resource(text)
+    assert str(r) == text
+    assert r.wildcard is wildcard and list(r.segments) == segs
+
+
+@settings(max_examples=300)
+@given(resources(), st.sampled_from(["upper", "slash", "dot", "star"]))
+def test_a_single_corruption_is_rejected(r: Resource, how: str) -> None:
+    text = str(r)
+    if how == "upper":  # scheme or namespace in upper case
+        bad = text[0].upper() + text[1:]
+    elif how == "slash":  # a trailing "/" (an empty final segment)
+        bad = text + "/"
+    elif how == "dot":  # a dot-segment
+        bad = text.rstrip("*").rstrip("/").rstrip(":") + (
+            "/.." if r.is_url or r.segments else ":.."
+        )
+    else:  # a partial wildcard
+        bad = text + "x*" if not r.wildcard else text + "x"
+    with pytest.raises(ResourceError):
+        parse_resource(bad)
+
+
+# --- matching: checked against a naive reference written on the text ---
+
+
+def naive_matches(pattern: str, name: str) -> bool:
+    """docs/SCOPE.md §2.3 read literally on the canonical text."""
+    if not pattern.endswith("*"):
+        return name == pattern
+    base = pattern[:-1]  # keeps the "/" or ":" before the "*"
+    return name.startswith(base) and len(name) > len(base)
+
+
+small_segments = st.sampled_from(["a", "b", "c"])
+small_prefixes = st.sampled_from(["ns", "nt", "https://h:443", "https://h:4430"])
+
+
+@st.composite
+def small_resources(draw: st.DrawFn, wildcard: bool | None = None) -> Resource:
+    prefix = draw(small_prefixes)
+    w = draw(st.booleans()) if wildcard is None else wildcard
+    low = 0 if "://" in prefix or w else 1
+    segs = draw(st.lists(small_segments, min_size=low, max_size=4))
+    return Resource(prefix, tuple(segs), w)
+
+
+@settings(max_examples=500)
+@given(small_resources(), small_resources(wildcard=False))
+def test_matches_agrees_with_the_naive_reference(pattern: Resource, name: Resource) -> None:
+    assert matches(pattern, name) == naive_matches(str(pattern), str(name))
+
+
+@settings(max_examples=300)
+@given(small_resources(), small_resources(), st.lists(small_resources(wildcard=False), max_size=20))
+def test_pattern_within_is_sound(child: Resource, parent: Resource, names: list[Resource]) -> None:
+    if pattern_within(child, parent):
+        for n in [*names, *_names_under(child)]:
+            if matches(child, n):
+                assert matches(parent, n), (str(child), str(parent), str(n))
+
+
+def _names_under(p: Resource) -> list[Resource]:
+    """Names that ``p`` matches or nearly matches, to aim the soundness check."""
+    base = [Resource(p.prefix, p.segments)] if p.segments or p.is_url else []
+    return base + [Resource(p.prefix, (*p.segments, *tail)) for tail in (("a",), ("z", "b"))]
+
+
+def _universe() -> list[Resource]:
+    out = []
+    for prefix in ("ns", "https://h:443"):
+        for n in range(0 if prefix != "ns" else 1, 6):
+            out += [Resource(prefix, segs) for segs in itertools.product("abz", repeat=n)]
+    return out
+
+
+def test_pattern_within_is_exact_on_a_small_universe() -> None:
+    universe = _universe()
+    patterns = [
+        Resource(prefix, segs, w)
+        for prefix in ("ns", "https://h:443")
+        for n in range(4)
+        for segs in itertools.product("ab", repeat=n)
+        for w in (False, True)
+        if w or n or prefix != "ns"
+    ]
+    matched = {p: frozenset(n for n in universe if matches(p, n)) for p in patterns}
+    for child, parent in itertools.product(patterns, repeat=2):
+        assert pattern_within(child, parent) == (matched[child] <= matched[parent]), (
+            str(child),
+            str(parent),
+        )
+
+
+@pytest.mark.parametrize(
+    ("pattern", "name", "expected"),
+    [
+        ("mailbox:alice/*", "mailbox:alice/inbox", True),
+        ("mailbox:alice/*", "mailbox:alice/inbox/msg-17", True),
+        ("mailbox:alice/*", "mailbox:alice", False),  # "*" is one or more segments
+        ("mailbox:alice/*", "mailbox:alicex/inbox", False),  # segment by segment
+        ("mailbox:a/b/*", "mailbox:a/bc/d", False),
+        ("mailbox:*", "mailbox:alice", True),
+        ("mailbox:*", "mailboxes:alice", False),
+        ("https://h:443/*", "https://h:443/a", True),
+        ("https://h:443/*", "https://h:443", False),
+        ("https://h:443/*", "https://h:4430/a", False),
+        ("https://h:443/a", "https://h:443/a", True),
+        ("https://h:443/a", "https://h:443/a/b", False),
+        ("ns:a%2Ab", "ns:a%2Ab", True),
+    ],
+)
+def test_matching_examples(pattern: str, name: str, expected: bool) -> None:
+    assert matches(parse_resource(pattern), parse_resource(name, allow_wildcard=False)) is expected
+
+
+def test_matches_needs_a_name_not_a_pattern() -> None:
+    with pytest.raises(ResourceError, match="needs a name"):
+        matches(parse_resource("ns:*"), parse_resource("ns:a/*"))
+    with pytest.raises(TypeError):
+        matches("ns:*", parse_resource("ns:a"))  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        pattern_within(parse_resource("ns:a"), "ns:*")  # type: ignore[arg-type]

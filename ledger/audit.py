@@ -1,0 +1,288 @@
+"""``lineage verify --db``: a full audit of a ledger file, trusting nothing in it but the key.
+
+1. Leaves: indexes contiguous from 0; every entry parses strictly (FORMAT.md)
+   and its stored id is SHA-256 of its bytes.
+2. Tree: every complete-subtree hash is recomputed from the leaves, level by
+   level, and compared with the stored node; no node is missing or extra.
+3. Checkpoints: every stored checkpoint (and the sidecar copy of the last one
+   published) verifies under the log key and matches the recomputed root at
+   its size; so all of them are consistent with each other and with the data.
+4. Replay: the whole log through ``verifier.chain.Replay``: every signature by
+   a key entitled to make it, every key change by an operator, every chain,
+   attenuation step, revocation, budget and decision.
+
+The first fault found raises ``AuditFailure`` naming what broke. On large
+logs the parsing, hashing and Ed25519 verification run in a process pool (all
+cores); the replay itself is sequential, with signatures already checked.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from verifier.chain import Replay
+from verifier.checkpoint import open_checkpoint
+from verifier.entry import Entry, Leaf, parse_entry
+from verifier.errors import ChainError, FormatError, SignatureError
+from verifier.keys import PublicKey
+from verifier.kinds import Access, Delegation, Genesis, Grant, KeyChange
+from verifier.merkle import leaf_hash, node_hash, tree_root
+from verifier.note import Verifier
+
+from .errors import LedgerError
+from .ledger import sidecar_path
+
+__all__ = ["AuditFailure", "AuditReport", "audit"]
+
+PARALLEL_FROM = 4096  # leaves; below this a process pool costs more than it saves
+CHUNK = 2048
+
+Progress = Callable[[str, int, int], None]
+
+
+class AuditFailure(LedgerError):
+    """The ledger failed its audit; ``what`` names the check, ``index`` the leaf if any."""
+
+    def __init__(self, what: str, message: str, index: int | None = None):
+        super().__init__(f"{what}: {message}")
+        self.what = what
+        self.index = index
+
+
+@dataclass(frozen=True)
+class AuditReport:
+    size: int
+    root: bytes
+    checkpoints: int
+    credentials: int
+    accesses: int
+
+
+def _connect(db: Path) -> sqlite3.Connection:
+    if not db.exists():
+        raise AuditFailure("database", f"{db} does not exist")
+    return sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+
+
+# -- pass 1 (parallel): parse, hash, introduce keys -----------------------------------------
+
+
+def _introduced(entry: Entry) -> list[PublicKey]:
+    body = entry.body
+    if isinstance(body, Genesis):
+        return [k.key for k in body.keys]
+    if isinstance(body, KeyChange | Grant | Delegation):
+        return [body.key if isinstance(body, KeyChange) else body.holder]
+    return []
+
+
+def _scan(rows: Sequence[tuple[int, str, int, bytes]]) -> tuple[list[bytes], dict, list]:
+    """Parse a chunk of leaves: their leaf hashes, the keys they introduce, faults."""
+    hashes, keys, faults = [], {}, []
+    for index, entry_id, time, raw in rows:
+        try:
+            entry = parse_entry(raw)
+            leaf = Leaf.build(entry, time)
+        except FormatError as exc:
+            faults.append((index, f"index {index}: entry does not parse: {exc}"))
+            hashes.append(leaf_hash(raw))
+            continue
+        if entry.id != entry_id:
+            faults.append(
+                (
+                    index,
+                    f"index {index}: stored id {entry_id[:16]} is not the entry's {entry.id[:16]}",
+                )
+            )
+        hashes.append(leaf.hash)
+        for key in _introduced(entry):
+            keys[key.kid] = key.raw
+    return hashes, keys, faults
+
+
+# -- pass 2 (parallel): verify signatures against the known keys ----------------------------
+
+
+def _verify(args: tuple[Sequence[tuple[int, int, bytes]], dict[str, bytes]]) -> set:
+    rows, keys = args
+    ok = set()
+    for _index, _time, raw in rows:
+        try:
+            entry = parse_entry(raw)
+        except FormatError:
+            continue
+        for sig in entry.sigs:
+            key = keys.get(sig.kid)
+            if key is not None and entry.signed_by(PublicKey(key)):
+                ok.add((entry.id, sig.kid))
+        if isinstance(entry.body, Access):
+            inv = entry.body.invocation
+            key = keys.get(inv.sig.kid)
+            if key is not None:
+                try:
+                    inv.verify(PublicKey(key))
+                    ok.add((entry.id, "inv:" + inv.sig.kid))
+                except SignatureError:
+                    pass
+    return ok
+
+
+def _chunks(conn: sqlite3.Connection, size: int, columns: str) -> Iterable[list[tuple]]:
+    for start in range(0, size, CHUNK):
+        yield conn.execute(
+            f"SELECT {columns} FROM leaves WHERE idx >= ? AND idx < ? ORDER BY idx",
+            (start, start + CHUNK),
+        ).fetchall()
+
+
+class _Levels:
+    """The recomputed tree, level by level, as a HashReader."""
+
+    def __init__(self, leaves: list[bytes]):
+        self.levels = [leaves]
+        while len(self.levels[-1]) > 1:
+            below = self.levels[-1]
+            self.levels.append(
+                [node_hash(below[i], below[i + 1]) for i in range(0, len(below) - 1, 2)]
+            )
+
+    def read_nodes(self, coords):
+        return [self.levels[level][idx] for level, idx in coords]
+
+
+def audit(
+    db: str | Path,
+    log_key: Verifier,
+    *,
+    progress: Progress | None = None,
+    workers: int | None = None,
+) -> AuditReport:
+    db = Path(db)
+    tick = progress or (lambda stage, done, total: None)
+    conn = _connect(db)
+    try:
+        return _audit(conn, db, log_key, tick, workers)
+    except sqlite3.DatabaseError as exc:
+        raise AuditFailure("database", f"{db}: {exc}") from None
+    finally:
+        conn.close()
+
+
+def _audit(conn, db: Path, log_key: Verifier, tick: Progress, workers: int | None) -> AuditReport:
+    size = conn.execute("SELECT COUNT(*), IFNULL(MAX(idx) + 1, 0) FROM leaves").fetchone()
+    if size[0] != size[1]:
+        raise AuditFailure(
+            "leaves", f"{size[0]} leaves but indexes run to {size[1] - 1}: a leaf is missing"
+        )
+    size = size[0]
+    for key, expected in (("origin", log_key.name), ("log_key", log_key.vkey)):
+        row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        if row is None or row[0] != expected:
+            raise AuditFailure(
+                "meta", f"the ledger records {key} {row and row[0]!r}, not the trusted {expected!r}"
+            )
+    if size == 0:
+        raise AuditFailure("leaves", "the log is empty (no genesis entry)")
+    parallel = size >= PARALLEL_FROM and (workers or os.cpu_count() or 1) > 1
+    pool = ProcessPoolExecutor(workers or os.cpu_count()) if parallel else None
+    try:
+        # 1. leaves
+        hashes: list[bytes] = []
+        keys: dict[str, bytes] = {log_key_kid(log_key): log_key.public_key}
+        chunks = _chunks(conn, size, "idx, entry_id, time, entry")
+        results = pool.map(_scan, chunks) if pool else map(_scan, chunks)
+        for h, k, faults in results:
+            if faults:
+                index, message = faults[0]
+                raise AuditFailure("entry", message, index)
+            hashes.extend(h)
+            keys.update(k)
+            tick("leaves", len(hashes), size)
+        # 2. tree
+        tree = _Levels(hashes)
+        for level, expected in enumerate(tree.levels):
+            stored = conn.execute(
+                "SELECT idx, hash FROM nodes WHERE level = ? ORDER BY idx", (level,)
+            ).fetchall()
+            if len(stored) != len(expected):
+                raise AuditFailure(
+                    "tree",
+                    f"level {level} has {len(stored)} stored nodes, expected {len(expected)}",
+                )
+            for position, ((idx, digest), want) in enumerate(zip(stored, expected, strict=True)):
+                if idx != position:
+                    raise AuditFailure(
+                        "tree",
+                        f"level {level} has no node {position} (found node {idx} in its place)",
+                    )
+                if digest != want:
+                    raise AuditFailure(
+                        "tree",
+                        f"stored node ({level}, {idx}) is {digest.hex()}, recomputed {want.hex()}",
+                        idx if level == 0 else None,
+                    )
+            tick("tree", level + 1, len(tree.levels))
+        extra = conn.execute(
+            "SELECT COUNT(*) FROM nodes WHERE level >= ?", (len(tree.levels),)
+        ).fetchone()[0]
+        if extra:
+            raise AuditFailure("tree", f"{extra} stored nodes above the top of the tree")
+        # 3. checkpoints
+        count = 0
+        notes = [
+            (s, r, n, f"checkpoint of size {s}")
+            for s, r, n in conn.execute("SELECT size, root, note FROM checkpoints ORDER BY size")
+        ]
+        side = sidecar_path(db)
+        if side.exists():
+            notes.append((None, None, side.read_bytes(), f"sidecar {side.name}"))
+        for stored_size, stored_root, note, what in notes:
+            try:
+                cp = open_checkpoint(note, log_key, log_key.name).checkpoint
+            except (FormatError, SignatureError) as exc:
+                raise AuditFailure("checkpoint", f"{what} does not verify: {exc}") from None
+            if stored_size is not None and (cp.size != stored_size or cp.root_hash != stored_root):
+                raise AuditFailure("checkpoint", f"{what}: stored size/root differ from its note")
+            if cp.size > size:
+                raise AuditFailure(
+                    "checkpoint",
+                    f"{what} covers {cp.size} leaves; the database "
+                    f"holds {size}: it was rolled back",
+                )
+            root = tree_root(cp.size, tree)
+            if cp.root_hash != root:
+                raise AuditFailure(
+                    "checkpoint",
+                    f"{what} has root {cp.root_hash.hex()}, the leaves give {root.hex()}",
+                )
+            count += 1
+        # 4. replay, with signatures checked in parallel first
+        verified: set = set()
+        jobs = ((rows, keys) for rows in _chunks(conn, size, "idx, time, entry"))
+        for ok in pool.map(_verify, jobs) if pool else map(_verify, jobs):
+            verified |= ok
+        replay = Replay(log_key, verified)
+        done = 0
+        for rows in _chunks(conn, size, "idx, time, entry"):
+            for index, time, raw in rows:
+                try:
+                    replay.apply(index, Leaf(parse_entry(raw), time))
+                except ChainError as exc:
+                    raise AuditFailure("replay", f"index {index}: {exc}", index) from None
+            done += len(rows)
+            tick("replay", done, size)
+        return AuditReport(
+            size, tree_root(size, tree), count, len(replay.credentials), len(replay.accesses)
+        )
+    finally:
+        if pool is not None:
+            pool.shutdown()
+
+
+def log_key_kid(log_key: Verifier) -> str:
+    return PublicKey(log_key.public_key).kid

@@ -1,0 +1,336 @@
+"""``lineage`` commands for principals and credentials, export and the demo.
+
+    lineage keygen FILE                                   an agent or principal key file
+    lineage principal add NAME [--public-key K | --key-file F] [--role R ...]
+    lineage grant --principal NAME --holder K --task ID --scope JSON [--ttl S] ...
+    lineage delegate --parent ID --key F --holder K --task ID --scope JSON ...
+    lineage revoke [ID | --holder K] (--key F | --operator) [--reason R]
+    lineage export [--format bundle|jsonl|csv|dot] [--principal P] [--since T] [--until T]
+    lineage demo [--db PATH]
+
+Scopes are JSON (inline, or ``@file``). Times are Unix seconds or ISO 8601.
+Signing happens here, with the signing party's own key file; the ledger only
+checks and appends.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from verifier.entry import sign_entry
+from verifier.errors import FormatError, LineageError
+from verifier.keys import PublicKey, SigningKey
+
+from .cli_common import DbOption, KeysOption, app, fail, open_for_reading
+from .config import load_settings
+from .demo import run_demo
+from .errors import ConfigError
+from .export import credential_bundle, principal_bundle, rows_csv, rows_dot, rows_jsonl
+from .issuance import bind_principal, delegation_body, grant_body, revocation_body
+from .keys import keys_dir, read_seed_file, seed_file_text, write_secret
+from .ledger import DEFAULT_DB, open_ledger
+from .query import Filter
+
+__all__: list[str] = []
+
+principal_app = typer.Typer(no_args_is_help=True, help="Principals: humans and their keys.")
+app.add_typer(principal_app, name="principal")
+
+
+def _time(value: str | None) -> int | None:
+    if value is None:
+        return None
+    if value.isdigit():
+        return int(value)
+    try:
+        return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp())
+    except ValueError:
+        raise fail(f"{value!r} is neither Unix seconds nor an ISO 8601 time", 2) from None
+
+
+def _json(value: str) -> Any:
+    text = Path(value[1:]).read_text() if value.startswith("@") else value
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise fail(f"not JSON: {exc}", 2) from None
+
+
+def _holder(holder: str | None, holder_key: Path | None) -> PublicKey:
+    if (holder is None) == (holder_key is None):
+        raise fail("give exactly one of --holder KEY and --holder-key FILE", 2)
+    try:
+        return PublicKey.from_b64(holder) if holder else read_seed_file(holder_key).public
+    except (FormatError, ConfigError) as exc:
+        raise fail(f"holder: {exc}", 2) from None
+
+
+def _principal_key_file(keys: Path | None, name: str) -> Path:
+    return keys_dir(keys) / "principals" / f"{name}.key"
+
+
+@app.command()
+def keygen(path: Path) -> None:
+    """Create an Ed25519 key file (owner-only) and print its public key."""
+    try:
+        key = SigningKey.generate()
+        write_secret(path, seed_file_text(key))
+    except LineageError as exc:
+        raise fail(str(exc)) from None
+    typer.echo(key.public.b64)
+
+
+@principal_app.command("add")
+def principal_add(
+    name: str,
+    db: DbOption = Path(DEFAULT_DB),
+    keys: KeysOption = None,
+    public_key: Annotated[
+        str | None, typer.Option(help="a key the principal already holds")
+    ] = None,
+    key_file: Annotated[
+        Path | None, typer.Option(help="where to create the principal's key")
+    ] = None,
+    role: Annotated[list[str] | None, typer.Option(help="organisational role (repeatable)")] = None,
+) -> None:
+    """Bind NAME to a key in a public `key` entry signed by the operator."""
+    try:
+        log = open_ledger(db, keys)
+        if public_key is not None:
+            key = PublicKey.from_b64(public_key)
+            where = "(key held by the principal)"
+        else:
+            path = key_file or _principal_key_file(keys, name)
+            signing = SigningKey.generate()
+            write_secret(path, seed_file_text(signing))
+            key, where = signing.public, f"key file {path} (owner-only)"
+        result = log.append(bind_principal(log.origin, log.keys.operator, name, key, role or ()))
+        log.close()
+    except LineageError as exc:
+        raise fail(str(exc)) from None
+    typer.echo(f"bound {name} to {key.b64} at index {result.index}; {where}")
+
+
+def _credential(
+    task: str,
+    description: str,
+    scope: str,
+    ttl: int | None,
+    expires_at: str | None,
+    max_uses: int | None,
+    max_depth: int,
+    max_children: int | None,
+    rate: str | None,
+    agent: str | None,
+    not_before: str | None,
+    now: int,
+    ttl_default: int,
+) -> dict[str, Any]:
+    if rate is not None:
+        count, _, window = rate.partition("/")
+        if not (count.isdigit() and window.isdigit()):
+            raise fail("--rate is COUNT/WINDOW_SECONDS, e.g. 10/60", 2)
+        rate_obj = {"count": int(count), "window": int(window)}
+    else:
+        rate_obj = None
+    expiry = _time(expires_at) if expires_at else now + (ttl or ttl_default)
+    return {
+        "task": {"id": task, "description": description},
+        "scope": _json(scope),
+        "expires_at": expiry,
+        "max_uses": max_uses,
+        "max_depth": max_depth,
+        "max_children": max_children,
+        "rate": rate_obj,
+        "agent": agent,
+        "not_before": _time(not_before),
+    }
+
+
+Task = Annotated[str, typer.Option(help="task id, e.g. inbox-triage")]
+Scope = Annotated[str, typer.Option(help="authorisation details, JSON or @file")]
+Ttl = Annotated[int | None, typer.Option(min=1, help="lifetime in seconds (default 900)")]
+
+
+@app.command()
+def grant(
+    principal: Annotated[str, typer.Option(help="the granting principal's name")],
+    task: Task,
+    scope: Scope,
+    holder: Annotated[str | None, typer.Option(help="the agent's public key")] = None,
+    holder_key: Annotated[Path | None, typer.Option(help="the agent's key file")] = None,
+    principal_key: Annotated[Path | None, typer.Option(help="principal key file")] = None,
+    description: str = "",
+    ttl: Ttl = None,
+    expires_at: str | None = None,
+    not_before: str | None = None,
+    max_uses: Annotated[int | None, typer.Option(min=1)] = None,
+    max_depth: Annotated[int, typer.Option(min=0)] = 1,
+    max_children: Annotated[int | None, typer.Option(min=0)] = None,
+    rate: Annotated[str | None, typer.Option(help="COUNT/WINDOW, e.g. 10/60")] = None,
+    agent: str | None = None,
+    db: DbOption = Path(DEFAULT_DB),
+    keys: KeysOption = None,
+) -> None:
+    """Sign a grant with the principal's key and append it; prints the credential handle."""
+    try:
+        settings = load_settings()
+        signer = read_seed_file(principal_key or _principal_key_file(keys, principal))
+        log = open_ledger(db, keys, settings=settings)
+        fields = _credential(
+            task,
+            description,
+            scope,
+            ttl,
+            expires_at,
+            max_uses,
+            max_depth,
+            max_children,
+            rate,
+            agent,
+            not_before,
+            int(log.clock()),
+            settings.ttl_default,
+        )
+        entry = sign_entry(
+            grant_body(log.origin, principal, _holder(holder, holder_key), **fields), [signer]
+        )
+        result = log.append(entry)
+        log.close()
+    except LineageError as exc:
+        raise fail(str(exc)) from None
+    typer.echo(result.id)
+
+
+@app.command()
+def delegate(
+    parent: Annotated[str, typer.Option(help="the parent credential's handle")],
+    key: Annotated[Path, typer.Option(help="the parent holder's key file (signs)")],
+    task: Task,
+    scope: Scope,
+    holder: Annotated[str | None, typer.Option(help="the sub-agent's public key")] = None,
+    holder_key: Annotated[Path | None, typer.Option(help="the sub-agent's key file")] = None,
+    description: str = "",
+    ttl: Ttl = None,
+    expires_at: str | None = None,
+    not_before: str | None = None,
+    max_uses: Annotated[int | None, typer.Option(min=1)] = None,
+    max_depth: Annotated[int, typer.Option(min=0)] = 0,
+    max_children: Annotated[int | None, typer.Option(min=0)] = None,
+    rate: Annotated[str | None, typer.Option(help="COUNT/WINDOW, e.g. 10/60")] = None,
+    agent: str | None = None,
+    db: DbOption = Path(DEFAULT_DB),
+    keys: KeysOption = None,
+) -> None:
+    """Sign a narrower credential with the parent holder's key; refused if it widens."""
+    try:
+        settings = load_settings()
+        signer = read_seed_file(key)
+        log = open_ledger(db, keys, settings=settings)
+        fields = _credential(
+            task,
+            description,
+            scope,
+            ttl,
+            expires_at,
+            max_uses,
+            max_depth,
+            max_children,
+            rate,
+            agent,
+            not_before,
+            int(log.clock()),
+            settings.ttl_default,
+        )
+        parent_rec = log.state().credentials.get(parent)
+        if parent_rec is not None and ttl is None and expires_at is None:
+            # by default a child lives as long as it may: never past its parent
+            fields["expires_at"] = min(
+                fields["expires_at"], parent_rec.credential.limits.expires_at
+            )
+        entry = sign_entry(
+            delegation_body(log.origin, parent, _holder(holder, holder_key), **fields), [signer]
+        )
+        result = log.append(entry)
+        log.close()
+    except LineageError as exc:
+        field = getattr(exc, "field", None)
+        raise fail(f"{exc}" + (f" [field: {field}]" if field else "")) from None
+    typer.echo(result.id)
+
+
+@app.command()
+def revoke(
+    credential: Annotated[str | None, typer.Argument(help="credential to revoke")] = None,
+    holder: Annotated[str | None, typer.Option(help="revoke every credential of this key")] = None,
+    key: Annotated[Path | None, typer.Option(help="signer's key file")] = None,
+    operator: Annotated[bool, typer.Option(help="sign with the operator key")] = False,
+    reason: str = "",
+    db: DbOption = Path(DEFAULT_DB),
+    keys: KeysOption = None,
+) -> None:
+    """Revoke a credential and its subtree, or every credential bound to a key."""
+    if (credential is None) == (holder is None) or (key is None) == (not operator):
+        raise fail("give a CREDENTIAL or --holder, and --key FILE or --operator", 2)
+    try:
+        log = open_ledger(db, keys)
+        signer = log.keys.operator if operator else read_seed_file(key)
+        body = revocation_body(
+            log.origin,
+            credential=credential,
+            holder=PublicKey.from_b64(holder) if holder else None,
+            reason=reason,
+        )
+        result = log.append(sign_entry(body, [signer]))
+        log.close()
+    except LineageError as exc:
+        raise fail(str(exc)) from None
+    typer.echo(f"revoked at index {result.index}: {result.id}")
+
+
+@app.command()
+def export(
+    format: Annotated[str, typer.Option(help="bundle, jsonl, csv or dot")] = "bundle",
+    principal: str | None = None,
+    credential: Annotated[str | None, typer.Option(help="one credential's evidence")] = None,
+    since: Annotated[str | None, typer.Option(help="from this time (Unix or ISO 8601)")] = None,
+    until: Annotated[str | None, typer.Option(help="before this time")] = None,
+    db: DbOption = Path(DEFAULT_DB),
+    keys: KeysOption = None,
+) -> None:
+    """Export evidence to standard output (everything, when unfiltered)."""
+    if format not in ("bundle", "jsonl", "csv", "dot"):
+        raise fail(f"unknown format {format!r}", 2)
+    try:
+        log = open_for_reading(db, keys)
+        start, end = _time(since), _time(until)
+        if format == "bundle":
+            doc = (
+                credential_bundle(log, credential)
+                if credential
+                else principal_bundle(log, principal, start, end)
+            )
+            sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+            return
+        f = Filter(principal=principal, since=start, until=end)
+        rows = {"jsonl": rows_jsonl, "csv": rows_csv, "dot": rows_dot}[format](log, f)
+        for chunk in rows:
+            sys.stdout.write(chunk)
+    except LineageError as exc:
+        raise fail(str(exc)) from None
+
+
+@app.command()
+def demo(db: DbOption = Path(DEFAULT_DB), keys: KeysOption = None) -> None:
+    """Tell the whole story on a fresh ledger (refuses one that already holds entries)."""
+    try:
+        run_demo(db, keys, typer.echo, load_settings())
+    except LineageError as exc:
+        raise fail(str(exc)) from None
+    typer.echo(f"Now `lineage serve --db {db}` serves this ledger.")

@@ -1,0 +1,84 @@
+"""Settings: the defaults an operator gets, overridable by a TOML file and the environment.
+
+Precedence: built-in defaults < ``lineage.toml`` (or ``--config``/``$LINEAGE_CONFIG``)
+< ``LINEAGE_<NAME>`` environment variables (``LINEAGE_TTL_MAX=1800``).
+
+    ttl_default = 900            # a credential's lifetime when none is asked for (s)
+    ttl_max = 3600               # the longest lifetime any credential may have (s)
+    single_use_ttl_max = 60      # the longest lifetime of a max_uses: 1 credential (s)
+    max_depth = 8                # the deepest delegation chain
+    invocation_window = 60       # how far an invocation's iat may be from the log's clock (s)
+    checkpoint_interval = 1.0    # seconds between checkpoints when there are new leaves
+    host = "127.0.0.1"
+    port = 8000
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+from .errors import ConfigError
+
+__all__ = ["Settings", "load_settings"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    ttl_default: int = 900
+    ttl_max: int = 3600
+    single_use_ttl_max: int = 60
+    max_depth: int = 8
+    invocation_window: int = 60
+    checkpoint_interval: float = 1.0
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            floor = 0 if f.name == "max_depth" else 1e-9
+            if f.type in ("int", "float") and (isinstance(value, bool) or value < floor):
+                raise ConfigError(f"{f.name} must be a positive number, not {value!r}")
+        if self.ttl_default > self.ttl_max:
+            raise ConfigError("ttl_default may not exceed ttl_max")
+        if self.single_use_ttl_max > self.ttl_max:
+            raise ConfigError("single_use_ttl_max may not exceed ttl_max")
+
+
+def _coerce(name: str, kind: str, value: object) -> object:
+    try:
+        if kind == "int":
+            if isinstance(value, bool):
+                raise ValueError
+            return int(value)  # type: ignore[arg-type]
+        if kind == "float":
+            return float(value)  # type: ignore[arg-type]
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"setting {name}: {value!r} is not a valid {kind}") from None
+
+
+def load_settings(path: str | Path | None = None, env: dict[str, str] | None = None) -> Settings:
+    env = os.environ if env is None else env
+    values: dict[str, object] = {}
+    path = path or env.get("LINEAGE_CONFIG")
+    if path is None and Path("lineage.toml").exists():
+        path = "lineage.toml"
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"config file {path}: {exc}") from None
+        values.update(data.get("lineage", data))
+    kinds = {f.name: f.type for f in fields(Settings)}
+    for name in kinds:
+        key = "LINEAGE_" + name.upper()
+        if key in env:
+            values[name] = env[key]
+    unknown = sorted(set(values) - set(kinds))
+    if unknown:
+        raise ConfigError(f"unknown setting {unknown[0]!r}")
+    return replace(Settings(), **{k: _coerce(k, kinds[k], v) for k, v in values.items()})

@@ -1,0 +1,149 @@
+"""The decision point: is this invocation allowed, now, under its whole chain?
+
+``decide`` runs inside the log's writer, in the write transaction, on the log's
+replayed state (so every earlier use, from any process sharing the database,
+is counted), and appends the decision as an ``access`` entry signed by the
+ledger's decision key. In order:
+
+1. The invocation must be a valid proof of possession: its credential exists,
+   the credential's holder signed it, its ``iat`` is within
+   ``invocation_window`` of the log's time, and its nonce was never used with
+   that credential. Otherwise ``InvalidInvocation`` is raised: counted, not
+   logged (no one proved they hold the credential).
+2. Every credential from the grant down must be in its time window and
+   unrevoked, permit the request (with the attributes the enforcement point
+   asserts), and have use and rate budget left (subtree totals).
+3. The current policy must agree.
+
+Anything failing step 2 or 3 is a logged ``deny`` with the reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from verifier.chain import Replay
+from verifier.entry import Entry, sign_entry
+from verifier.errors import FormatError, SignatureError
+from verifier.invocation import SignedInvocation, effective_request, parse_signed_invocation
+from verifier.jcs import canonical
+
+from .errors import LedgerError, RejectedEntry
+from .log import Log
+from .policy import parse_policy
+
+__all__ = ["Decision", "InvalidInvocation", "decide"]
+
+MAX_CONTEXT = 8192
+
+
+class InvalidInvocation(LedgerError):
+    """Not a valid proof of possession: counted in metrics, not logged."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason  # unknown-credential, signature, stale, replayed
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    reason: str
+    check: str | None  # the rule that denied (FORMAT.md §8 names, or "policy")
+    policy: int
+    id: str
+    index: int
+    entry: Entry
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "decision": "allow" if self.allowed else "deny",
+            "reason": self.reason,
+            "policy": self.policy,
+            "id": self.id,
+            "index": self.index,
+        }
+
+
+def decide(
+    log: Log,
+    invocation: SignedInvocation | Mapping[str, Any],
+    context: Mapping[str, Any],
+    enforcement: str,
+    *,
+    window: int = 60,
+    upstream_status: int | None = None,
+) -> Decision:
+    if log.keys is None:
+        raise LedgerError("deciding needs the ledger's decision key")
+    if not isinstance(invocation, SignedInvocation):
+        invocation = parse_signed_invocation(invocation)
+    if not isinstance(context, Mapping) or len(canonical(dict(context))) > MAX_CONTEXT:
+        raise RejectedEntry(
+            f"context must be an object of at most {MAX_CONTEXT} bytes", "format", "context"
+        )
+    try:
+        request = effective_request(invocation, context)
+    except FormatError as exc:
+        raise RejectedEntry(f"context: {exc}", "format", "context") from None
+    outcome: dict[str, Any] = {}
+
+    def build(state: Replay, index: int, time: int) -> Entry:
+        inv = invocation
+        rec = state.credentials.get(inv.credential)
+        if rec is None:
+            raise InvalidInvocation(f"no credential {inv.credential[:16]}", "unknown-credential")
+        try:
+            inv.verify(rec.holder)
+        except SignatureError as exc:
+            raise InvalidInvocation(str(exc), "signature") from None
+        if abs(time - inv.iat) > window:
+            raise InvalidInvocation(f"iat {inv.iat} is not within {window} s of {time}", "stale")
+        if (inv.credential, inv.nonce) in state.invocations:
+            raise InvalidInvocation("the invocation nonce was used before", "replayed")
+        check, reason = None, "permitted by every credential in the chain"
+        fault = state.access_fault(rec, request, inv.nonce, index, time)
+        if fault is not None:
+            check, reason = fault
+        elif state.policy is not None:
+            policy = parse_policy(state.policy.document)
+            denial = policy.asserting_fault(enforcement, context) or policy.fault(
+                state, rec, request, index, time
+            )
+            if denial is not None:
+                check, reason = "policy", denial
+        body: dict[str, Any] = {
+            "kind": "access",
+            "v": 1,
+            "log": log.origin,
+            "invocation": dict(inv.obj),
+            "context": dict(context),
+            "enforcement": enforcement,
+            "decision": "allow" if check is None else "deny",
+            "reason": reason if check is None else f"{check}: {reason}"[:512],
+            "policy": state.policy_version,
+        }
+        if upstream_status is not None:
+            body["upstream_status"] = upstream_status
+        outcome.update(check=check, reason=body["reason"], policy=state.policy_version)
+        return sign_entry(body, [log.keys.decision])
+
+    try:
+        appended = log.build(build)
+    except InvalidInvocation:
+        log.counters["invalid_invocations"] = log.counters.get("invalid_invocations", 0) + 1
+        raise
+    allowed = outcome["check"] is None
+    key = "decisions_allow" if allowed else "decisions_deny"
+    log.counters[key] = log.counters.get(key, 0) + 1
+    return Decision(
+        allowed,
+        outcome["reason"],
+        outcome["check"],
+        outcome["policy"],
+        appended.id,
+        appended.index,
+        appended.entry,
+    )

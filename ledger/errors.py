@@ -1,0 +1,55 @@
+"""The ledger's exceptions, under the verifier's root ``LineageError``.
+
+    LineageError
+    └── LedgerError                 every error the ledger raises of its own
+        ├── RejectedEntry           an entry the log will not append (bad input or authority)
+        ├── NotFound                no such entry, index or checkpoint
+        ├── StorageError            the database is unusable, tampered with, or from the future
+        │   └── RollbackError       the database is behind a checkpoint the log published
+        └── ConfigError             missing or unsafe keys and settings
+
+Format and verification errors from ``verifier`` pass through unchanged: an
+entry that does not parse raises ``verifier.errors.FormatError``.
+"""
+
+from __future__ import annotations
+
+from verifier.errors import LineageError
+
+__all__ = [
+    "ConfigError",
+    "LedgerError",
+    "NotFound",
+    "RejectedEntry",
+    "RollbackError",
+    "StorageError",
+]
+
+
+class LedgerError(LineageError):
+    """Base of the ledger's own errors."""
+
+
+class RejectedEntry(LedgerError):
+    """An entry refused at append: ``check`` names the rule, ``field`` the field if any."""
+
+    def __init__(self, message: str, check: str = "rejected", field: str | None = None):
+        super().__init__(message)
+        self.check = check
+        self.field = field
+
+
+class NotFound(LedgerError):
+    """No such entry, leaf index or checkpoint."""
+
+
+class StorageError(LedgerError):
+    """The database cannot be used: corrupt, tampered with, or not a Lineage ledger."""
+
+
+class RollbackError(StorageError):
+    """The database holds fewer leaves than a checkpoint the log already published."""
+
+
+class ConfigError(LedgerError):
+    """Keys or settings that are missing, malformed or unsafe."""

@@ -1,0 +1,163 @@
+"""Export: evidence bundles (FORMAT.md §9), JSON lines, CSV and Graphviz.
+
+A bundle proves its entries against one checkpoint: the latest published one
+covering them (a fresh one is signed when the log has grown past it and the
+ledger holds its key). ``since`` adds a consistency proof from an older size.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+from verifier.bundle import encode_hashes
+from verifier.checkpoint import open_checkpoint
+
+from .errors import NotFound
+from .log import Log
+from .query import Filter, entries, related
+
+__all__ = ["bundle", "credential_bundle", "principal_bundle", "rows_csv", "rows_dot", "rows_jsonl"]
+
+
+def _checkpoint(log: Log) -> tuple[bytes, int]:
+    note = log.latest_checkpoint()
+    if log.signer is not None and (note is None or _size(log, note) < log.size):
+        note = log.checkpoint()
+    if note is None:
+        raise NotFound("the log has published no checkpoint")
+    return note, _size(log, note)
+
+
+def _size(log: Log, note: bytes) -> int:
+    return open_checkpoint(note, log.log_key, log.origin).checkpoint.size
+
+
+def bundle(log: Log, indexes: Sequence[int], since: int | None = None) -> dict[str, Any]:
+    """A bundle of the leaves at ``indexes`` (0 is always included) against a checkpoint."""
+    note, size = _checkpoint(log)
+    wanted = sorted({0, *indexes})
+    if wanted[-1] >= size:
+        raise NotFound(f"leaf {wanted[-1]} is not yet covered by a checkpoint")
+    out: dict[str, Any] = {
+        "origin": log.origin,
+        "log_key": log.log_key.vkey,
+        "checkpoint": note.decode(),
+        "entries": [
+            {
+                "index": i,
+                "leaf": log.leaf(i).to_json(),
+                "inclusion": encode_hashes(log.inclusion_proof(i, size)),
+            }
+            for i in wanted
+        ],
+    }
+    if since is not None and 0 < since < size:
+        out["consistency"] = {
+            "from_size": since,
+            "proof": encode_hashes(log.consistency_proof(since, size)),
+        }
+    return out
+
+
+def credential_bundle(log: Log, credential: str, since: int | None = None) -> dict[str, Any]:
+    """Everything that proves ``credential``: its lineage, subtree, revocations, accesses."""
+    return bundle(log, related(log, [credential]), since)
+
+
+def principal_bundle(
+    log: Log,
+    principal: str | None,
+    start: int | None = None,
+    end: int | None = None,
+    since: int | None = None,
+) -> dict[str, Any]:
+    """Every grant ``principal`` made in [start, end) (integrated time), and what came of it.
+
+    With no principal: every credential in the window.
+    """
+    state = log.state()
+    grants = [
+        rec.id
+        for rec in state.credentials.values()
+        if rec.parent is None
+        and (principal is None or rec.principal == principal)
+        and (start is None or rec.time >= start)
+        and (end is None or rec.time < end)
+    ]
+    return bundle(log, related(log, grants), since)
+
+
+def _row(index: int, leaf: Any) -> dict[str, Any]:
+    return {
+        "index": index,
+        "id": leaf.entry.id,
+        "time": leaf.time,
+        "kind": leaf.entry.kind,
+        "leaf_hash": leaf.hash.hex(),
+        "entry": leaf.entry.obj,
+    }
+
+
+def rows_jsonl(log: Log, f: Filter) -> Iterator[str]:
+    for index, leaf in entries(log, f):
+        yield json.dumps(_row(index, leaf), sort_keys=True) + "\n"
+
+
+def rows_csv(log: Log, f: Filter) -> Iterator[str]:
+    columns = ["index", "time", "kind", "id", "principal", "holder", "task", "detail"]
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(columns)
+    yield _drain(buf)
+    state = log.state()
+    for index, leaf in entries(log, f):
+        obj = leaf.entry.obj
+        rec = state.credentials.get(leaf.entry.id) or state.credentials.get(
+            obj.get("invocation", {}).get("credential", "")
+        )
+        detail = obj.get("decision", "") + (" " + obj.get("reason", "") if "reason" in obj else "")
+        writer.writerow(
+            [
+                index,
+                leaf.time,
+                leaf.entry.kind,
+                leaf.entry.id,
+                rec.principal if rec else obj.get("principal", ""),
+                rec.holder.kid if rec else "",
+                rec.credential.limits.task.id if rec else "",
+                detail.strip(),
+            ]
+        )
+        yield _drain(buf)
+
+
+def _drain(buf: io.StringIO) -> str:
+    text = buf.getvalue()
+    buf.seek(0)
+    buf.truncate()
+    return text
+
+
+def rows_dot(log: Log, f: Filter) -> Iterable[str]:
+    """The delegation graph, human first, in Graphviz dot."""
+    state = log.state()
+    yield "digraph lineage {\n  rankdir=LR;\n"
+    seen_principals = set()
+    for index, leaf in entries(log, f):
+        rec = state.credentials.get(leaf.entry.id)
+        if rec is None:
+            continue
+        label = leaf.entry.obj.get("agent") or rec.holder.kid[:8]
+        yield f'  "{rec.id[:12]}" [label="{label}\\n{rec.credential.limits.task.id}\\n#{index}"];\n'
+        if rec.parent is None:
+            if rec.principal not in seen_principals:
+                seen_principals.add(rec.principal)
+                yield f'  "{rec.principal}" [shape=box];\n'
+            yield f'  "{rec.principal}" -> "{rec.id[:12]}" [label="grant"];\n'
+        else:
+            yield f'  "{rec.parent.id[:12]}" -> "{rec.id[:12]}" [label="delegates"];\n'
+    yield "}\n"

@@ -1,0 +1,114 @@
+"""The operator's key files: the log key, an operator key and a decision key.
+
+    lineage-keys/            mode 0700
+        log.key              C2SP/Go note signer key: PRIVATE+KEY+<origin>+<id>+<base64>
+        operator.key         "lineage-ed25519-seed:" base64url(seed)
+        decision.key         "lineage-ed25519-seed:" base64url(seed)
+
+Every file is written owner-only (0600) by creating it with that mode, never
+by tightening it afterwards; loading refuses files that group or others can
+read. The directory is ``--keys``, else ``$LINEAGE_KEYS``, else
+``./lineage-keys``. No seed is ever printed or logged: the classes holding
+them show only key ids.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from verifier.errors import FormatError
+from verifier.keys import SigningKey, b64u_decode, b64u_encode
+from verifier.note import Signer, format_skey, parse_skey
+
+from .errors import ConfigError
+
+__all__ = ["DEFAULT_KEYS_DIR", "KeyRing", "keys_dir", "read_seed_file", "write_secret"]
+
+DEFAULT_KEYS_DIR = "lineage-keys"
+SEED_PREFIX = "lineage-ed25519-seed:"
+
+
+def keys_dir(explicit: str | Path | None = None) -> Path:
+    return Path(explicit or os.environ.get("LINEAGE_KEYS") or DEFAULT_KEYS_DIR)
+
+
+def write_secret(path: Path, text: str) -> None:
+    """Create ``path`` owner-only (0600) and write ``text``; never overwrite a key."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise ConfigError(f"{path} already exists; refusing to overwrite a key") from None
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _read_secret(path: Path) -> str:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise ConfigError(f"key file {path} not found (run `lineage init`)") from None
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(
+            f"key file {path} is readable by group or others (mode {stat.S_IMODE(st.st_mode):o});"
+            f" run: chmod 600 {path}"
+        )
+    return path.read_text().strip()
+
+
+def read_seed_file(path: Path) -> SigningKey:
+    text = _read_secret(path)
+    if not text.startswith(SEED_PREFIX):
+        raise ConfigError(f"{path} is not a Lineage key file")
+    try:
+        return SigningKey(b64u_decode(text[len(SEED_PREFIX) :], length=32, what="seed"))
+    except FormatError:
+        raise ConfigError(f"{path} holds a malformed key") from None
+
+
+def seed_file_text(key: SigningKey) -> str:
+    return SEED_PREFIX + b64u_encode(key.seed) + "\n"
+
+
+@dataclass(frozen=True)
+class KeyRing:
+    """The keys a ledger runs with. ``log`` signs checkpoints and the genesis entry."""
+
+    log: Signer
+    operator: SigningKey
+    decision: SigningKey
+
+    @property
+    def log_entry_key(self) -> SigningKey:
+        """The log key as an entry signer (for the genesis entry)."""
+        return SigningKey(self.log.seed)
+
+    @classmethod
+    def create(cls, directory: Path, origin: str) -> KeyRing:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(directory, 0o700)
+        ring = cls(Signer.generate(origin), SigningKey.generate(), SigningKey.generate())
+        write_secret(directory / "log.key", format_skey(ring.log) + "\n")
+        write_secret(directory / "operator.key", seed_file_text(ring.operator))
+        write_secret(directory / "decision.key", seed_file_text(ring.decision))
+        return ring
+
+    @classmethod
+    def load(cls, directory: Path) -> KeyRing:
+        try:
+            log = parse_skey(_read_secret(directory / "log.key"))
+        except FormatError:
+            raise ConfigError(f"{directory / 'log.key'} holds a malformed key") from None
+        return cls(
+            log,
+            read_seed_file(directory / "operator.key"),
+            read_seed_file(directory / "decision.key"),
+        )
+
+    def __repr__(self) -> str:
+        return f"KeyRing(log={self.log.verifier.vkey!r}, operator={self.operator.kid!r})"

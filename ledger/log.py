@@ -1,0 +1,420 @@
+"""The log: durable, idempotent, group-committed appends; proofs; checkpoints.
+
+One ``Log`` sequences the writes of a ledger. ``append`` hands the entry to a
+single writer thread and waits; the writer takes every append that is queued,
+validates each against the replayed state of the log (the same
+``verifier.chain.Replay`` an auditor runs), and writes the batch as one
+transaction, one fsync. Nothing is acknowledged before its transaction
+commits. An entry already in the log returns its original index.
+
+Opening a log checks that the stored checkpoints verify under the log key and
+that the database is not behind the last checkpoint the log published (kept in
+a sidecar file beside the database too, so that an older copy of the file put
+back is caught): a log is never silently forked.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time as _time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+
+from verifier.chain import Replay
+from verifier.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
+from verifier.entry import Entry, Leaf, parse_entry
+from verifier.errors import ChainError, FormatError, LineageError, SignatureError
+from verifier.merkle import (
+    Coord,
+    consistency_proof,
+    inclusion_proof,
+    nodes_completed_by_append,
+    tree_root,
+    verify_consistency,
+)
+from verifier.note import Signer, Verifier
+
+from .errors import NotFound, RejectedEntry, RollbackError, StorageError
+from .store import Store, StoredLeaf
+
+__all__ = ["MAX_BATCH", "Appended", "Log"]
+
+MAX_BATCH = 512
+
+# Called inside the write transaction with (entry, replayed state, index, time) before the
+# entry is applied; raises RejectedEntry to refuse it.
+Admit = Callable[[Entry, Replay, int, int], None]
+# Builds an entry inside the write transaction from the state at (index, time): how a
+# decision sees every earlier use of a credential, whichever process appended it.
+Builder = Callable[[Replay, int, int], Entry]
+
+
+@dataclass(frozen=True)
+class Appended:
+    id: str
+    index: int
+    existing: bool = False  # True when the entry was already in the log
+    entry: Entry | None = None  # the entry, when the writer built it (``Log.build``)
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "index": self.index}
+
+
+class _Overlay:
+    """Nodes of the batch being written, over the stored ones (a HashReader)."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self.pending: dict[Coord, bytes] = {}
+
+    def read_nodes(self, coords: Sequence[Coord]) -> list[bytes]:
+        missing = [c for c in coords if c not in self.pending]
+        stored = dict(zip(missing, self.store.read_nodes(missing), strict=True))
+        return [self.pending.get(c) or stored[c] for c in coords]
+
+
+class Log:
+    """A transparency log over a ``Store``: appends, reads, proofs and checkpoints."""
+
+    def __init__(
+        self,
+        store: Store,
+        log_key: Verifier,
+        *,
+        signer: Signer | None = None,
+        sidecar: Path | None = None,
+        clock: Callable[[], float] = _time.time,
+        keys: object | None = None,
+        admit: Admit | None = None,
+    ):
+        if signer is not None and signer.verifier != log_key:
+            raise StorageError("the signer is not the log key")
+        self.store = store
+        self.log_key = log_key
+        self.origin = log_key.name
+        self.signer = signer
+        self.keys = keys  # the ledger's KeyRing, when opened with its keys
+        self.admit = admit  # the operator's rules on top of the format's (ceilings, policy)
+        self.counters: dict[str, int] = {}  # appends, decisions, invalid invocations
+        self.sidecar = sidecar
+        self.clock = clock
+        self._state: Replay | None = None
+        self._state_lock = threading.Lock()
+        self._checkpoint_lock = threading.Lock()
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._writer_lock = threading.Lock()
+        self._ticker: threading.Thread | None = None
+        self._closed = threading.Event()
+        self._check_open()
+
+    # -- opening ---------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        for key, expected in (("origin", self.origin), ("log_key", self.log_key.vkey)):
+            stored = self.store.get_meta(key)
+            if stored is not None and stored != expected:
+                raise StorageError(f"this ledger's {key} is {stored!r}, not {expected!r}")
+        size = self.store.size()
+        latest = self.store.latest_checkpoint()
+        if latest is not None:
+            self._check_published(latest[1], size, "the latest stored checkpoint")
+        if self.sidecar is not None and self.sidecar.exists():
+            self._check_published(self.sidecar.read_bytes(), size, f"{self.sidecar}")
+
+    def _check_published(self, note: bytes, size: int, what: str) -> None:
+        try:
+            cp = open_checkpoint(note, self.log_key, self.origin).checkpoint
+        except (FormatError, SignatureError) as exc:
+            raise StorageError(f"{what} does not verify under the log key: {exc}") from None
+        if cp.size > size:
+            raise RollbackError(
+                f"the database holds {size} leaves but {what} published {cp.size}: "
+                "it was rolled back; refusing to fork the log"
+            )
+        if cp.size and tree_root(cp.size, self.store) != cp.root_hash:
+            raise StorageError(f"the stored tree disagrees with {what} at size {cp.size}")
+
+    # -- reads -----------------------------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        return self.store.size()
+
+    def root(self, size: int | None = None) -> bytes:
+        return tree_root(self.size if size is None else size, self.store)
+
+    def leaf(self, index: int) -> Leaf:
+        return self._leaf(self.store.leaf(index))
+
+    @staticmethod
+    def _leaf(stored: StoredLeaf) -> Leaf:
+        try:
+            return Leaf(parse_entry(stored.entry), stored.time)
+        except FormatError as exc:
+            raise StorageError(f"the entry at index {stored.index} is corrupt: {exc}") from None
+
+    def leaves(self, start: int = 0, end: int | None = None) -> Iterator[tuple[int, Leaf]]:
+        end = self.size if end is None else end
+        for stored in self.store.leaves(start, end):
+            yield stored.index, self._leaf(stored)
+
+    def find(self, entry_id: str) -> int:
+        index = self.store.find(entry_id)
+        if index is None:
+            raise NotFound(f"no entry {entry_id}")
+        return index
+
+    def _check_size(self, tree_size: int) -> None:
+        if not 0 < tree_size <= self.size:
+            raise NotFound(f"tree size {tree_size} is not between 1 and {self.size}")
+
+    def inclusion_proof(self, index: int, tree_size: int) -> list[bytes]:
+        self._check_size(tree_size)
+        if not 0 <= index < tree_size:
+            raise NotFound(f"leaf index {index} is not below tree size {tree_size}")
+        return inclusion_proof(index, tree_size, self.store)
+
+    def consistency_proof(self, first: int, second: int) -> list[bytes]:
+        self._check_size(second)
+        if not 0 < first <= second:
+            raise NotFound(f"first size {first} is not between 1 and {second}")
+        return consistency_proof(first, second, self.store)
+
+    # -- appends ---------------------------------------------------------------------------
+
+    def append(self, entry: Entry | bytes, timeout: float | None = 30.0) -> Appended:
+        """Append ``entry`` durably; returns its id and index (the original one if present)."""
+        if isinstance(entry, bytes | bytearray):
+            entry = parse_entry(bytes(entry))
+        if entry.body.log != self.origin:
+            raise RejectedEntry(
+                f"entry is for log {entry.body.log!r}, not {self.origin!r}", "origin", "log"
+            )
+        existing = self.store.find(entry.id)
+        if existing is not None:
+            return Appended(entry.id, existing, existing=True)
+        future: Future[Appended] = Future()
+        self._submit(entry, future)
+        return future.result(timeout)
+
+    def _submit(self, work: Entry | Builder, future: Future) -> None:
+        """Queue work for the writer; refused at once if the log is closed."""
+        with self._writer_lock:
+            if self._closed.is_set():
+                raise StorageError("the log is closed")
+            if self._writer is None:
+                self._writer = threading.Thread(
+                    target=self._run, name="lineage-writer", daemon=True
+                )
+                self._writer.start()
+            self._queue.put((work, future))
+
+    def append_many(
+        self, entries: Sequence[Entry], timeout: float | None = 300.0
+    ) -> list[Appended | Exception]:
+        """Queue many appends at once (they share transactions); results in order.
+
+        Each result is the ``Appended`` or the exception that entry raised.
+        """
+        futures: list[Future | Appended | Exception] = []
+        for entry in entries:
+            if entry.body.log != self.origin:
+                futures.append(RejectedEntry(f"entry is for log {entry.body.log!r}", "origin"))
+                continue
+            future: Future[Appended] = Future()
+            self._submit(entry, future)
+            futures.append(future)
+        out: list[Appended | Exception] = []
+        for f in futures:
+            if isinstance(f, Future):
+                exc = f.exception(timeout)
+                out.append(exc if exc is not None else f.result())
+            else:
+                out.append(f)
+        return out
+
+    def build(self, builder: Builder, timeout: float | None = 30.0) -> Appended:
+        """Run ``builder`` in the writer, on the current state, and append what it returns.
+
+        Exceptions from the builder (a refused invocation, say) reach the caller and
+        nothing is appended.
+        """
+        future: Future[Appended] = Future()
+        self._submit(builder, future)
+        return future.result(timeout)
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            batch = [item]
+            while len(batch) < MAX_BATCH:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._queue.put(None)
+                    break
+                batch.append(nxt)
+            self._commit(batch)
+
+    def state(self) -> Replay:
+        """The replayed state of the log, built on first use (O(n) once)."""
+        if self._state is None:
+            state = Replay(self.log_key)
+            try:
+                state.apply_all(self.leaves())
+            except ChainError as exc:
+                raise StorageError(f"the stored log does not replay: {exc}") from None
+            self._state = state
+        return self._state
+
+    def _commit(self, batch: list[tuple[Entry | Builder, Future]]) -> None:
+        with self._state_lock:
+            try:
+                with self.store.transaction():
+                    done = self._commit_locked(batch)
+            except BaseException as exc:  # nothing was written; the futures must never hang
+                self._state = None
+                err = (
+                    exc if isinstance(exc, StorageError) else StorageError(f"append failed: {exc}")
+                )
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(err)
+                return
+        appended = sum(1 for _, r in done if not r.existing)
+        self.counters["appends"] = self.counters.get("appends", 0) + appended
+        for future, result in done:  # acknowledged only once durable
+            future.set_result(result)
+
+    def _catch_up(self, size: int) -> Replay:
+        """The replayed state, brought up to ``size`` (leaves other processes appended)."""
+        state = self.state()
+        if state.size < size:
+            state.apply_all(self.leaves(state.size, size))
+        return state
+
+    def _commit_locked(
+        self, batch: list[tuple[Entry | Builder, Future]]
+    ) -> list[tuple[Future, Appended]]:
+        """Inside the write transaction: validate, sequence and write one batch."""
+        size = self.store.size()
+        state = self._catch_up(size)
+        last_time = self.store.leaf(size - 1).time if size else 0
+        overlay = _Overlay(self.store)
+        rows: list[StoredLeaf] = []
+        nodes: list[tuple[Coord, bytes]] = []
+        done: list[tuple[Future, Appended]] = []
+        seen: dict[str, int] = {}
+        for work, future in batch:
+            now = max(int(self.clock()), last_time)
+            if isinstance(work, Entry):
+                entry = work
+            else:
+                try:
+                    entry = work(state, size, now)
+                except LineageError as exc:
+                    future.set_exception(exc)
+                    continue
+            index = seen.get(entry.id)
+            if index is None:
+                index = self.store.find(entry.id)
+            if index is not None:
+                done.append((future, Appended(entry.id, index, existing=True)))
+                continue
+            try:
+                leaf = Leaf.build(entry, now)
+                if self.admit is not None:
+                    self.admit(entry, state, size, now)
+                state.apply(size, leaf)
+            except ChainError as exc:
+                future.set_exception(RejectedEntry(str(exc), exc.check or "chain", exc.field))
+                continue
+            except FormatError as exc:
+                future.set_exception(RejectedEntry(str(exc), "format"))
+                continue
+            except RejectedEntry as exc:
+                future.set_exception(exc)
+                continue
+            new = nodes_completed_by_append(size, leaf.hash, overlay)
+            overlay.pending.update(new)
+            nodes.extend(new)
+            rows.append(StoredLeaf(size, entry.id, entry.kind, leaf.time, entry.raw))
+            seen[entry.id] = size
+            done.append((future, Appended(entry.id, size, entry=entry)))
+            last_time = leaf.time
+            size += 1
+        if rows:
+            self.store.append(rows, nodes)  # durable when the transaction commits
+        return done
+
+    # -- checkpoints -----------------------------------------------------------------------
+
+    def latest_checkpoint(self) -> bytes | None:
+        latest = self.store.latest_checkpoint()
+        return latest[1] if latest else None
+
+    def checkpoint(self) -> bytes:
+        """Sign and publish a checkpoint of the current size (or return the latest if current)."""
+        if self.signer is None:
+            raise StorageError("this log was opened without its signing key")
+        with self._checkpoint_lock:
+            size = self.store.size()
+            latest = self.store.latest_checkpoint()
+            if latest is not None and latest[0] == size:
+                return latest[1]
+            root = tree_root(size, self.store)
+            if latest is not None and latest[0] > 0:
+                old = open_checkpoint(latest[1], self.log_key, self.origin).checkpoint
+                proof = consistency_proof(old.size, size, self.store)
+                verify_consistency(old.size, size, old.root_hash, root, proof)
+            note = sign_checkpoint(Checkpoint(self.origin, size, root), self.signer)
+            self.store.add_checkpoint(size, root, note, int(self.clock()))
+            if self.sidecar is not None:
+                _write_atomic(self.sidecar, note)
+            return note
+
+    def start_checkpointing(self, interval: float = 1.0) -> None:
+        """Publish a checkpoint every ``interval`` seconds when there are new leaves."""
+
+        def tick() -> None:
+            while not self._closed.wait(interval):
+                latest = self.store.latest_checkpoint()
+                if latest is None or latest[0] < self.store.size():
+                    self.checkpoint()
+
+        self._ticker = threading.Thread(target=tick, name="lineage-checkpoints", daemon=True)
+        self._ticker.start()
+
+    def close(self) -> None:
+        """Finish what is queued, stop the writer and ticker, release the database."""
+        with self._writer_lock:
+            self._closed.set()  # from here on _submit refuses; nothing more is queued
+            if self._writer is not None:
+                self._queue.put(None)
+                self._writer.join()
+                self._writer = None
+        if self._ticker is not None:
+            self._ticker.join()
+            self._ticker = None
+        close = getattr(self.store, "close", None)
+        if close is not None:
+            close()
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

@@ -1,0 +1,331 @@
+"""Storage: the log's leaves, tree nodes and checkpoints, behind a small interface.
+
+``Store`` is what the log needs from a database; ``SQLiteStore`` is the
+default (one file, WAL). The proof code never sees SQL: it asks for node
+hashes through ``read_nodes`` (``verifier.merkle.HashReader``).
+
+Append-only is enforced by the database itself: triggers abort any UPDATE or
+DELETE on leaves, nodes, checkpoints and meta, and any leaf inserted out of
+index order. Schema changes are numbered migrations recorded in
+``PRAGMA user_version``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from verifier.merkle import Coord
+
+from .errors import NotFound, StorageError
+
+__all__ = ["SCHEMA_VERSION", "SQLiteStore", "Store", "StoredLeaf"]
+
+
+@dataclass(frozen=True)
+class StoredLeaf:
+    index: int
+    entry_id: str
+    kind: str
+    time: int
+    entry: bytes  # the entry's canonical bytes
+
+
+class Store(Protocol):
+    """What the log asks of a database. Writes happen only through ``append``."""
+
+    def size(self) -> int: ...
+    def read_nodes(self, coords: Sequence[Coord]) -> list[bytes]: ...
+    def leaf(self, index: int) -> StoredLeaf: ...
+    def leaves(self, start: int, end: int) -> Iterator[StoredLeaf]: ...
+    def find(self, entry_id: str) -> int | None: ...
+    def append(
+        self, leaves: Sequence[StoredLeaf], nodes: Sequence[tuple[Coord, bytes]]
+    ) -> None: ...
+    def transaction(self) -> AbstractContextManager[None]: ...
+    def add_checkpoint(self, size: int, root: bytes, note: bytes, created: int) -> None: ...
+    def latest_checkpoint(self) -> tuple[int, bytes] | None: ...
+    def checkpoints(self) -> Iterator[tuple[int, bytes, bytes]]: ...
+    def get_meta(self, key: str) -> str | None: ...
+    def set_meta(self, key: str, value: str) -> None: ...
+
+
+def _append_only(table: str, key: str) -> str:
+    """Refuse UPDATE, DELETE, and an INSERT that would replace a row (``INSERT OR
+    REPLACE`` deletes the old row without firing DELETE triggers)."""
+    match = " AND ".join(f"{c} = NEW.{c}" for c in key.split(","))
+    return f"""
+    CREATE TRIGGER {table}_no_update BEFORE UPDATE ON {table}
+        BEGIN SELECT RAISE(ABORT, 'lineage: {table} is append-only'); END;
+    CREATE TRIGGER {table}_no_delete BEFORE DELETE ON {table}
+        BEGIN SELECT RAISE(ABORT, 'lineage: {table} is append-only'); END;
+    CREATE TRIGGER {table}_no_replace BEFORE INSERT ON {table}
+        WHEN EXISTS (SELECT 1 FROM {table} WHERE {match})
+        BEGIN SELECT RAISE(ABORT, 'lineage: {table} is append-only'); END;
+    """
+
+
+MIGRATIONS: list[str] = [
+    # 1: the log
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+    CREATE TABLE leaves (
+        idx      INTEGER PRIMARY KEY,
+        entry_id TEXT    NOT NULL UNIQUE,
+        kind     TEXT    NOT NULL,
+        time     INTEGER NOT NULL,
+        entry    BLOB    NOT NULL
+    );
+    CREATE TABLE nodes (
+        level INTEGER NOT NULL,
+        idx   INTEGER NOT NULL,
+        hash  BLOB    NOT NULL CHECK (length(hash) = 32),
+        PRIMARY KEY (level, idx)
+    ) WITHOUT ROWID;
+    CREATE TABLE checkpoints (
+        size    INTEGER PRIMARY KEY,
+        root    BLOB    NOT NULL CHECK (length(root) = 32),
+        note    BLOB    NOT NULL,
+        created INTEGER NOT NULL
+    );
+    CREATE TRIGGER leaves_contiguous BEFORE INSERT ON leaves
+        WHEN NEW.idx IS NOT (SELECT IFNULL(MAX(idx) + 1, 0) FROM leaves)
+        BEGIN SELECT RAISE(ABORT, 'lineage: leaves are appended in index order'); END;
+    """
+    + _append_only("meta", "key")
+    + _append_only("leaves", "idx")
+    + """
+    CREATE TRIGGER leaves_no_replace_id BEFORE INSERT ON leaves
+        WHEN EXISTS (SELECT 1 FROM leaves WHERE entry_id = NEW.entry_id)
+        BEGIN SELECT RAISE(ABORT, 'lineage: leaves is append-only'); END;
+    """
+    + _append_only("nodes", "level,idx")
+    + _append_only("checkpoints", "size"),
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class SQLiteStore:
+    """The default store: a SQLite file in WAL mode, each append one durable transaction."""
+
+    def __init__(self, path: str | Path, *, create: bool = False):
+        self.path = Path(path)
+        if not create and not self.path.exists():
+            raise StorageError(f"no ledger at {self.path} (run `lineage init`)")
+        self._local = threading.local()
+        self._write_lock = threading.Lock()
+        self._conns: list[sqlite3.Connection] = []
+        self._conns_lock = threading.Lock()
+        self._idle = threading.Condition()
+        self._active = 0
+        self._closed = False
+        self._migrate()
+
+    # -- connections ---------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA busy_timeout = 10000")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")  # an acknowledged append survives power loss
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot open {self.path}: {exc}") from None
+        return conn
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._connect()
+            with self._conns_lock:
+                self._conns.append(conn)
+        return conn
+
+    @contextmanager
+    def _using(self) -> Iterator[sqlite3.Connection]:
+        """This thread's connection, counted so that ``close`` waits for it."""
+        with self._idle:
+            if self._closed:
+                raise StorageError(f"{self.path} is closed")
+            self._active += 1
+        try:
+            yield self.conn
+        finally:
+            with self._idle:
+                self._active -= 1
+                self._idle.notify_all()
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Refuse new work, wait for work in flight, then close every connection opened
+        in any thread (which checkpoints the WAL into the database file)."""
+        with self._idle:
+            self._closed = True
+            self._idle.wait_for(lambda: self._active == 0, timeout)
+            with self._conns_lock:
+                conns, self._conns = self._conns, []
+            for conn in conns:
+                conn.close()
+            self._local = threading.local()
+
+    def _migrate(self) -> None:
+        conn = self.conn
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StorageError(
+                    f"{self.path} has schema version {version}; this Lineage knows "
+                    f"{SCHEMA_VERSION}: upgrade Lineage"
+                )
+            for number in range(version, SCHEMA_VERSION):
+                with self._write_lock:
+                    try:
+                        conn.executescript(
+                            f"BEGIN IMMEDIATE; {MIGRATIONS[number]}; "
+                            f"PRAGMA user_version = {number + 1}; COMMIT;"
+                        )
+                    except sqlite3.Error:
+                        if conn.in_transaction:
+                            conn.execute("ROLLBACK")
+                        raise
+        except sqlite3.DatabaseError as exc:
+            raise StorageError(f"{self.path} is not a usable Lineage ledger: {exc}") from None
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def _query(self, sql: str, params: Sequence = ()) -> list[tuple]:
+        with self._using() as conn:
+            try:
+                return conn.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise StorageError(f"reading {self.path}: {exc}") from None
+
+    def size(self) -> int:
+        return self._query("SELECT IFNULL(MAX(idx) + 1, 0) FROM leaves")[0][0]
+
+    def read_nodes(self, coords: Sequence[Coord]) -> list[bytes]:
+        """The stored hashes at ``coords`` (level, index), in order, in one query."""
+        if not coords:
+            return []
+        found: dict[Coord, bytes] = {}
+        for chunk in range(0, len(coords), 400):
+            part = coords[chunk : chunk + 400]
+            where = " OR ".join("(level = ? AND idx = ?)" for _ in part)
+            params = [x for c in part for x in c]
+            for level, idx, digest in self._query(
+                f"SELECT level, idx, hash FROM nodes WHERE {where}", params
+            ):
+                found[(level, idx)] = digest
+        try:
+            return [found[c] for c in coords]
+        except KeyError as exc:
+            raise StorageError(f"tree node {exc.args[0]} is missing from {self.path}") from None
+
+    def leaf(self, index: int) -> StoredLeaf:
+        rows = self._query(
+            "SELECT idx, entry_id, kind, time, entry FROM leaves WHERE idx = ?", (index,)
+        )
+        if not rows:
+            raise NotFound(f"no leaf at index {index}")
+        return StoredLeaf(*rows[0])
+
+    def leaves(self, start: int, end: int) -> Iterator[StoredLeaf]:
+        """Leaves with start <= index < end, in index order, streamed in pages."""
+        while start < end:
+            rows = self._query(
+                "SELECT idx, entry_id, kind, time, entry FROM leaves "
+                "WHERE idx >= ? AND idx < ? ORDER BY idx LIMIT 1000",
+                (start, end),
+            )
+            if not rows:
+                return
+            for row in rows:
+                yield StoredLeaf(*row)
+            start = rows[-1][0] + 1
+
+    def find(self, entry_id: str) -> int | None:
+        rows = self._query("SELECT idx FROM leaves WHERE entry_id = ?", (entry_id,))
+        return rows[0][0] if rows else None
+
+    def latest_checkpoint(self) -> tuple[int, bytes] | None:
+        rows = self._query("SELECT size, note FROM checkpoints ORDER BY size DESC LIMIT 1")
+        return (rows[0][0], rows[0][1]) if rows else None
+
+    def checkpoints(self) -> Iterator[tuple[int, bytes, bytes]]:
+        yield from self._query("SELECT size, root, note FROM checkpoints ORDER BY size")
+
+    def get_meta(self, key: str) -> str | None:
+        rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
+        return rows[0][0] if rows else None
+
+    # -- writes ----------------------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One write transaction (BEGIN IMMEDIATE: the database's single writer lock).
+
+        Reads inside it see the latest committed state, so a process that appends
+        after reading within one transaction cannot race another process.
+        """
+        with self._write_lock, self._using() as conn:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise StorageError(f"locking {self.path}: {exc}") from None
+            try:
+                yield
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+    def _write(self, statements: Sequence[tuple[str, Sequence]]) -> None:
+        """Run ``statements`` in the current transaction, or in one of their own."""
+        with self._using() as conn:
+            if not conn.in_transaction:
+                with self.transaction():
+                    self._write(statements)
+                return
+            try:
+                for sql, params in statements:
+                    if not params:
+                        continue
+                    if isinstance(params[0], tuple | list):
+                        conn.executemany(sql, params)
+                    else:
+                        conn.execute(sql, params)
+            except sqlite3.Error as exc:
+                raise StorageError(f"writing {self.path}: {exc}") from None
+
+    def append(self, leaves: Sequence[StoredLeaf], nodes: Sequence[tuple[Coord, bytes]]) -> None:
+        self._write(
+            [
+                (
+                    "INSERT INTO leaves (idx, entry_id, kind, time, entry) VALUES (?, ?, ?, ?, ?)",
+                    [(x.index, x.entry_id, x.kind, x.time, x.entry) for x in leaves],
+                ),
+                (
+                    "INSERT INTO nodes (level, idx, hash) VALUES (?, ?, ?)",
+                    [(level, idx, digest) for (level, idx), digest in nodes],
+                ),
+            ]
+        )
+
+    def add_checkpoint(self, size: int, root: bytes, note: bytes, created: int) -> None:
+        self._write(
+            [
+                (
+                    "INSERT INTO checkpoints (size, root, note, created) VALUES (?, ?, ?, ?)",
+                    (size, root, note, created),
+                )
+            ]
+        )
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._write([("INSERT INTO meta (key, value) VALUES (?, ?)", (key, value))])

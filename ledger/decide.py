@@ -133,11 +133,10 @@ def decide(
     try:
         appended = log.build(build)
     except InvalidInvocation:
-        log.counters["invalid_invocations"] = log.counters.get("invalid_invocations", 0) + 1
+        log.count("invalid_invocations")
         raise
     allowed = outcome["check"] is None
-    key = "decisions_allow" if allowed else "decisions_deny"
-    log.counters[key] = log.counters.get(key, 0) + 1
+    log.count("decisions_allow" if allowed else "decisions_deny")
     return Decision(
         allowed,
         outcome["reason"],

@@ -54,6 +54,7 @@ def run_demo(
     say("2. The operator binds alice@corp to her key (a public `key` entry, like a CT cert).")
 
     triage, reader, drafter = (SigningKey.generate() for _ in range(3))
+    single_use = min(60, settings.single_use_ttl_max)
     scope = [
         {
             "type": "email",
@@ -78,7 +79,8 @@ def run_demo(
     )
     g = log.append(grant)
     say(
-        f"3. alice signs a grant to agent 'triage' for task inbox-triage, 15 minutes: "
+        f"3. alice signs a grant to agent 'triage' for task inbox-triage, "
+        f"{settings.ttl_default // 60} minutes: "
         f"credential {g.id[:16]}… at index {g.index}"
     )
 
@@ -98,7 +100,7 @@ def run_demo(
                     "constraints": {"sender": {"in": ["billing@vendor.example"]}},
                 }
             ],
-            expires_at=now + 600,
+            expires_at=now + min(600, settings.ttl_default),
             max_depth=0,
             max_children=0,
         ),
@@ -120,7 +122,7 @@ def run_demo(
                     "resources": ["mailbox:alice/outbox/*"],
                 }
             ],
-            expires_at=now + 60,
+            expires_at=now + single_use,
             max_uses=1,
             max_depth=0,
             max_children=0,
@@ -130,7 +132,7 @@ def run_demo(
     d = log.append(drafter_cred)
     say(
         f"4. triage delegates, signing with its own key: 'reader' may only read invoices "
-        f"({r.id[:16]}…), 'drafter' may send one reply within 60 s ({d.id[:16]}…)"
+        f"({r.id[:16]}…), 'drafter' may send one reply within {single_use} s ({d.id[:16]}…)"
     )
 
     def access(holder: SigningKey, cred: str, action: str, resource: str, sender: str) -> str:
@@ -170,7 +172,7 @@ def run_demo(
                     "resources": ["mailbox:alice/inbox/*"],
                 }
             ],
-            expires_at=now + 600,
+            expires_at=now + min(600, settings.ttl_default),
             max_depth=0,
             max_children=0,
         ),

@@ -142,6 +142,10 @@ def _drain(buf: io.StringIO) -> str:
     return text
 
 
+def _dot_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
 def rows_dot(log: Log, f: Filter) -> Iterable[str]:
     """The delegation graph, human first, in Graphviz dot."""
     state = log.state()
@@ -151,7 +155,7 @@ def rows_dot(log: Log, f: Filter) -> Iterable[str]:
         rec = state.credentials.get(leaf.entry.id)
         if rec is None:
             continue
-        label = leaf.entry.obj.get("agent") or rec.holder.kid[:8]
+        label = _dot_escape(leaf.entry.obj.get("agent") or rec.holder.kid[:8])
         yield f'  "{rec.id[:12]}" [label="{label}\\n{rec.credential.limits.task.id}\\n#{index}"];\n'
         if rec.parent is None:
             if rec.principal not in seen_principals:

@@ -94,7 +94,7 @@ def _credential_fields(
         "agent": agent,
         "not_before": not_before,
         "max_uses": max_uses,
-        "rate": dict(rate) if rate else None,
+        "rate": dict(rate) if rate is not None else None,
         "max_children": max_children,
     }
     out.update({k: v for k, v in optional.items() if v is not None})
@@ -134,6 +134,8 @@ def _defaults(credential: dict[str, Any]) -> dict[str, Any]:
 def revocation_body(
     log: str, *, credential: str | None = None, holder: PublicKey | None = None, reason: str = ""
 ) -> dict[str, Any]:
+    if (credential is None) == (holder is None):
+        raise ValueError("revoke exactly one of a credential and a holder key")
     target = {"credential": credential} if credential is not None else {"holder": holder.b64}
     return {"kind": "revocation", "v": 1, "log": log, "target": target, "reason": reason}
 

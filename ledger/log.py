@@ -100,10 +100,11 @@ class Log:
         self.keys = keys  # the ledger's KeyRing, when opened with its keys
         self.admit = admit  # the operator's rules on top of the format's (ceilings, policy)
         self.counters: dict[str, int] = {}  # appends, decisions, invalid invocations
+        self._counters_lock = threading.Lock()
         self.sidecar = sidecar
         self.clock = clock
         self._state: Replay | None = None
-        self._state_lock = threading.Lock()
+        self._state_lock = threading.RLock()  # the writer holds it across a commit
         self._checkpoint_lock = threading.Lock()
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
@@ -266,15 +267,22 @@ class Log:
             self._commit(batch)
 
     def state(self) -> Replay:
-        """The replayed state of the log, built on first use (O(n) once)."""
-        if self._state is None:
-            state = Replay(self.log_key)
+        """The replayed state of the log, up to date with the database.
+
+        Built by replaying the log on first use (O(n) once), then caught up with
+        whatever was appended since, by this process or another.
+        """
+        with self._state_lock:
+            state = self._state if self._state is not None else Replay(self.log_key)
+            size = self.store.size()
             try:
-                state.apply_all(self.leaves())
+                if state.size < size:
+                    state.apply_all(self.leaves(state.size, size))
             except ChainError as exc:
+                self._state = None
                 raise StorageError(f"the stored log does not replay: {exc}") from None
             self._state = state
-        return self._state
+            return state
 
     def _commit(self, batch: list[tuple[Entry | Builder, Future]]) -> None:
         with self._state_lock:
@@ -290,24 +298,16 @@ class Log:
                     if not future.done():
                         future.set_exception(err)
                 return
-        appended = sum(1 for _, r in done if not r.existing)
-        self.counters["appends"] = self.counters.get("appends", 0) + appended
+        self.count("appends", sum(1 for _, r in done if not r.existing))
         for future, result in done:  # acknowledged only once durable
             future.set_result(result)
-
-    def _catch_up(self, size: int) -> Replay:
-        """The replayed state, brought up to ``size`` (leaves other processes appended)."""
-        state = self.state()
-        if state.size < size:
-            state.apply_all(self.leaves(state.size, size))
-        return state
 
     def _commit_locked(
         self, batch: list[tuple[Entry | Builder, Future]]
     ) -> list[tuple[Future, Appended]]:
         """Inside the write transaction: validate, sequence and write one batch."""
         size = self.store.size()
-        state = self._catch_up(size)
+        state = self.state()  # caught up with what other processes appended
         last_time = self.store.leaf(size - 1).time if size else 0
         overlay = _Overlay(self.store)
         rows: list[StoredLeaf] = []
@@ -355,6 +355,10 @@ class Log:
         if rows:
             self.store.append(rows, nodes)  # durable when the transaction commits
         return done
+
+    def count(self, name: str, n: int = 1) -> None:
+        with self._counters_lock:
+            self.counters[name] = self.counters.get(name, 0) + n
 
     # -- checkpoints -----------------------------------------------------------------------
 

@@ -106,6 +106,20 @@ MIGRATIONS: list[str] = [
     """
     + _append_only("nodes", "level,idx")
     + _append_only("checkpoints", "size"),
+    # 2: the service's own state, outside the log: API tokens (stored hashed) and the
+    #    DPoP proof replay cache, shared by every process serving the ledger
+    """
+    CREATE TABLE api_tokens (
+        id      TEXT PRIMARY KEY,
+        name    TEXT NOT NULL,
+        role    TEXT NOT NULL CHECK (role IN ('operator', 'auditor', 'enforcement')),
+        hash    BLOB NOT NULL CHECK (length(hash) = 32),
+        created INTEGER NOT NULL,
+        revoked INTEGER
+    );
+    CREATE TABLE dpop_jti (jti TEXT PRIMARY KEY, expires INTEGER NOT NULL) WITHOUT ROWID;
+    CREATE INDEX dpop_jti_expires ON dpop_jti (expires);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -106,9 +106,9 @@ class Replay:
     def _signed(self, entry: Entry, key: PublicKey) -> bool:
         return (entry.id, key.kid) in self.verified or entry.signed_by(key)
 
-    def _fail(self, entry: Entry, check: str, message: str) -> ChainError:
+    def _fail(self, entry: Entry, check: str, message: str, field: str | None = None) -> ChainError:
         return ChainError(
-            f"entry {entry.id[:16]} ({entry.kind}): {check}: {message}", entry.id, check
+            f"entry {entry.id[:16]} ({entry.kind}): {check}: {message}", entry.id, check, field
         )
 
     def _signer(
@@ -266,7 +266,9 @@ class Replay:
             raise self._fail(entry, "expired", "delegated after its own expiry")
         limit = parent.credential.limits.max_children
         if limit is not None and parent.children >= limit:
-            raise self._fail(entry, "budget", f"parent's max_children {limit} exhausted")
+            raise self._fail(
+                entry, "budget", f"parent's max_children {limit} exhausted", "max_children"
+            )
         parent.children += 1
         self.credentials[entry.id] = CredentialRecord(
             entry, index, time, parent.principal, body.holder, body.credential, parent

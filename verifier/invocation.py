@@ -89,11 +89,11 @@ def effective_request(inv: SignedInvocation, context: Mapping[str, Any]) -> Requ
     Attributes that constraints test (a sender, a received time) are facts the
     enforcement point sees; the agent's own claims stand only where it asserts none.
     """
-    asserted = context.get("attributes")
-    if asserted is None:
+    if "attributes" not in context:
         return inv.request
-    if not isinstance(asserted, Mapping):
-        raise EntryFormatError("must be an object", "attributes")
+    asserted = context["attributes"]
+    if not isinstance(asserted, Mapping) or not asserted:
+        raise EntryFormatError("must be a non-empty object (or be omitted)", "attributes")
     merged = {**dict(inv.request.attributes), **asserted}
     as_json = {k: v for k, v in request_to_json(inv.request).items() if k != "attributes"}
     return parse_request({**as_json, "attributes": merged} if merged else as_json)

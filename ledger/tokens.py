@@ -1,0 +1,106 @@
+"""API tokens for operators, auditors and enforcement points, stored hashed.
+
+    lineage token create --role auditor --name alice-audit
+    -> lin_<id>_<secret>            shown once; only SHA-256(secret) is stored
+
+A token is ``lin_`` + a 12-character id + ``_`` + 43 characters of secret.
+Lookup is by id; the secret's hash is compared in constant time
+(``hmac.compare_digest``). Roles: ``operator`` (everything), ``auditor``
+(read every entry, export), ``enforcement`` (ask for access decisions,
+introspect, revoke).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import time
+from dataclasses import dataclass
+
+from .errors import NotFound, StorageError
+from .store import SQLiteStore
+
+__all__ = ["ROLES", "ApiToken", "TokenStore"]
+
+ROLES = ("operator", "auditor", "enforcement")
+TOKEN = re.compile(r"lin_([A-Za-z0-9]{12})_([A-Za-z0-9_-]{43})")
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@:-]{0,63}")
+
+
+@dataclass(frozen=True)
+class ApiToken:
+    id: str
+    name: str
+    role: str
+
+
+class TokenStore:
+    def __init__(self, store: SQLiteStore):
+        self.store = store
+
+    def create(self, role: str, name: str) -> tuple[ApiToken, str]:
+        """A new token; returns it and the secret string, which is never stored."""
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {', '.join(ROLES)}")
+        if not NAME.fullmatch(name):
+            raise ValueError("a token name is 1-64 characters: letters, digits, ._@:-")
+        token_id = "".join(
+            secrets.choice("ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789")
+            for _ in range(12)
+        )
+        secret = secrets.token_urlsafe(32)
+        digest = hashlib.sha256(secret.encode()).digest()
+        self.store._write(
+            [
+                (
+                    "INSERT INTO api_tokens (id, name, role, hash, created) VALUES (?, ?, ?, ?, ?)",
+                    (token_id, name, role, digest, int(time.time())),
+                )
+            ]
+        )
+        return ApiToken(token_id, name, role), f"lin_{token_id}_{secret}"
+
+    def authenticate(self, presented: str) -> ApiToken | None:
+        """The token ``presented`` names, if it is valid and not revoked."""
+        m = TOKEN.fullmatch(presented or "")
+        if m is None:
+            return None
+        rows = self.store._query(
+            "SELECT id, name, role, hash FROM api_tokens WHERE id = ? AND revoked IS NULL",
+            (m.group(1),),
+        )
+        digest = hashlib.sha256(m.group(2).encode()).digest()
+        if not rows or not hmac.compare_digest(rows[0][3], digest):
+            return None
+        return ApiToken(rows[0][0], rows[0][1], rows[0][2])
+
+    def revoke(self, token_id: str) -> None:
+        rows = self.store._query("SELECT 1 FROM api_tokens WHERE id = ?", (token_id,))
+        if not rows:
+            raise NotFound(f"no token {token_id}")
+        self.store._write(
+            [("UPDATE api_tokens SET revoked = ? WHERE id = ?", (int(time.time()), token_id))]
+        )
+
+    def list(self) -> list[tuple[ApiToken, int, int | None]]:
+        rows = self.store._query(
+            "SELECT id, name, role, created, revoked FROM api_tokens ORDER BY created"
+        )
+        return [(ApiToken(r[0], r[1], r[2]), r[3], r[4]) for r in rows]
+
+    def remember_jti(self, jti: str, expires: int, now: int) -> bool:
+        """Record a DPoP proof's jti; False if it was seen before (a replay)."""
+        try:
+            self.store._write(
+                [
+                    ("DELETE FROM dpop_jti WHERE expires < ?", (now,)),
+                    ("INSERT INTO dpop_jti (jti, expires) VALUES (?, ?)", (jti, expires)),
+                ]
+            )
+        except StorageError as exc:
+            if "UNIQUE" in str(exc) or "constraint" in str(exc).lower():
+                return False
+            raise
+        return True

@@ -1,10 +1,10 @@
-# Two front doors: `make run` runs the main job, `make test` runs the tests.
+# Two front doors: `make serve` runs the service, `make test` runs the tests.
 # Each creates .venv and installs what it needs on first use.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint fixtures clean
+.PHONY: serve demo verify-fixture test lint fixtures clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -12,7 +12,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
-run: $(STAMP)
+serve: $(STAMP)
+	$(VENV)/bin/lineage serve
+
+demo: $(STAMP)
+	$(VENV)/bin/lineage demo --db demo.db --keys demo-keys
+
+verify-fixture: $(STAMP)
 	$(VENV)/bin/lineage-verify fixtures/bundles/valid-delegation-chain.json --log-key fixtures/log.vkey
 
 test: $(STAMP) lint

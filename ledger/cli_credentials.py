@@ -118,6 +118,7 @@ def principal_add(
 
 
 def _credential(
+    *,
     task: str,
     description: str,
     scope: str,
@@ -179,33 +180,27 @@ def grant(
     keys: KeysOption = None,
 ) -> None:
     """Sign a grant with the principal's key and append it; prints the credential handle."""
-    try:
-        settings = load_settings()
-        signer = read_seed_file(principal_key or _principal_key_file(keys, principal))
-        log = open_ledger(db, keys, settings=settings)
-        fields = _credential(
-            task,
-            description,
-            scope,
-            ttl,
-            expires_at,
-            max_uses,
-            max_depth,
-            max_children,
-            rate,
-            agent,
-            not_before,
-            int(log.clock()),
-            settings.ttl_default,
-        )
-        entry = sign_entry(
-            grant_body(log.origin, principal, _holder(holder, holder_key), **fields), [signer]
-        )
-        result = log.append(entry)
-        log.close()
-    except LineageError as exc:
-        raise fail(str(exc)) from None
-    typer.echo(result.id)
+    holder_key_ = _holder(holder, holder_key)
+    limits = dict(
+        task=task,
+        description=description,
+        scope=scope,
+        ttl=ttl,
+        expires_at=expires_at,
+        max_uses=max_uses,
+        max_depth=max_depth,
+        max_children=max_children,
+        rate=rate,
+        agent=agent,
+        not_before=not_before,
+    )
+    _issue(
+        lambda origin, fields: grant_body(origin, principal, holder_key_, **fields),
+        principal_key or _principal_key_file(keys, principal),
+        db,
+        keys,
+        limits,
+    )
 
 
 @app.command()
@@ -229,35 +224,51 @@ def delegate(
     keys: KeysOption = None,
 ) -> None:
     """Sign a narrower credential with the parent holder's key; refused if it widens."""
+    holder_key_ = _holder(holder, holder_key)
+    limits = dict(
+        task=task,
+        description=description,
+        scope=scope,
+        ttl=ttl,
+        expires_at=expires_at,
+        max_uses=max_uses,
+        max_depth=max_depth,
+        max_children=max_children,
+        rate=rate,
+        agent=agent,
+        not_before=not_before,
+    )
+    _issue(
+        lambda origin, fields: delegation_body(origin, parent, holder_key_, **fields),
+        key,
+        db,
+        keys,
+        limits,
+        parent=parent,
+    )
+
+
+def _issue(
+    make_body,
+    signer: Path,
+    db: Path,
+    keys: Path | None,
+    limits: dict[str, Any],
+    parent: str | None = None,
+) -> None:
+    """Build the credential fields, sign the body with ``signer``'s key file, append."""
     try:
         settings = load_settings()
-        signer = read_seed_file(key)
+        signing = read_seed_file(signer)
         log = open_ledger(db, keys, settings=settings)
-        fields = _credential(
-            task,
-            description,
-            scope,
-            ttl,
-            expires_at,
-            max_uses,
-            max_depth,
-            max_children,
-            rate,
-            agent,
-            not_before,
-            int(log.clock()),
-            settings.ttl_default,
-        )
-        parent_rec = log.state().credentials.get(parent)
-        if parent_rec is not None and ttl is None and expires_at is None:
+        fields = _credential(**limits, now=int(log.clock()), ttl_default=settings.ttl_default)
+        parent_rec = log.state().credentials.get(parent) if parent else None
+        if parent_rec is not None and limits["ttl"] is None and limits["expires_at"] is None:
             # by default a child lives as long as it may: never past its parent
             fields["expires_at"] = min(
                 fields["expires_at"], parent_rec.credential.limits.expires_at
             )
-        entry = sign_entry(
-            delegation_body(log.origin, parent, _holder(holder, holder_key), **fields), [signer]
-        )
-        result = log.append(entry)
+        result = log.append(sign_entry(make_body(log.origin, fields), [signing]))
         log.close()
     except LineageError as exc:
         field = getattr(exc, "field", None)

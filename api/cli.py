@@ -1,0 +1,87 @@
+"""``lineage``: the ledger's command line plus the commands that need the service.
+
+    lineage serve [--db PATH] [--host 127.0.0.1] [--port 8000]
+    lineage token create --role operator|auditor|enforcement --name NAME
+
+Every other command is ``ledger.cli``'s; this module only adds these two, so
+the ledger never imports the web layer.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ledger.cli import app
+from ledger.cli_common import DbOption, KeysOption, fail
+from ledger.config import load_settings
+from ledger.keys import keys_dir
+from ledger.ledger import DEFAULT_DB, init_ledger, open_ledger
+from ledger.tokens import ROLES, TokenStore
+from verifier.errors import LineageError
+
+__all__ = ["main"]
+
+token_app = typer.Typer(
+    no_args_is_help=True, help="API tokens for operators, auditors and enforcement points."
+)
+app.add_typer(token_app, name="token")
+log = logging.getLogger("lineage")
+
+
+@app.command()
+def serve(
+    db: DbOption = Path(DEFAULT_DB),
+    keys: KeysOption = None,
+    host: Annotated[str | None, typer.Option(help="default 127.0.0.1")] = None,
+    port: Annotated[int | None, typer.Option(help="default 8000")] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML settings file")] = None,
+) -> None:
+    """Run the service; creates the ledger (and its keys) on first start."""
+    import uvicorn
+
+    from .main import create_app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        settings = load_settings(config)
+        if not db.exists():
+            init_ledger(db, keys, settings=settings).close()
+            log.info("created ledger %s", db)
+        ledger = open_ledger(db, keys, settings=settings)
+    except LineageError as exc:
+        raise fail(str(exc)) from None
+    log.info("ledger %s: log %s, %d leaves", db, ledger.origin, ledger.size)
+    log.info("keys in %s/ (owner-only); verifier key: %s", keys_dir(keys), ledger.log_key.vkey)
+    host, port = host or settings.host, port or settings.port
+    log.info("auditors fetch the verifier key at http://%s:%d/v1/log/key", host, port)
+    uvicorn.run(create_app(ledger, settings), host=host, port=port, log_level="info")
+
+
+@token_app.command("create")
+def token_create(
+    role: Annotated[str, typer.Option(help=f"one of {', '.join(ROLES)}")],
+    name: Annotated[str, typer.Option(help="who holds it, e.g. gateway-1")],
+    db: DbOption = Path(DEFAULT_DB),
+    keys: KeysOption = None,
+) -> None:
+    """Create a token and print it once (only its hash is stored)."""
+    try:
+        ledger = open_ledger(db, keys)
+        token, secret = TokenStore(ledger.store).create(role, name)
+        ledger.close()
+    except (LineageError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    typer.echo(secret)
+    typer.echo(
+        f"created {token.role} token {token.id} for {token.name}; it is shown only once", err=True
+    )
+
+
+def main() -> None:
+    from ledger.cli import main as ledger_main
+
+    ledger_main()

@@ -1,0 +1,202 @@
+"""RFC 9449 DPoP proofs: verified with joserfc, bound to Lineage holder keys.
+
+A proof is a JWS (``typ: dpop+jwt``) signed by the key in its own ``jwk``
+header, an Ed25519 OKP key (``alg`` ``EdDSA`` or the fully specified
+``Ed25519``, RFC 9864). Checks, per RFC 9449 §4.3:
+
+1. one well-formed compact JWS; ``typ`` is ``dpop+jwt``; ``alg`` is allowed;
+   ``jwk`` is a public Ed25519 key (no private part) of prime order;
+2. the signature verifies under that key;
+3. ``htm`` and ``htu`` match the request (``htu`` without query and fragment);
+4. ``iat`` is within the allowed window of the server's clock;
+5. ``jti`` was not seen before (the replay cache is in the shared database);
+6. with an access token, ``ath`` is base64url(SHA-256(token));
+7. a server ``nonce``, when the server requires one or the proof carries one,
+   is current (stateless HMAC nonces that rotate every few minutes).
+
+The key's RFC 7638 thumbprint (``jkt``) is the Lineage ``kid`` of the key, so
+a credential's ``cnf.jkt`` is its holder key's kid.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import nacl.signing
+from joserfc import jws
+from joserfc.errors import JoseError
+from joserfc.jwk import OKPKey
+from joserfc.jws import JWSRegistry
+
+from verifier.errors import FormatError
+from verifier.keys import PublicKey, b64u_encode
+
+__all__ = [
+    "ALGORITHMS",
+    "DPoPError",
+    "DPoPProof",
+    "NonceSource",
+    "ath_of",
+    "make_proof",
+    "verify_dpop",
+]
+
+ALGORITHMS = ("EdDSA", "Ed25519")
+_REGISTRY = JWSRegistry(algorithms=list(ALGORITHMS))
+MAX_PROOF = 4096
+
+
+class DPoPError(Exception):
+    """An unacceptable DPoP proof; ``error`` is the RFC 9449 error code."""
+
+    def __init__(self, message: str, error: str = "invalid_dpop_proof"):
+        super().__init__(message)
+        self.error = error
+
+
+@dataclass(frozen=True)
+class DPoPProof:
+    key: PublicKey
+    jti: str
+    iat: int
+
+    @property
+    def jkt(self) -> str:
+        return self.key.kid
+
+
+class NonceSource:
+    """Stateless server nonces: HMAC(secret, time window), valid for two windows."""
+
+    def __init__(self, secret: bytes | None = None, period: int = 300):
+        self.secret = secret or secrets.token_bytes(32)
+        self.period = period
+
+    def _nonce(self, window: int) -> str:
+        mac = hmac.new(self.secret, str(window).encode(), hashlib.sha256).digest()
+        return b64u_encode(mac[:18])
+
+    def current(self, now: float | None = None) -> str:
+        return self._nonce(int((now or time.time()) // self.period))
+
+    def valid(self, nonce: str, now: float | None = None) -> bool:
+        window = int((now or time.time()) // self.period)
+        return any(hmac.compare_digest(nonce, self._nonce(w)) for w in (window, window - 1))
+
+
+def ath_of(token: str) -> str:
+    return b64u_encode(hashlib.sha256(token.encode("ascii")).digest())
+
+
+def verify_dpop(
+    proof: str,
+    *,
+    method: str,
+    url: str,
+    access_token: str | None = None,
+    remember_jti: Callable[[str, int], bool],
+    now: float | None = None,
+    window: int = 60,
+    nonces: NonceSource | None = None,
+    require_nonce: bool = False,
+) -> DPoPProof:
+    """Verify one DPoP header value for this request; raises DPoPError."""
+    now = time.time() if now is None else now
+    if not isinstance(proof, str) or not proof or len(proof) > MAX_PROOF or proof.count(".") != 2:
+        raise DPoPError("the DPoP header must hold one compact JWS")
+    try:
+        header = json.loads(_b64(proof.split(".")[0]))
+    except (ValueError, UnicodeDecodeError):
+        raise DPoPError("the DPoP proof header is not JSON") from None
+    if not isinstance(header, dict) or header.get("typ") != "dpop+jwt":
+        raise DPoPError("the DPoP proof's typ must be dpop+jwt")
+    if header.get("alg") not in ALGORITHMS:
+        raise DPoPError(f"the DPoP proof's alg must be one of {', '.join(ALGORITHMS)}")
+    jwk = header.get("jwk")
+    if not isinstance(jwk, dict) or jwk.get("kty") != "OKP" or jwk.get("crv") != "Ed25519":
+        raise DPoPError("the DPoP proof's jwk must be an Ed25519 OKP key")
+    if "d" in jwk:
+        raise DPoPError("the DPoP proof's jwk must not hold a private key")
+    try:
+        key = PublicKey.from_b64(jwk.get("x", ""))
+        okp = OKPKey.import_key({"kty": "OKP", "crv": "Ed25519", "x": jwk["x"]})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # joserfc warns that "EdDSA" is deprecated
+            signed = jws.deserialize_compact(proof, okp, registry=_REGISTRY)
+    except (FormatError, JoseError, ValueError, KeyError):
+        raise DPoPError("the DPoP proof's signature does not verify") from None
+    try:
+        claims = json.loads(signed.payload)
+    except ValueError:
+        raise DPoPError("the DPoP proof's payload is not JSON") from None
+    if not isinstance(claims, dict):
+        raise DPoPError("the DPoP proof's payload is not an object")
+    if claims.get("htm") != method:
+        raise DPoPError(f"htm {claims.get('htm')!r} is not {method}")
+    if claims.get("htu") != url.split("?")[0].split("#")[0]:
+        raise DPoPError(f"htu {claims.get('htu')!r} is not this endpoint")
+    iat, jti = claims.get("iat"), claims.get("jti")
+    if type(iat) is not int or abs(now - iat) > window:
+        raise DPoPError("the DPoP proof's iat is missing or not recent")
+    if not isinstance(jti, str) or not 8 <= len(jti) <= 128:
+        raise DPoPError("the DPoP proof needs a jti of 8 to 128 characters")
+    if access_token is not None and claims.get("ath") != ath_of(access_token):
+        raise DPoPError("the DPoP proof's ath does not match the access token")
+    wants_nonce = nonces is not None and ("nonce" in claims or require_nonce)
+    nonce = claims.get("nonce")
+    if wants_nonce and not (isinstance(nonce, str) and nonces.valid(nonce, now)):
+        raise DPoPError("a current DPoP-Nonce is required", "use_dpop_nonce")
+    if not remember_jti(jti, int(now) + 2 * window):
+        raise DPoPError("the DPoP proof was used before (jti replayed)")
+    return DPoPProof(key, jti, iat)
+
+
+def _b64(part: str) -> bytes:
+    return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+
+
+def make_proof(
+    key_seed: bytes,
+    method: str,
+    url: str,
+    *,
+    access_token: str | None = None,
+    nonce: str | None = None,
+    alg: str = "EdDSA",
+    iat: int | None = None,
+) -> str:
+    """A DPoP proof (for clients and tests)."""
+    okp = OKPKey.import_key(
+        {
+            "kty": "OKP",
+            "crv": "Ed25519",
+            "d": b64u_encode(key_seed),
+            "x": b64u_encode(_public(key_seed)),
+        }
+    )
+    claims = {
+        "htm": method,
+        "htu": url,
+        "iat": int(time.time()) if iat is None else iat,
+        "jti": secrets.token_urlsafe(16),
+    }
+    if access_token is not None:
+        claims["ath"] = ath_of(access_token)
+    if nonce is not None:
+        claims["nonce"] = nonce
+    header = {"typ": "dpop+jwt", "alg": alg, "jwk": okp.as_dict(private=False)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return jws.serialize_compact(header, json.dumps(claims).encode(), okp, registry=_REGISTRY)
+
+
+def _public(seed: bytes) -> bytes:
+    return bytes(nacl.signing.SigningKey(seed).verify_key)

@@ -1,0 +1,108 @@
+"""HTTP errors: every failure is a 4xx (or 503) with a JSON body, never a stack trace.
+
+On ``/oauth/*`` bodies are RFC 6749 §5.2 shaped (``error``, ``error_description``);
+elsewhere RFC 9457 problem details (``type``, ``title``, ``status``, ``detail``)
+with the same ``error`` code beside them, so a client can branch on one field.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ledger.errors import NotFound, RejectedEntry, StorageError
+from verifier.errors import (
+    AttenuationError,
+    ChainError,
+    FormatError,
+    LineageError,
+    ProofError,
+    SignatureError,
+)
+
+__all__ = ["ApiError", "install_handlers"]
+
+
+class ApiError(Exception):
+    def __init__(
+        self, status: int, error: str, description: str, headers: dict[str, str] | None = None
+    ):
+        super().__init__(description)
+        self.status = status
+        self.error = error
+        self.description = description
+        self.headers = headers or {}
+
+
+def render(
+    request: Request,
+    status: int,
+    error: str,
+    description: str,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    if request.url.path.startswith("/oauth/"):
+        body = {"error": error, "error_description": description}
+        media = "application/json"
+    else:
+        body = {
+            "type": "about:blank",
+            "title": error.replace("_", " "),
+            "status": status,
+            "detail": description,
+            "error": error,
+        }
+        media = "application/problem+json"
+    headers = {"Cache-Control": "no-store", **(headers or {})}
+    return JSONResponse(body, status_code=status, headers=headers, media_type=media)
+
+
+def lineage_status(exc: LineageError) -> tuple[int, str, str]:
+    """Map a domain error to (status, error code, description)."""
+    if isinstance(exc, NotFound):
+        return 404, "not_found", str(exc)
+    if isinstance(exc, RejectedEntry):
+        field = exc.field or ""
+        code = "invalid_authorization_details" if field.startswith("scope") else "invalid_grant"
+        if exc.check == "format":
+            code = "invalid_request"
+        detail = str(exc) if not field or field in str(exc) else f"{field}: {exc}"
+        return 400, code, detail
+    if isinstance(exc, AttenuationError):
+        return 400, "invalid_authorization_details", f"{exc.field}: {exc}"
+    if isinstance(exc, ChainError | SignatureError | ProofError):
+        return 400, "invalid_grant", str(exc)
+    if isinstance(exc, FormatError):
+        return 400, "invalid_request", str(exc)
+    if isinstance(exc, StorageError):
+        return 503, "temporarily_unavailable", "the ledger cannot serve this now"
+    return 400, "invalid_request", str(exc)
+
+
+def install_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api(request: Request, exc: ApiError):
+        return render(request, exc.status, exc.error, exc.description, exc.headers)
+
+    @app.exception_handler(LineageError)
+    async def _lineage(request: Request, exc: LineageError):
+        return render(request, *lineage_status(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        return render(request, 400, "invalid_request", f"{where}: {first.get('msg', 'invalid')}")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        codes = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
+        return render(
+            request, exc.status_code, codes.get(exc.status_code, "invalid_request"), str(exc.detail)
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):  # never a stack trace out
+        return render(request, 500, "server_error", "unexpected error; see the server log")

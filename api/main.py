@@ -1,0 +1,107 @@
+"""The Lineage service: a thin FastAPI layer over ``ledger``.
+
+``create_app(log, settings)`` builds the app around an open ledger; ``lineage
+serve`` runs it under uvicorn. One process sequences the writes; checkpoints
+are published every ``checkpoint_interval`` seconds while it runs.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from ledger.config import Settings
+from ledger.log import Log
+from ledger.tokens import TokenStore
+
+from .errors import install_handlers, render
+from .routers import access, credentials, entries, oauth, ops
+from .routers import log as log_routes
+from .service import Service
+
+__all__ = ["MAX_BODY", "create_app"]
+
+MAX_BODY = 1 << 20  # 1 MiB: an entry is at most 64 KiB
+
+
+class BodyLimit:
+    """Refuse request bodies over ``limit`` bytes with 413, whatever Content-Length says."""
+
+    def __init__(self, app: ASGIApp, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            return await self._too_large(scope, receive, send)
+        seen = 0
+
+        async def limited() -> dict:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await self._too_large(scope, receive, send)
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = render(
+            Request(scope),
+            413,
+            "request_too_large",
+            f"request bodies are limited to {self.limit} bytes",
+        )
+        await response(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def create_app(log: Log, settings: Settings | None = None, *, checkpoints: bool = True) -> FastAPI:
+    settings = settings or Settings()
+    svc = Service(log, settings, TokenStore(log.store))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if checkpoints:
+            log.start_checkpointing(settings.checkpoint_interval)
+        yield
+        log.close()
+
+    app = FastAPI(
+        title="Lineage",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="A credential ledger for AI agents: short-lived, attenuating "
+        "credentials recorded in an RFC 9162 transparency log.",
+    )
+    app.state.service = svc
+    install_handlers(app)
+    for module in (oauth, entries, access, credentials, log_routes, ops):
+        app.include_router(module.router)
+
+    @app.middleware("http")
+    async def timing(request: Request, call_next):
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        svc.metrics.latency.labels(route=getattr(route, "path", "unmatched")).observe(
+            time.perf_counter() - started
+        )
+        return response
+
+    app.add_middleware(BodyLimit, limit=MAX_BODY)
+    return app

@@ -1,0 +1,79 @@
+"""Lineage bundles and exports: evidence that verifies offline."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from ledger.export import credential_bundle, principal_bundle, rows_csv, rows_dot, rows_jsonl
+from ledger.query import Filter
+from verifier.fields import HEX_ID
+
+from ..errors import ApiError
+from ..service import Caller, Service, caller, may_read, service
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/v1", tags=["evidence"])
+
+
+@router.get("/credentials/{credential}/lineage")
+def lineage(
+    credential: str,
+    svc: Annotated[Service, Depends(service)],
+    who: Annotated[Caller, Depends(caller)],
+) -> JSONResponse:
+    """The credential's chain, human first, with what came of it: an evidence bundle."""
+    if not HEX_ID.fullmatch(credential):
+        raise ApiError(400, "invalid_request", "a credential handle is 64 lower-case hex digits")
+    rec = svc.credential(credential)
+    if rec is None:
+        raise ApiError(404, "not_found", f"no credential {credential}")
+    if not may_read(who, svc, rec):
+        raise ApiError(
+            403 if who.role != "anonymous" else 401,
+            "access_denied",
+            "you may not read this lineage",
+        )
+    return JSONResponse(credential_bundle(svc.log, credential))
+
+
+def _chunks(text: str, size: int = 65536) -> Iterator[str]:
+    for i in range(0, len(text), size):
+        yield text[i : i + size]
+
+
+@router.get("/export")
+def export(
+    svc: Annotated[Service, Depends(service)],
+    who: Annotated[Caller, Depends(caller)],
+    principal: str | None = None,
+    since: Annotated[int | None, Query(ge=0)] = None,
+    until: Annotated[int | None, Query(ge=0)] = None,
+    format: Annotated[str, Query(pattern="^(bundle|jsonl|csv|dot)$")] = "bundle",
+) -> StreamingResponse:
+    """Everything ``principal`` authorised in [since, until), as a bundle or rows, streamed."""
+    if who.role == "principal":
+        if principal not in (None, who.name):
+            raise ApiError(403, "access_denied", "a principal may export only its own")
+        principal = who.name
+    elif not who.reads_everything:
+        raise ApiError(
+            401 if who.role == "anonymous" else 403,
+            "access_denied",
+            "export needs an operator or auditor token, or the principal itself",
+        )
+    if format == "bundle":
+        doc = principal_bundle(svc.log, principal, since, until)
+        return StreamingResponse(
+            _chunks(json.dumps(doc, indent=1, sort_keys=True)), media_type="application/json"
+        )
+    rows = {"jsonl": rows_jsonl, "csv": rows_csv, "dot": rows_dot}[format]
+    media = {"jsonl": "application/jsonl", "csv": "text/csv", "dot": "text/vnd.graphviz"}[format]
+    return StreamingResponse(
+        iter(rows(svc.log, Filter(principal=principal, since=since, until=until))), media_type=media
+    )

@@ -1,0 +1,89 @@
+"""Entries: append any signed entry; read one; query by principal, holder, task, kind, time."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse
+
+from ledger.query import Filter, entries
+from verifier.entry import MAX_ENTRY_SIZE, parse_entry
+from verifier.fields import HEX_ID
+from verifier.jcs import canonical, parse
+
+from ..errors import ApiError
+from ..service import Caller, Service, caller, service
+from .log import leaf_json
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/v1/entries", tags=["entries"])
+MAX_PAGE = 500
+
+
+@router.post("", status_code=201)
+async def append(request: Request, svc: Annotated[Service, Depends(service)]) -> JSONResponse:
+    """Append a signed entry (JSON). Idempotent: a repeat answers 200 with the first index."""
+    body = await request.body()
+    if len(body) > 4 * MAX_ENTRY_SIZE:
+        raise ApiError(413, "request_too_large", "an entry is at most 65,535 bytes")
+    entry = parse_entry(canonical(parse(body)))  # any JSON spelling; signatures decide
+    appended = svc.log.append(entry)
+    if not appended.existing:
+        svc.metrics.appends.labels(kind=entry.kind).inc()
+    return JSONResponse(appended.to_json(), status_code=200 if appended.existing else 201)
+
+
+@router.get("/{entry_id}")
+def get(
+    entry_id: str,
+    svc: Annotated[Service, Depends(service)],
+    who: Annotated[Caller, Depends(caller)],
+) -> dict[str, Any]:
+    if not HEX_ID.fullmatch(entry_id):
+        raise ApiError(400, "invalid_request", "an entry id is 64 lower-case hex digits")
+    index = svc.log.find(entry_id)
+    out = leaf_json(svc, who, index, svc.log.leaf(index))
+    if "entry" not in out:
+        raise ApiError(403, "access_denied", "you may not read this entry's body")
+    return out
+
+
+@router.get("")
+def query(
+    svc: Annotated[Service, Depends(service)],
+    who: Annotated[Caller, Depends(caller)],
+    principal: str | None = None,
+    holder: str | None = None,
+    task: str | None = None,
+    kind: str | None = None,
+    since: Annotated[int | None, Query(ge=0)] = None,
+    until: Annotated[int | None, Query(ge=0)] = None,
+    cursor: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+) -> dict[str, Any]:
+    """Entries matching every filter given, from ``cursor`` (a leaf index), a page at a time.
+
+    Only entries the caller may read are listed; ``next_cursor`` continues.
+    """
+    if who.role == "principal" and principal not in (None, who.name):
+        raise ApiError(403, "access_denied", "a principal may list only its own entries")
+    f = Filter(
+        principal=principal if who.role != "principal" else who.name,
+        holder=holder,
+        task=task,
+        kind=kind,
+        since=since,
+        until=until,
+    )
+    out, next_cursor = [], None
+    for index, leaf in entries(svc.log, f, start=cursor):
+        row = leaf_json(svc, who, index, leaf)
+        if "entry" not in row:
+            continue
+        if len(out) == limit:
+            next_cursor = index
+            break
+        out.append(row)
+    return {"entries": out, "next_cursor": next_cursor}

@@ -1,0 +1,119 @@
+"""The transparency log, for anyone: checkpoint, key, leaves, proofs.
+
+Leaf hashes, checkpoints and proofs are public; entry bodies are returned only
+to callers allowed to read them (``service.may_read``).
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query
+from fastapi.responses import PlainTextResponse
+
+from verifier.entry import Leaf
+from verifier.kinds import Access, Delegation, Grant, Revocation
+
+from ..errors import ApiError
+from ..service import Caller, Service, caller, may_read, service
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/v1/log", tags=["log"])
+MAX_PAGE = 1000
+Index = Annotated[int, Query(ge=0, le=2**53)]
+Size = Annotated[int, Query(ge=1, le=2**53)]
+
+
+def _b64(hashes: list[bytes]) -> list[str]:
+    return [base64.b64encode(h).decode() for h in hashes]
+
+
+@router.get("/checkpoint", response_class=PlainTextResponse)
+def checkpoint(svc: Annotated[Service, Depends(service)]) -> PlainTextResponse:
+    """The latest signed checkpoint (C2SP tlog-checkpoint in a signed note)."""
+    note = svc.log.latest_checkpoint()
+    if note is None:
+        raise ApiError(404, "not_found", "no checkpoint published yet")
+    return PlainTextResponse(note.decode(), headers={"Cache-Control": "no-cache"})
+
+
+@router.get("/key", response_class=PlainTextResponse)
+def key(svc: Annotated[Service, Depends(service)]) -> PlainTextResponse:
+    """The log's C2SP verifier-key string: all an auditor needs."""
+    return PlainTextResponse(svc.log.log_key.vkey + "\n")
+
+
+def credential_of(svc: Service, leaf: Leaf):
+    """The credential a leaf is about (its own, or the one it uses or revokes)."""
+    body = leaf.entry.body
+    if isinstance(body, Grant | Delegation):
+        return svc.credential(leaf.entry.id)
+    if isinstance(body, Access):
+        return svc.credential(body.invocation.credential)
+    if isinstance(body, Revocation) and body.credential is not None:
+        return svc.credential(body.credential)
+    return None
+
+
+def leaf_json(svc: Service, who: Caller, index: int, leaf: Leaf) -> dict[str, Any]:
+    out: dict[str, Any] = {"index": index, "leaf_hash": leaf.hash.hex(), "time": leaf.time}
+    public = leaf.entry.kind in ("genesis", "key", "policy")  # trust anchors and bindings
+    if public or may_read(who, svc, credential_of(svc, leaf)):
+        out["id"] = leaf.entry.id
+        out["entry"] = leaf.entry.obj
+    return out
+
+
+@router.get("/entries/{index}")
+def entry(
+    index: int, svc: Annotated[Service, Depends(service)], who: Annotated[Caller, Depends(caller)]
+) -> dict[str, Any]:
+    if not 0 <= index < svc.log.size:
+        raise ApiError(404, "not_found", f"no leaf at index {index}")
+    return leaf_json(svc, who, index, svc.log.leaf(index))
+
+
+@router.get("/entries")
+def entries(
+    svc: Annotated[Service, Depends(service)],
+    who: Annotated[Caller, Depends(caller)],
+    start: Index,
+    end: Annotated[int | None, Query(ge=1, le=2**53)] = None,
+) -> dict[str, Any]:
+    """Leaves ``start <= index < end``, at most 1000 at a time."""
+    size = svc.log.size
+    end = min(size, end if end is not None else size, start + MAX_PAGE)
+    if start >= size or end <= start:
+        raise ApiError(400, "invalid_request", f"start must be below end and the size {size}")
+    return {
+        "entries": [leaf_json(svc, who, i, leaf) for i, leaf in svc.log.leaves(start, end)],
+        "tree_size": size,
+    }
+
+
+@router.get("/proof/inclusion")
+def inclusion(
+    svc: Annotated[Service, Depends(service)], index: Index, tree_size: Size
+) -> dict[str, Any]:
+    if tree_size > svc.log.size or index >= tree_size:
+        raise ApiError(400, "invalid_request", f"need index < tree_size <= {svc.log.size}")
+    return {
+        "leaf_index": index,
+        "tree_size": tree_size,
+        "audit_path": _b64(svc.log.inclusion_proof(index, tree_size)),
+    }
+
+
+@router.get("/proof/consistency")
+def consistency(
+    svc: Annotated[Service, Depends(service)], first: Size, second: Size
+) -> dict[str, Any]:
+    if not first <= second <= svc.log.size:
+        raise ApiError(400, "invalid_request", f"need 0 < first <= second <= {svc.log.size}")
+    return {
+        "first": first,
+        "second": second,
+        "consistency": _b64(svc.log.consistency_proof(first, second)),
+    }

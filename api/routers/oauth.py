@@ -1,0 +1,232 @@
+"""OAuth-shaped endpoints: RFC 8414 metadata, RFC 8693 token exchange, RFC 7662
+introspection, RFC 7009 revocation.
+
+Token exchange carries a complete entry, signed client-side by the party whose
+authority it exercises, as the subject token; the server validates it and
+appends it unchanged. The request's DPoP proof must be made with the new
+credential's holder key, so the handle returned is bound (``cnf.jkt``) to a
+key the caller holds.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Form, Request
+from fastapi.responses import JSONResponse
+
+from verifier.chain import CredentialRecord
+from verifier.entry import Entry, parse_entry, sign_entry
+from verifier.errors import FormatError, SignatureError
+from verifier.fields import HEX_ID
+from verifier.jcs import canonical, parse
+from verifier.kinds import Delegation, Grant, Revocation
+
+from ..errors import ApiError
+from ..service import Caller, Service, caller, check_dpop, require, service
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["oauth"])
+
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+SIGNED_ENTRY = "urn:lineage:params:oauth:token-type:signed-entry"
+CREDENTIAL = "urn:lineage:params:oauth:token-type:credential"
+AUTH_TYPES = ["email", "files", "payments", "api"]  # advertised; any type is accepted
+
+
+def _base(request: Request) -> str:
+    return f"{request.url.scheme}://{request.url.netloc}"
+
+
+@router.get("/.well-known/oauth-authorization-server")
+def metadata(request: Request, svc: Annotated[Service, Depends(service)]) -> dict[str, Any]:
+    """RFC 8414 authorization server metadata."""
+    base = _base(request)
+    return {
+        "issuer": base,
+        "token_endpoint": f"{base}/oauth/token",
+        "introspection_endpoint": f"{base}/oauth/introspect",
+        "revocation_endpoint": f"{base}/oauth/revoke",
+        "grant_types_supported": [TOKEN_EXCHANGE],
+        "token_endpoint_auth_methods_supported": ["none"],
+        "introspection_endpoint_auth_methods_supported": ["bearer", "dpop"],
+        "revocation_endpoint_auth_methods_supported": ["bearer", "dpop"],
+        "dpop_signing_alg_values_supported": ["EdDSA", "Ed25519"],
+        "authorization_details_types_supported": AUTH_TYPES,
+        "lineage_log_origin": svc.log.origin,
+        "lineage_log_key": svc.log.log_key.vkey,
+    }
+
+
+def _decode_entry(value: str) -> Entry:
+    try:
+        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+    except (binascii.Error, ValueError):
+        raise ApiError(400, "invalid_request", "subject_token is not base64url") from None
+    return parse_entry(raw)
+
+
+@router.post("/oauth/token")
+def token(
+    request: Request,
+    svc: Annotated[Service, Depends(service)],
+    grant_type: Annotated[str, Form()],
+    subject_token: Annotated[str, Form(max_length=100_000)],
+    subject_token_type: Annotated[str, Form()],
+    authorization_details: Annotated[str | None, Form(max_length=70_000)] = None,
+    requested_token_type: Annotated[str | None, Form()] = None,
+) -> JSONResponse:
+    """RFC 8693 token exchange: append a client-signed grant or delegation."""
+    if grant_type != TOKEN_EXCHANGE:
+        raise ApiError(400, "unsupported_grant_type", f"grant_type must be {TOKEN_EXCHANGE}")
+    if subject_token_type != SIGNED_ENTRY:
+        raise ApiError(400, "invalid_request", f"subject_token_type must be {SIGNED_ENTRY}")
+    if requested_token_type not in (None, CREDENTIAL):
+        raise ApiError(400, "invalid_request", f"requested_token_type must be {CREDENTIAL}")
+    entry = _decode_entry(subject_token)
+    if not isinstance(entry.body, Grant | Delegation):
+        raise ApiError(400, "invalid_grant", "the subject token must be a grant or delegation")
+    scope = entry.obj["scope"]
+    if authorization_details is not None:
+        try:
+            asked = parse(authorization_details.encode())
+        except FormatError as exc:
+            raise ApiError(400, "invalid_authorization_details", str(exc)) from None
+        if canonical(asked) != canonical(scope):
+            raise ApiError(
+                400,
+                "invalid_authorization_details",
+                "authorization_details must equal the signed entry's scope",
+            )
+    key = check_dpop(request, svc, None)
+    if key.kid != entry.body.holder.kid:
+        raise ApiError(
+            400,
+            "invalid_dpop_proof",
+            "the DPoP proof must be made with the credential's holder key",
+        )
+    appended = svc.log.append(entry)
+    if not appended.existing:
+        svc.metrics.appends.labels(kind=entry.kind).inc()
+    expires = entry.body.credential.limits.expires_at - int(time.time())
+    return JSONResponse(
+        {
+            "access_token": appended.id,
+            "issued_token_type": CREDENTIAL,
+            "token_type": "DPoP",
+            "expires_in": max(expires, 0),
+            "authorization_details": scope,
+            "lineage_index": appended.index,
+        },
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+def _act(chain: list[CredentialRecord]) -> dict[str, Any] | None:
+    """RFC 8693 §4.1 nested ``act``: the current actor outermost, prior actors inside."""
+    act: dict[str, Any] | None = None
+    for rec in chain:
+        act = {"sub": rec.holder.kid, **({"act": act} if act else {})}
+    return act
+
+
+def _inactive() -> JSONResponse:
+    return JSONResponse({"active": False}, headers={"Cache-Control": "no-store"})
+
+
+@router.post("/oauth/introspect")
+def introspect(
+    svc: Annotated[Service, Depends(service)],
+    who: Annotated[Caller, Depends(caller)],
+    token: Annotated[str, Form(max_length=256)],
+    token_type_hint: Annotated[str | None, Form()] = None,
+) -> JSONResponse:
+    """RFC 7662: is this credential handle active now, and what does it carry?"""
+    require(who, "operator", "auditor", "enforcement", "holder")
+    if not HEX_ID.fullmatch(token):
+        return _inactive()
+    state = svc.log.state()
+    rec = state.credentials.get(token)
+    if rec is None or (who.role == "holder" and who.credential != token):
+        return _inactive()
+    now = max(int(time.time()), state.time)
+    if state._validity_fault(rec, state.size, now, "credential") is not None:
+        return _inactive()
+    limits = rec.credential.limits
+    chain = rec.chain()
+    body: dict[str, Any] = {
+        "active": True,
+        "iss": svc.log.origin,
+        "sub": rec.principal,
+        "token_type": "DPoP",
+        "exp": limits.expires_at,
+        "iat": rec.time,
+        "cnf": {"jkt": rec.holder.kid},
+        "act": _act(chain),
+        "authorization_details": rec.entry.obj["scope"],
+        "lineage": {
+            "task": limits.task.id,
+            "depth": len(chain),
+            "index": rec.index,
+            "chain": [r.id for r in chain],
+        },
+    }
+    if limits.not_before is not None:
+        body["nbf"] = limits.not_before
+    return JSONResponse(body, headers={"Cache-Control": "no-store"})
+
+
+@router.post("/oauth/revoke")
+def revoke(
+    request: Request,
+    svc: Annotated[Service, Depends(service)],
+    who: Annotated[Caller, Depends(caller)],
+    token: Annotated[str, Form(max_length=256)],
+    token_type_hint: Annotated[str | None, Form()] = None,
+    revocation: Annotated[str | None, Form(max_length=8192)] = None,
+) -> JSONResponse:
+    """RFC 7009: revoke a credential (and its subtree).
+
+    An operator or enforcement point's call is signed with the operator key; a
+    holder (DPoP) sends the revocation entry signed with its own key in
+    ``revocation`` (base64url), since only the key that authenticated the call
+    may sign it.
+    """
+    require(who, "operator", "enforcement", "holder")
+    if not HEX_ID.fullmatch(token) or svc.credential(token) is None:
+        return JSONResponse({}, headers={"Cache-Control": "no-store"})  # RFC 7009 §2.2
+    if who.role == "holder":
+        if revocation is None:
+            raise ApiError(400, "invalid_request", "a holder sends its signed revocation entry")
+        entry = _decode_entry(revocation)
+        body = entry.body
+        if not isinstance(body, Revocation) or body.credential != token:
+            raise ApiError(400, "invalid_request", "the entry must revoke the token given")
+        if entry.sigs[0].kid != who.key.kid:
+            raise ApiError(
+                400,
+                "invalid_request",
+                "the revocation must be signed by the key that authenticated",
+            )
+    else:
+        reason = f"revoked through /oauth/revoke by {who.role} {who.name}"
+        entry = sign_entry(
+            {
+                "kind": "revocation",
+                "v": 1,
+                "log": svc.log.origin,
+                "target": {"credential": token},
+                "reason": reason[:512],
+            },
+            [svc.log.keys.operator],
+        )
+    try:
+        svc.log.append(entry)
+    except SignatureError as exc:
+        raise ApiError(400, "invalid_request", str(exc)) from None
+    svc.metrics.appends.labels(kind="revocation").inc()
+    return JSONResponse({}, headers={"Cache-Control": "no-store"})

@@ -1,0 +1,25 @@
+"""Operations: health and Prometheus metrics."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from ..service import Service, service
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz")
+def health(svc: Annotated[Service, Depends(service)]) -> dict[str, Any]:
+    return {"status": "ok", "origin": svc.log.origin, "tree_size": svc.log.size}
+
+
+@router.get("/metrics")
+def metrics(svc: Annotated[Service, Depends(service)]) -> Response:
+    return Response(generate_latest(svc.metrics.registry), media_type=CONTENT_TYPE_LATEST)

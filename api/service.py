@@ -1,0 +1,192 @@
+"""The service's state and the dependencies every router shares: who is calling?
+
+Callers authenticate one of two ways:
+
+- ``Authorization: Bearer lin_...``: an operator, auditor or enforcement-point
+  token (``lineage token create``), stored hashed, compared in constant time;
+- ``Authorization: DPoP <credential handle>`` with a ``DPoP`` proof (RFC 9449)
+  whose key is that credential's holder key: the holder itself;
+- ``Authorization: DPoP <principal name>`` with a proof by a key bound to that
+  principal: the human, who may read the lineages they authorised.
+
+Anyone else is anonymous: they may read checkpoints, proofs and leaf hashes,
+and append self-authenticating signed entries, but not read entry bodies.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from fastapi import Request
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from ledger.config import Settings
+from ledger.log import Log
+from ledger.tokens import TokenStore
+from verifier.chain import CredentialRecord
+from verifier.fields import HEX_ID
+from verifier.keys import PublicKey
+
+from .dpop import DPoPError, NonceSource, verify_dpop
+from .errors import ApiError
+
+__all__ = ["Caller", "Metrics", "Service", "caller", "service"]
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.appends = Counter(
+            "lineage_appends", "Entries appended", ["kind"], registry=self.registry
+        )
+        self.decisions = Counter(
+            "lineage_decisions", "Access decisions", ["outcome"], registry=self.registry
+        )
+        self.invalid_proofs = Counter(
+            "lineage_invalid_proofs",
+            "Invalid invocations and DPoP proofs (not logged)",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "lineage_request_seconds",
+            "Request latency",
+            ["route"],
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+        )
+
+
+@dataclass
+class Service:
+    log: Log
+    settings: Settings
+    tokens: TokenStore
+    nonces: NonceSource = field(default_factory=NonceSource)
+    metrics: Metrics = field(default_factory=Metrics)
+    require_dpop_nonce: bool = False
+
+    def credential(self, handle: str) -> CredentialRecord | None:
+        return self.log.state().credentials.get(handle)
+
+
+@dataclass(frozen=True)
+class Caller:
+    role: str  # operator | auditor | enforcement | holder | principal | anonymous
+    name: str  # the token's name, or the holder key's kid
+    key: PublicKey | None = None  # a holder's key (DPoP)
+    credential: str | None = None  # the credential a holder presented
+
+    @property
+    def reads_everything(self) -> bool:
+        return self.role in ("operator", "auditor")
+
+
+def service(request: Request) -> Service:
+    return request.app.state.service
+
+
+def public_url(request: Request) -> str:
+    """The URL a DPoP proof's htu names: scheme, host and path, no query."""
+    return f"{request.url.scheme}://{request.url.netloc}{request.url.path}"
+
+
+def check_dpop(request: Request, svc: Service, access_token: str | None) -> PublicKey:
+    """Verify the request's DPoP proof (RFC 9449 §4.3) and return its key."""
+    proof = request.headers.get("dpop")
+    if proof is None:
+        raise ApiError(
+            401,
+            "invalid_dpop_proof",
+            "a DPoP proof is required",
+            {"WWW-Authenticate": 'DPoP algs="EdDSA Ed25519"'},
+        )
+    try:
+        checked = verify_dpop(
+            proof,
+            method=request.method,
+            url=public_url(request),
+            access_token=access_token,
+            remember_jti=lambda jti, exp: svc.tokens.remember_jti(jti, exp, int(time.time())),
+            window=svc.settings.invocation_window,
+            nonces=svc.nonces,
+            require_nonce=svc.require_dpop_nonce,
+        )
+    except DPoPError as exc:
+        svc.metrics.invalid_proofs.labels(reason="dpop").inc()
+        headers = {"DPoP-Nonce": svc.nonces.current()} if exc.error == "use_dpop_nonce" else {}
+        raise ApiError(
+            400 if exc.error == "use_dpop_nonce" else 401, exc.error, str(exc), headers
+        ) from None
+    return checked.key
+
+
+def caller(request: Request) -> Caller:
+    """Authenticate the request (see the module docstring); anonymous if no credentials."""
+    svc = service(request)
+    auth = request.headers.get("authorization")
+    if not auth:
+        return Caller("anonymous", "anonymous")
+    scheme, _, value = auth.partition(" ")
+    if scheme.lower() == "bearer":
+        token = svc.tokens.authenticate(value.strip())
+        if token is None:
+            raise ApiError(
+                401,
+                "invalid_token",
+                "unknown or revoked token",
+                {"WWW-Authenticate": 'Bearer error="invalid_token"'},
+            )
+        return Caller(token.role, token.name)
+    if scheme.lower() == "dpop":
+        handle = value.strip()
+        if not HEX_ID.fullmatch(handle):  # a principal, proving a key bound to its name
+            key = check_dpop(request, svc, handle)
+            bound = svc.log.state().keys.get(key.kid)
+            if bound is None or bound.principal != handle or bound.retired is not None:
+                raise ApiError(
+                    401,
+                    "invalid_token",
+                    f"the DPoP key is not bound to {handle}",
+                    {"WWW-Authenticate": 'DPoP error="invalid_token"'},
+                )
+            return Caller("principal", handle, key)
+        rec = svc.credential(handle)
+        key = check_dpop(request, svc, handle)
+        if rec is None or rec.holder.kid != key.kid:
+            raise ApiError(
+                401,
+                "invalid_token",
+                "the DPoP key does not hold that credential",
+                {"WWW-Authenticate": 'DPoP error="invalid_token"'},
+            )
+        return Caller("holder", key.kid, key, handle)
+    raise ApiError(401, "invalid_request", f"unsupported authorization scheme {scheme!r}")
+
+
+def require(who: Caller, *roles: str) -> None:
+    if who.role not in roles:
+        status = 401 if who.role == "anonymous" else 403
+        raise ApiError(
+            status,
+            "unauthorized_client" if status == 403 else "invalid_client",
+            f"this needs one of: {', '.join(roles)}",
+            {"WWW-Authenticate": "Bearer, DPoP"} if status == 401 else None,
+        )
+
+
+def may_read(who: Caller, svc: Service, rec: CredentialRecord | None) -> bool:
+    """Entry bodies: operators and auditors; a principal for the lineages it authorised;
+    a holder for its own chain and what was derived from its credential."""
+    if who.reads_everything:
+        return True
+    if who.role == "principal":
+        return rec is not None and rec.principal == who.name
+    if who.role != "holder" or rec is None:
+        return False
+    mine = svc.credential(who.credential or "")
+    if mine is None:
+        return False
+    above_or_me = {r.id for r in mine.chain()}
+    return rec.id in above_or_me or mine.id in {r.id for r in rec.chain()}

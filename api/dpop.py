@@ -93,7 +93,11 @@ class NonceSource:
 
 
 def ath_of(token: str) -> str:
-    return b64u_encode(hashlib.sha256(token.encode("ascii")).digest())
+    """RFC 9449 §4.2: base64url(SHA-256(ASCII(access token)))."""
+    try:
+        return b64u_encode(hashlib.sha256(token.encode("ascii")).digest())
+    except UnicodeEncodeError:
+        raise DPoPError("the access token is not ASCII", "invalid_token") from None
 
 
 def verify_dpop(
@@ -144,7 +148,7 @@ def verify_dpop(
     if claims.get("htu") != url.split("?")[0].split("#")[0]:
         raise DPoPError(f"htu {claims.get('htu')!r} is not this endpoint")
     iat, jti = claims.get("iat"), claims.get("jti")
-    if type(iat) is not int or abs(now - iat) > window:
+    if type(iat) is not int or not now - window <= iat <= now + window:
         raise DPoPError("the DPoP proof's iat is missing or not recent")
     if not isinstance(jti, str) or not 8 <= len(jti) <= 128:
         raise DPoPError("the DPoP proof needs a jti of 8 to 128 characters")

@@ -28,7 +28,11 @@ MAX_BODY = 1 << 20  # 1 MiB: an entry is at most 64 KiB
 
 
 class BodyLimit:
-    """Refuse request bodies over ``limit`` bytes with 413, whatever Content-Length says."""
+    """Refuse request bodies over ``limit`` bytes with 413, whatever Content-Length says.
+
+    The body is read (up to limit + 1 bytes) before the app runs, then replayed
+    to it, so a chunked upload cannot slip past a declared length.
+    """
 
     def __init__(self, app: ASGIApp, limit: int):
         self.app, self.limit = app, limit
@@ -40,21 +44,28 @@ class BodyLimit:
         declared = headers.get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
             return await self._too_large(scope, receive, send)
-        seen = 0
-
-        async def limited() -> dict:
-            nonlocal seen
+        chunks, seen = [], 0
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise _TooLarge
-            return message
+            if message["type"] != "http.request":
+                return  # the client went away before sending its body
+            chunk = message.get("body", b"")
+            seen += len(chunk)
+            if seen > self.limit:
+                return await self._too_large(scope, receive, send)
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                break
+        body, replayed = b"".join(chunks), False
 
-        try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
-            await self._too_large(scope, receive, send)
+        async def replay() -> dict:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = render(
@@ -64,10 +75,6 @@ class BodyLimit:
             f"request bodies are limited to {self.limit} bytes",
         )
         await response(scope, receive, send)
-
-
-class _TooLarge(Exception):
-    pass
 
 
 def create_app(log: Log, settings: Settings | None = None, *, checkpoints: bool = True) -> FastAPI:

@@ -27,6 +27,7 @@ from ledger.tokens import TokenStore
 from verifier.chain import CredentialRecord
 from verifier.fields import HEX_ID
 from verifier.keys import PublicKey
+from verifier.kinds import PRINCIPAL_NAME
 
 from .dpop import DPoPError, NonceSource, verify_dpop
 from .errors import ApiError
@@ -92,16 +93,24 @@ def public_url(request: Request) -> str:
     return f"{request.url.scheme}://{request.url.netloc}{request.url.path}"
 
 
-def check_dpop(request: Request, svc: Service, access_token: str | None) -> PublicKey:
-    """Verify the request's DPoP proof (RFC 9449 §4.3) and return its key."""
+def check_dpop(
+    request: Request, svc: Service, access_token: str | None, *, token_endpoint: bool = False
+) -> PublicKey:
+    """Verify the request's DPoP proof (RFC 9449 §4.3) and return its key.
+
+    At the token endpoint a bad proof is an RFC 6749 §5.2 error (400, RFC 9449 §5);
+    elsewhere it is 401 with a ``WWW-Authenticate: DPoP`` challenge (RFC 9449 §7.1).
+    """
+
+    def refuse(error: str, description: str, extra: dict[str, str] | None = None) -> ApiError:
+        if token_endpoint:
+            return ApiError(400, error, description, extra)
+        challenge = f'DPoP error="{error}", algs="EdDSA Ed25519"'
+        return ApiError(401, error, description, {"WWW-Authenticate": challenge, **(extra or {})})
+
     proof = request.headers.get("dpop")
     if proof is None:
-        raise ApiError(
-            401,
-            "invalid_dpop_proof",
-            "a DPoP proof is required",
-            {"WWW-Authenticate": 'DPoP algs="EdDSA Ed25519"'},
-        )
+        raise refuse("invalid_dpop_proof", "a DPoP proof is required")
     try:
         checked = verify_dpop(
             proof,
@@ -116,9 +125,7 @@ def check_dpop(request: Request, svc: Service, access_token: str | None) -> Publ
     except DPoPError as exc:
         svc.metrics.invalid_proofs.labels(reason="dpop").inc()
         headers = {"DPoP-Nonce": svc.nonces.current()} if exc.error == "use_dpop_nonce" else {}
-        raise ApiError(
-            400 if exc.error == "use_dpop_nonce" else 401, exc.error, str(exc), headers
-        ) from None
+        raise refuse(exc.error, str(exc), headers) from None
     return checked.key
 
 
@@ -142,6 +149,13 @@ def caller(request: Request) -> Caller:
     if scheme.lower() == "dpop":
         handle = value.strip()
         if not HEX_ID.fullmatch(handle):  # a principal, proving a key bound to its name
+            if not PRINCIPAL_NAME.fullmatch(handle):
+                raise ApiError(
+                    401,
+                    "invalid_token",
+                    "neither a credential handle nor a name",
+                    {"WWW-Authenticate": 'DPoP error="invalid_token"'},
+                )
             key = check_dpop(request, svc, handle)
             bound = svc.log.state().keys.get(key.kid)
             if bound is None or bound.principal != handle or bound.retired is not None:

@@ -10,9 +10,6 @@ key the caller holds.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Form, Request
@@ -23,6 +20,7 @@ from verifier.entry import Entry, parse_entry, sign_entry
 from verifier.errors import FormatError, SignatureError
 from verifier.fields import HEX_ID
 from verifier.jcs import canonical, parse
+from verifier.keys import b64u_decode
 from verifier.kinds import Delegation, Grant, Revocation
 
 from ..errors import ApiError
@@ -62,11 +60,11 @@ def metadata(request: Request, svc: Annotated[Service, Depends(service)]) -> dic
     }
 
 
-def _decode_entry(value: str) -> Entry:
+def _decode_entry(value: str, what: str = "subject_token") -> Entry:
     try:
-        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
-    except (binascii.Error, ValueError):
-        raise ApiError(400, "invalid_request", "subject_token is not base64url") from None
+        raw = b64u_decode(value, what=what)  # strict: unpadded, canonical, alphabet only
+    except FormatError:
+        raise ApiError(400, "invalid_request", f"{what} is not base64url") from None
     return parse_entry(raw)
 
 
@@ -102,7 +100,7 @@ def token(
                 "invalid_authorization_details",
                 "authorization_details must equal the signed entry's scope",
             )
-    key = check_dpop(request, svc, None)
+    key = check_dpop(request, svc, None, token_endpoint=True)
     if key.kid != entry.body.holder.kid:
         raise ApiError(
             400,
@@ -112,7 +110,7 @@ def token(
     appended = svc.log.append(entry)
     if not appended.existing:
         svc.metrics.appends.labels(kind=entry.kind).inc()
-    expires = entry.body.credential.limits.expires_at - int(time.time())
+    expires = entry.body.credential.limits.expires_at - int(svc.log.clock())
     return JSONResponse(
         {
             "access_token": appended.id,
@@ -153,7 +151,7 @@ def introspect(
     rec = state.credentials.get(token)
     if rec is None or (who.role == "holder" and who.credential != token):
         return _inactive()
-    now = max(int(time.time()), state.time)
+    now = max(int(svc.log.clock()), state.time)
     if state._validity_fault(rec, state.size, now, "credential") is not None:
         return _inactive()
     limits = rec.credential.limits
@@ -202,7 +200,7 @@ def revoke(
     if who.role == "holder":
         if revocation is None:
             raise ApiError(400, "invalid_request", "a holder sends its signed revocation entry")
-        entry = _decode_entry(revocation)
+        entry = _decode_entry(revocation, "revocation")
         body = entry.body
         if not isinstance(body, Revocation) or body.credential != token:
             raise ApiError(400, "invalid_request", "the entry must revoke the token given")
@@ -225,8 +223,9 @@ def revoke(
             [svc.log.keys.operator],
         )
     try:
-        svc.log.append(entry)
+        appended = svc.log.append(entry)
     except SignatureError as exc:
         raise ApiError(400, "invalid_request", str(exc)) from None
-    svc.metrics.appends.labels(kind="revocation").inc()
+    if not appended.existing:
+        svc.metrics.appends.labels(kind="revocation").inc()
     return JSONResponse({}, headers={"Cache-Control": "no-store"})

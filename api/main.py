@@ -18,6 +18,7 @@ from ledger.log import Log
 from ledger.tokens import TokenStore
 
 from .errors import install_handlers, render
+from .openapi import install_openapi
 from .routers import access, credentials, entries, oauth, ops
 from .routers import log as log_routes
 from .service import Service
@@ -79,7 +80,9 @@ class BodyLimit:
 
 def create_app(log: Log, settings: Settings | None = None, *, checkpoints: bool = True) -> FastAPI:
     settings = settings or Settings()
-    svc = Service(log, settings, TokenStore(log.store))
+    svc = Service(
+        log, settings, TokenStore(log.store), require_dpop_nonce=settings.dpop_nonce_required
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -97,6 +100,7 @@ def create_app(log: Log, settings: Settings | None = None, *, checkpoints: bool 
     )
     app.state.service = svc
     install_handlers(app)
+    install_openapi(app)
     for module in (oauth, entries, access, credentials, log_routes, ops):
         app.include_router(module.router)
 

@@ -29,7 +29,8 @@ from .audit import AuditFailure, audit
 from .cli_common import DbOption, KeysOption, app, err, fail, log_app, open_for_reading
 from .errors import ConfigError
 from .keys import KeyRing, keys_dir
-from .ledger import DEFAULT_DB, init_ledger
+from .ledger import DEFAULT_DB, init_ledger, open_ledger
+from .rotation import rotate_key
 
 __all__ = ["app", "main"]
 
@@ -138,6 +139,26 @@ def log_proof(
     except LineageError as exc:
         raise fail(str(exc)) from None
     typer.echo(json.dumps(out, indent=2))
+
+
+key_app = typer.Typer(no_args_is_help=True, help="The ledger's own keys.")
+app.add_typer(key_app, name="key")
+
+
+@key_app.command("rotate")
+def key_rotate(
+    role: Annotated[str, typer.Argument(help="operator or decision")],
+    db: DbOption = Path(DEFAULT_DB),
+    keys: KeysOption = None,
+) -> None:
+    """Replace the operator or decision key: the new key is added, then the old retired."""
+    try:
+        log = open_ledger(db, keys)
+        old, new, index = rotate_key(log, keys_dir(keys), role)
+        log.close()
+    except LineageError as exc:
+        raise fail(str(exc)) from None
+    typer.echo(f"{role} key {old} retired at index {index}; now {new}")
 
 
 @app.command()

@@ -9,6 +9,7 @@ Precedence: built-in defaults < ``lineage.toml`` (or ``--config``/``$LINEAGE_CON
     max_depth = 8                # the deepest delegation chain
     invocation_window = 60       # how far an invocation's iat may be from the log's clock (s)
     checkpoint_interval = 1.0    # seconds between checkpoints when there are new leaves
+    dpop_nonce_required = false  # require a server DPoP-Nonce in every proof (RFC 9449 §8)
     host = "127.0.0.1"
     port = 8000
 """
@@ -33,6 +34,7 @@ class Settings:
     max_depth: int = 8
     invocation_window: int = 60
     checkpoint_interval: float = 1.0
+    dpop_nonce_required: bool = False
     host: str = "127.0.0.1"
     port: int = 8000
 
@@ -50,6 +52,13 @@ class Settings:
 
 def _coerce(name: str, kind: str, value: object) -> object:
     try:
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return text in ("true", "1", "yes")
         if kind == "int":
             if isinstance(value, bool):
                 raise ValueError

@@ -13,6 +13,7 @@ from verifier.fields import HEX_ID
 from verifier.jcs import canonical, parse
 
 from ..errors import ApiError
+from ..models import AppendResult, EntryPage, LeafView
 from ..service import Caller, Service, caller, service
 from .log import leaf_json
 
@@ -22,7 +23,9 @@ router = APIRouter(prefix="/v1/entries", tags=["entries"])
 MAX_PAGE = 500
 
 
-@router.post("", status_code=201)
+@router.post(
+    "", status_code=201, responses={201: {"model": AppendResult}, 200: {"model": AppendResult}}
+)
 async def append(request: Request, svc: Annotated[Service, Depends(service)]) -> JSONResponse:
     """Append a signed entry (JSON). Idempotent: a repeat answers 200 with the first index."""
     body = await request.body()
@@ -35,7 +38,7 @@ async def append(request: Request, svc: Annotated[Service, Depends(service)]) ->
     return JSONResponse(appended.to_json(), status_code=200 if appended.existing else 201)
 
 
-@router.get("/{entry_id}")
+@router.get("/{entry_id}", responses={200: {"model": LeafView}})
 def get(
     entry_id: str,
     svc: Annotated[Service, Depends(service)],
@@ -50,7 +53,7 @@ def get(
     return out
 
 
-@router.get("")
+@router.get("", responses={200: {"model": EntryPage}})
 def query(
     svc: Annotated[Service, Depends(service)],
     who: Annotated[Caller, Depends(caller)],

@@ -16,6 +16,7 @@ from verifier.entry import Leaf
 from verifier.kinds import Access, Delegation, Grant, Revocation
 
 from ..errors import ApiError
+from ..models import ConsistencyProof, InclusionProof, LeafPage, LeafView
 from ..service import Caller, Service, caller, may_read, service
 
 __all__ = ["router"]
@@ -66,7 +67,7 @@ def leaf_json(svc: Service, who: Caller, index: int, leaf: Leaf) -> dict[str, An
     return out
 
 
-@router.get("/entries/{index}")
+@router.get("/entries/{index}", responses={200: {"model": LeafView}})
 def entry(
     index: int, svc: Annotated[Service, Depends(service)], who: Annotated[Caller, Depends(caller)]
 ) -> dict[str, Any]:
@@ -75,7 +76,7 @@ def entry(
     return leaf_json(svc, who, index, svc.log.leaf(index))
 
 
-@router.get("/entries")
+@router.get("/entries", responses={200: {"model": LeafPage}})
 def entries(
     svc: Annotated[Service, Depends(service)],
     who: Annotated[Caller, Depends(caller)],
@@ -93,7 +94,7 @@ def entries(
     }
 
 
-@router.get("/proof/inclusion")
+@router.get("/proof/inclusion", responses={200: {"model": InclusionProof}})
 def inclusion(
     svc: Annotated[Service, Depends(service)], index: Index, tree_size: Size
 ) -> dict[str, Any]:
@@ -106,7 +107,7 @@ def inclusion(
     }
 
 
-@router.get("/proof/consistency")
+@router.get("/proof/consistency", responses={200: {"model": ConsistencyProof}})
 def consistency(
     svc: Annotated[Service, Depends(service)], first: Size, second: Size
 ) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from verifier.keys import b64u_decode
 from verifier.kinds import Delegation, Grant, Revocation
 
 from ..errors import ApiError
+from ..models import Introspection, TokenResponse
 from ..service import Caller, Service, caller, check_dpop, require, service
 
 __all__ = ["router"]
@@ -68,7 +69,7 @@ def _decode_entry(value: str, what: str = "subject_token") -> Entry:
     return parse_entry(raw)
 
 
-@router.post("/oauth/token")
+@router.post("/oauth/token", responses={200: {"model": TokenResponse}})
 def token(
     request: Request,
     svc: Annotated[Service, Depends(service)],
@@ -136,7 +137,7 @@ def _inactive() -> JSONResponse:
     return JSONResponse({"active": False}, headers={"Cache-Control": "no-store"})
 
 
-@router.post("/oauth/introspect")
+@router.post("/oauth/introspect", responses={200: {"model": Introspection}})
 def introspect(
     svc: Annotated[Service, Depends(service)],
     who: Annotated[Caller, Depends(caller)],

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from ..models import Health
 from ..service import Service, service
 
 __all__ = ["router"]
@@ -15,7 +16,7 @@ __all__ = ["router"]
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/healthz")
+@router.get("/healthz", response_model=Health)
 def health(svc: Annotated[Service, Depends(service)]) -> dict[str, Any]:
     return {"status": "ok", "origin": svc.log.origin, "tree_size": svc.log.size}
 

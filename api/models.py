@@ -1,0 +1,83 @@
+"""Response shapes, for the OpenAPI document (the routers build the JSON themselves)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+__all__ = [
+    "AppendResult",
+    "ConsistencyProof",
+    "EntryPage",
+    "Health",
+    "InclusionProof",
+    "Introspection",
+    "LeafPage",
+    "LeafView",
+    "TokenResponse",
+]
+
+
+class AppendResult(BaseModel):
+    id: str = Field(description="the entry id: hex SHA-256 of its canonical bytes")
+    index: int = Field(description="its leaf index; the original one for a repeat")
+
+
+class LeafView(BaseModel):
+    index: int
+    leaf_hash: str = Field(description="hex RFC 9162 leaf hash")
+    time: int = Field(description="integrated time, Unix seconds")
+    id: str | None = Field(None, description="entry id (authorised readers)")
+    entry: dict[str, Any] | None = Field(None, description="the signed entry (authorised readers)")
+
+
+class LeafPage(BaseModel):
+    entries: list[LeafView]
+    tree_size: int
+
+
+class EntryPage(BaseModel):
+    entries: list[LeafView]
+    next_cursor: int | None
+
+
+class InclusionProof(BaseModel):
+    leaf_index: int
+    tree_size: int
+    audit_path: list[str] = Field(description="base64 hashes, RFC 9162 §2.1.3")
+
+
+class ConsistencyProof(BaseModel):
+    first: int
+    second: int
+    consistency: list[str] = Field(description="base64 hashes, RFC 9162 §2.1.4")
+
+
+class TokenResponse(BaseModel):
+    access_token: str = Field(description="the credential handle")
+    issued_token_type: str
+    token_type: str = "DPoP"
+    expires_in: int
+    authorization_details: list[dict[str, Any]]
+    lineage_index: int
+
+
+class Introspection(BaseModel):
+    active: bool
+    iss: str | None = None
+    sub: str | None = Field(None, description="the principal at the root of the chain")
+    token_type: str | None = None
+    exp: int | None = None
+    iat: int | None = None
+    nbf: int | None = None
+    cnf: dict[str, str] | None = Field(None, description='{"jkt": holder key thumbprint}')
+    act: dict[str, Any] | None = Field(None, description="RFC 8693 actors, current outermost")
+    authorization_details: list[dict[str, Any]] | None = None
+    lineage: dict[str, Any] | None = None
+
+
+class Health(BaseModel):
+    status: str
+    origin: str
+    tree_size: int

@@ -1,0 +1,36 @@
+"""DPoP-Nonce (RFC 9449 §8): with nonces required, a proof without one is challenged."""
+
+import httpx
+
+from api.dpop import make_proof
+from ledger.config import Settings
+from tests.api_server import running
+
+
+def test_a_required_nonce_is_challenged_then_accepted(tmp_path):
+    settings = Settings(checkpoint_interval=0.2, dpop_nonce_required=True)
+    with running(tmp_path, settings) as srv:
+        grant = srv.grant()
+        url = srv.url("/oauth/token")
+        first = httpx.post(
+            url,
+            data=srv.exchange_form(grant),
+            headers={"DPoP": make_proof(srv.agent.seed, "POST", url)},
+        )
+        assert first.status_code == 400
+        assert first.json()["error"] == "use_dpop_nonce"
+        nonce = first.headers["DPoP-Nonce"]
+        assert srv.size() == 2  # genesis and alice's binding: nothing appended
+        proof = make_proof(srv.agent.seed, "POST", url, nonce=nonce)
+        second = httpx.post(url, data=srv.exchange_form(grant), headers={"DPoP": proof})
+        assert second.status_code == 200, second.text
+        assert second.json()["access_token"] == grant.id
+        forged = make_proof(srv.agent.seed, "POST", url, nonce="A" * 24)
+        third = httpx.post(url, data=srv.exchange_form(grant), headers={"DPoP": forged})
+        assert third.status_code == 400 and third.json()["error"] == "use_dpop_nonce"
+
+
+def test_without_the_setting_no_nonce_is_needed(tmp_path):
+    with running(tmp_path) as srv:
+        grant = srv.grant()
+        assert srv.exchange(grant, srv.agent).status_code == 200

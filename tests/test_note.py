@@ -20,7 +20,6 @@ from verifier.note import (
     Signer,
     VerifiedNote,
     Verifier,
-    _verify_ed25519,
     format_note,
     format_skey,
     key_id,
@@ -30,6 +29,7 @@ from verifier.note import (
     parse_vkey,
     sign_note,
 )
+from verifier.note_keys import _verify_ed25519
 
 DASH = "\u2014"
 

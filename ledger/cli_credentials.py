@@ -344,4 +344,5 @@ def demo(db: DbOption = Path(DEFAULT_DB), keys: KeysOption = None) -> None:
         run_demo(db, keys, typer.echo, load_settings())
     except LineageError as exc:
         raise fail(str(exc)) from None
-    typer.echo(f"Now `lineage serve --db {db}` serves this ledger.")
+    keys_arg = f" --keys {keys}" if keys else ""
+    typer.echo(f"Now `lineage serve --db {db}{keys_arg}` serves this ledger.")

@@ -52,6 +52,7 @@ __all__ = [
 ALGORITHMS = ("EdDSA", "Ed25519")
 _REGISTRY = JWSRegistry(algorithms=list(ALGORITHMS))
 MAX_PROOF = 4096
+MAX_HEADER = 1024  # base64url characters: an Ed25519 jwk header is about 200
 
 
 class DPoPError(Exception):
@@ -116,9 +117,12 @@ def verify_dpop(
     now = time.time() if now is None else now
     if not isinstance(proof, str) or not proof or len(proof) > MAX_PROOF or proof.count(".") != 2:
         raise DPoPError("the DPoP header must hold one compact JWS")
+    head = proof.split(".")[0]
+    if len(head) > MAX_HEADER:
+        raise DPoPError("the DPoP proof header is too long")
     try:
-        header = json.loads(_b64(proof.split(".")[0]))
-    except (ValueError, UnicodeDecodeError):
+        header = json.loads(_b64(head))
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise DPoPError("the DPoP proof header is not JSON") from None
     if not isinstance(header, dict) or header.get("typ") != "dpop+jwt":
         raise DPoPError("the DPoP proof's typ must be dpop+jwt")
@@ -139,7 +143,7 @@ def verify_dpop(
         raise DPoPError("the DPoP proof's signature does not verify") from None
     try:
         claims = json.loads(signed.payload)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise DPoPError("the DPoP proof's payload is not JSON") from None
     if not isinstance(claims, dict):
         raise DPoPError("the DPoP proof's payload is not an object")

@@ -71,6 +71,12 @@ class Service:
     def credential(self, handle: str) -> CredentialRecord | None:
         return self.log.state().credentials.get(handle)
 
+    def valid_now(self, rec: CredentialRecord) -> bool:
+        """Within its window and unrevoked, with its whole chain, at the log's time now."""
+        state = self.log.state()
+        now = max(int(self.log.clock()), state.time)
+        return state._validity_fault(rec, state.size, now, "credential") is None
+
 
 @dataclass(frozen=True)
 class Caller:
@@ -89,7 +95,14 @@ def service(request: Request) -> Service:
 
 
 def public_url(request: Request) -> str:
-    """The URL a DPoP proof's htu names: scheme, host and path, no query."""
+    """The URL a DPoP proof's ``htu`` must name: scheme, host and path, no query.
+
+    With ``public_url`` configured, the base is that, never the client's Host
+    header, so a proof made for another server cannot be replayed here.
+    """
+    base = service(request).settings.public_url
+    if base:
+        return base.rstrip("/") + request.url.path
     return f"{request.url.scheme}://{request.url.netloc}{request.url.path}"
 
 
@@ -168,7 +181,7 @@ def caller(request: Request) -> Caller:
             return Caller("principal", handle, key)
         rec = svc.credential(handle)
         key = check_dpop(request, svc, handle)
-        if rec is None or rec.holder.kid != key.kid:
+        if rec is None or rec.holder.kid != key.kid or not svc.valid_now(rec):
             raise ApiError(
                 401,
                 "invalid_token",
@@ -190,9 +203,13 @@ def require(who: Caller, *roles: str) -> None:
         )
 
 
-def may_read(who: Caller, svc: Service, rec: CredentialRecord | None) -> bool:
+def may_read(
+    who: Caller, svc: Service, rec: CredentialRecord | None, *, used: bool = False
+) -> bool:
     """Entry bodies: operators and auditors; a principal for the lineages it authorised;
-    a holder for its own chain and what was derived from its credential."""
+    a holder for the credentials of its own chain and what was derived from its
+    credential, but, for ``used`` (accesses and revocations made with a credential),
+    only within its own subtree: not what its parent or siblings did."""
     if who.reads_everything:
         return True
     if who.role == "principal":
@@ -202,5 +219,7 @@ def may_read(who: Caller, svc: Service, rec: CredentialRecord | None) -> bool:
     mine = svc.credential(who.credential or "")
     if mine is None:
         return False
-    above_or_me = {r.id for r in mine.chain()}
-    return rec.id in above_or_me or mine.id in {r.id for r in rec.chain()}
+    below_or_me = mine.id in {r.id for r in rec.chain()}
+    if used:  # what was done with a credential: only within the holder's own subtree
+        return below_or_me
+    return below_or_me or rec.id in {r.id for r in mine.chain()}

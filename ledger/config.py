@@ -12,6 +12,7 @@ Precedence: built-in defaults < ``lineage.toml`` (or ``--config``/``$LINEAGE_CON
     dpop_nonce_required = false  # require a server DPoP-Nonce in every proof (RFC 9449 §8)
     host = "127.0.0.1"
     port = 8000
+    public_url = ""              # e.g. "https://lineage.example.com": the base DPoP htu must name
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class Settings:
     dpop_nonce_required: bool = False
     host: str = "127.0.0.1"
     port: int = 8000
+    public_url: str = ""  # the service's URL as clients see it; DPoP htu is checked against it
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -63,9 +63,14 @@ def bundle(log: Log, indexes: Sequence[int], since: int | None = None) -> dict[s
     return out
 
 
-def credential_bundle(log: Log, credential: str, since: int | None = None) -> dict[str, Any]:
-    """Everything that proves ``credential``: its lineage, subtree, revocations, accesses."""
-    return bundle(log, related(log, [credential]), since)
+def credential_bundle(
+    log: Log, credential: str, since: int | None = None, within: str | None = None
+) -> dict[str, Any]:
+    """Everything that proves ``credential``: its lineage, subtree, revocations, accesses.
+
+    ``within``: only what the holder of that credential may see (``query.related``).
+    """
+    return bundle(log, related(log, [credential], within), since)
 
 
 def principal_bundle(
@@ -82,7 +87,7 @@ def principal_bundle(
     state = log.state()
     grants = [
         rec.id
-        for rec in state.credentials.values()
+        for rec in list(state.credentials.values())  # a copy: the writer may be adding
         if rec.parent is None
         and (principal is None or rec.principal == principal)
         and (start is None or rec.time >= start)
@@ -121,7 +126,8 @@ def rows_csv(log: Log, f: Filter) -> Iterator[str]:
         )
         detail = obj.get("decision", "") + (" " + obj.get("reason", "") if "reason" in obj else "")
         writer.writerow(
-            [
+            _cell(v)
+            for v in [
                 index,
                 leaf.time,
                 leaf.entry.kind,
@@ -133,6 +139,13 @@ def rows_csv(log: Log, f: Filter) -> Iterator[str]:
             ]
         )
         yield _drain(buf)
+
+
+def _cell(value: object) -> object:
+    """Keep spreadsheet programs from running a cell as a formula (CSV injection)."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
 
 
 def _drain(buf: io.StringIO) -> str:

@@ -20,7 +20,7 @@ from typing import Any
 from verifier.entry import Entry, sign_entry
 from verifier.errors import FormatError
 from verifier.keys import PublicKey, SigningKey
-from verifier.kinds import Delegation, Grant, Policy
+from verifier.kinds import Access, Delegation, Grant, Policy
 
 from .config import Settings
 from .errors import RejectedEntry
@@ -63,6 +63,12 @@ def admission(settings: Settings) -> Admit:
                     "ceiling",
                     "max_depth",
                 )
+        elif isinstance(body, Access) and body.policy != state.policy_version:
+            raise RejectedEntry(
+                f"names policy {body.policy}; version {state.policy_version} is in force",
+                "policy",
+                "policy",
+            )
         elif isinstance(body, Policy):
             try:
                 parse_policy(body.document)

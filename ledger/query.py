@@ -35,42 +35,40 @@ def subtree(state: Replay, credential: str) -> list[CredentialRecord]:
         raise NotFound(f"no credential {credential}")
     inside = {root.id}
     out = [root]
-    for rec in sorted(state.credentials.values(), key=lambda r: r.index):
+    for rec in sorted(list(state.credentials.values()), key=lambda r: r.index):
         if rec.parent is not None and rec.parent.id in inside and rec.id not in inside:
             inside.add(rec.id)
             out.append(rec)
     return out
 
 
-def related(log: Log, credentials: list[str]) -> list[int]:
+def related(log: Log, credentials: list[str], within: str | None = None) -> list[int]:
     """Leaf indexes a bundle needs to prove these credentials and what they did.
 
     The genesis, every key and policy entry (so signers and role changes replay),
     each credential's chain, its subtree, revocations touching them, and their accesses.
+    With ``within`` (a holder's own credential), only what that holder may see: its
+    chain, its subtree, and the accesses and revocations of its subtree.
     """
     state = log.state()
     wanted: set[str] = set()
-    indexes: set[int] = {0}
     for cid in credentials:
-        for rec in lineage(log, cid):
-            wanted.add(rec.id)
-        for rec in subtree(state, cid):
-            wanted.add(rec.id)
-    holders = {state.credentials[c].holder.kid for c in wanted}
-    for cid in wanted:
-        indexes.add(state.credentials[cid].index)
-    for index, leaf in log.leaves():
-        body = leaf.entry.body
-        if leaf.entry.kind in ("key", "policy") or (
-            (
-                isinstance(body, Revocation)
-                and (
-                    body.credential in wanted
-                    or (body.holder is not None and body.holder.kid in holders)
-                )
-            )
-            or (isinstance(body, Access) and body.invocation.credential in wanted)
-        ):
+        wanted.update(rec.id for rec in lineage(log, cid))
+        wanted.update(rec.id for rec in subtree(state, cid))
+    acting = set(wanted)
+    if within is not None:
+        below = {rec.id for rec in subtree(state, within)}
+        wanted &= below | {rec.id for rec in lineage(log, within)}
+        acting &= below
+    creds = dict(state.credentials)  # a copy: the writer may be adding to it
+    indexes = {0, *state.anchors, *(creds[c].index for c in wanted)}
+    holders = {creds[c].holder.kid for c in acting}
+    for index, entry in list(state.revocations):
+        body = entry.body
+        if body.credential in wanted or (body.holder is not None and body.holder.kid in holders):
+            indexes.add(index)
+    for index, entry in list(state.accesses):
+        if entry.body.invocation.credential in acting:
             indexes.add(index)
     return sorted(indexes)
 
@@ -96,10 +94,12 @@ def _credential_of(state: Replay, leaf: Leaf) -> CredentialRecord | None:
     return None
 
 
-def entries(log: Log, f: Filter, start: int = 0) -> Iterator[tuple[int, Leaf]]:
-    """Leaves from ``start`` matching every field of ``f`` that is set."""
+def entries(
+    log: Log, f: Filter, start: int = 0, end: int | None = None
+) -> Iterator[tuple[int, Leaf]]:
+    """Leaves in [start, end) matching every field of ``f`` that is set."""
     state = log.state()
-    for index, leaf in log.leaves(start):
+    for index, leaf in log.leaves(start, end):
         if f.kind is not None and leaf.entry.kind != f.kind:
             continue
         if f.since is not None and leaf.time < f.since:

@@ -100,6 +100,9 @@ class Replay:
         self.invocations: set[tuple[str, str]] = set()  # (credential, nonce) of every access
         self.policy: Policy | None = None
         self.accesses: list[tuple[int, Entry]] = []
+        self.revocations: list[tuple[int, Entry]] = []
+        self.anchors: list[int] = []  # indexes of genesis, key and policy entries
+        self.holders: set[str] = set()  # kids of every key a credential was bound to
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -187,6 +190,10 @@ class Replay:
             Access: self._access,
         }[type(body)]
         handler(entry, body, index, leaf.time)
+        if isinstance(body, Genesis | KeyChange | Policy):
+            self.anchors.append(index)
+        elif isinstance(body, Grant | Delegation):
+            self.holders.add(body.holder.kid)
         self.size = index + 1
         self.time = leaf.time
 
@@ -276,9 +283,13 @@ class Replay:
 
     def _revocation(self, entry: Entry, body: Revocation, index: int, time: int) -> None:
         if body.holder is not None:
-            if not self._signed(entry, body.holder):
+            if self._signed(entry, body.holder):
+                if body.holder.kid not in self.holders:  # nothing to revoke: no free log growth
+                    raise self._fail(entry, "link", "the key holds no earlier credential")
+            else:
                 self._signer(entry, index, role="operator")
             self.revoked_holders.setdefault(body.holder.kid, index)
+            self.revocations.append((index, entry))
             return
         target = self.credentials.get(body.credential)
         if target is None:
@@ -302,6 +313,7 @@ class Replay:
                         "chain's principal, or a holder at or above the target",
                     ) from None
         self.revoked.setdefault(target.id, index)
+        self.revocations.append((index, entry))
 
     def _access(self, entry: Entry, body: Access, index: int, time: int) -> None:
         self._signer(entry, index, role="decision")
@@ -318,6 +330,13 @@ class Replay:
                 inv.verify(rec.holder)
             except SignatureError as exc:
                 raise self._fail(entry, "invocation", str(exc)) from None
+        if body.policy < self.policy_version:
+            raise self._fail(
+                entry,
+                "policy",
+                f"names policy {body.policy}, but version "
+                f"{self.policy_version} was already in force",
+            )
         if body.decision == "allow":
             fault = self.access_fault(rec, body.request, inv.nonce, index, time)
             if fault is not None:

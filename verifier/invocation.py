@@ -78,7 +78,9 @@ def parse_signed_invocation(value: Any, path: str = "") -> SignedInvocation:
     iat = f.int("iat", 1)
     sigs = parse_sigs(f.raw("sigs"), f.at("sigs"), max_sigs=1)
     f.done()
-    canonical(f.obj)  # the subset check (no floats, ...) for objects not parsed from bytes
+    size = len(canonical(f.obj))  # also the subset check (no floats, ...) for parsed objects
+    if size > MAX_INVOCATION_SIZE:
+        raise EntryFormatError(f"is {size} bytes, more than {MAX_INVOCATION_SIZE}", path or None)
     return SignedInvocation(credential, request, nonce, iat, sigs[0], f.obj)
 
 

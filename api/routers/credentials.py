@@ -39,7 +39,8 @@ def lineage(
             "access_denied",
             "you may not read this lineage",
         )
-    return JSONResponse(credential_bundle(svc.log, credential))
+    within = who.credential if who.role == "holder" else None
+    return JSONResponse(credential_bundle(svc.log, credential, within=within))
 
 
 def _chunks(text: str, size: int = 65536) -> Iterator[str]:

@@ -61,7 +61,8 @@ def credential_of(svc: Service, leaf: Leaf):
 def leaf_json(svc: Service, who: Caller, index: int, leaf: Leaf) -> dict[str, Any]:
     out: dict[str, Any] = {"index": index, "leaf_hash": leaf.hash.hex(), "time": leaf.time}
     public = leaf.entry.kind in ("genesis", "key", "policy")  # trust anchors and bindings
-    if public or may_read(who, svc, credential_of(svc, leaf)):
+    used = leaf.entry.kind in ("access", "revocation")
+    if public or may_read(who, svc, credential_of(svc, leaf), used=used):
         out["id"] = leaf.entry.id
         out["entry"] = leaf.entry.obj
     return out

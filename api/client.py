@@ -127,6 +127,31 @@ class _Flows:
         }
         return _check((yield self._dpop("POST", "/oauth/token", holder.key, data=data)))
 
+    def _issue(
+        self,
+        make_body: Any,
+        signer: SigningKey,
+        holder: Agent,
+        *,
+        task: str,
+        scope: Sequence[Mapping[str, Any]],
+        ttl: int,
+        description: str,
+        limits: dict[str, Any],
+    ) -> Flow:
+        """Build a credential body, sign it client-side, exchange it as ``holder``."""
+        origin = yield from self.origin()
+        body = make_body(
+            origin,
+            holder.key.public,
+            task={"id": task, "description": description},
+            scope=scope,
+            expires_at=int(time.time()) + ttl,
+            **limits,
+        )
+        answer = yield from self.exchange(sign_entry(body, [signer]), holder)
+        return answer["access_token"]
+
     def grant(
         self,
         principal_key: SigningKey,
@@ -139,19 +164,19 @@ class _Flows:
         description: str = "",
         **limits: Any,
     ) -> Flow:
-        origin = yield from self.origin()
         limits.setdefault("max_depth", 1)
-        body = grant_body(
-            origin,
-            principal,
-            holder.key.public,
-            task={"id": task, "description": description},
-            scope=scope,
-            expires_at=int(time.time()) + ttl,
-            **limits,
+        return (
+            yield from self._issue(
+                lambda origin, key, **kw: grant_body(origin, principal, key, **kw),
+                principal_key,
+                holder,
+                task=task,
+                scope=scope,
+                ttl=ttl,
+                description=description,
+                limits=limits,
+            )
         )
-        answer = yield from self.exchange(sign_entry(body, [principal_key]), holder)
-        return answer["access_token"]
 
     def delegate(
         self,
@@ -165,19 +190,19 @@ class _Flows:
         description: str = "",
         **limits: Any,
     ) -> Flow:
-        origin = yield from self.origin()
         limits.setdefault("max_depth", 0)
-        body = delegation_body(
-            origin,
-            parent,
-            holder.key.public,
-            task={"id": task, "description": description},
-            scope=scope,
-            expires_at=int(time.time()) + ttl,
-            **limits,
+        return (
+            yield from self._issue(
+                lambda origin, key, **kw: delegation_body(origin, parent, key, **kw),
+                parent_holder.key,
+                holder,
+                task=task,
+                scope=scope,
+                ttl=ttl,
+                description=description,
+                limits=limits,
+            )
         )
-        answer = yield from self.exchange(sign_entry(body, [parent_holder.key]), holder)
-        return answer["access_token"]
 
     def access(self, invocation: SignedInvocation, context: Mapping[str, Any]) -> Flow:
         """(Enforcement point) ask for a decision; needs an enforcement token."""

@@ -5,6 +5,7 @@
     lineage grant --principal NAME --holder K --task ID --scope JSON [--ttl S] ...
     lineage delegate --parent ID --key F --holder K --task ID --scope JSON ...
     lineage revoke [ID | --holder K] (--key F | --operator) [--reason R]
+    lineage policy set (JSON | @file) / lineage policy show
     lineage export [--format bundle|jsonl|csv|dot] [--principal P] [--since T] [--until T]
     lineage demo [--db PATH]
 
@@ -41,6 +42,8 @@ __all__: list[str] = []
 
 principal_app = typer.Typer(no_args_is_help=True, help="Principals: humans and their keys.")
 app.add_typer(principal_app, name="principal")
+policy_app = typer.Typer(no_args_is_help=True, help="The organisation's logged policy.")
+app.add_typer(policy_app, name="policy")
 
 
 def _time(value: str | None) -> int | None:
@@ -73,6 +76,49 @@ def _holder(holder: str | None, holder_key: Path | None) -> PublicKey:
 
 def _principal_key_file(keys: Path | None, name: str) -> Path:
     return keys_dir(keys) / "principals" / f"{name}.key"
+
+
+@policy_app.command("set")
+def policy_set(
+    document: Annotated[str, typer.Argument(help="policy JSON, or @file (docs/POLICY.md)")],
+    db: DbOption = Path(DEFAULT_DB),
+    keys: KeysOption = None,
+) -> None:
+    """Log a new policy version, signed by the operator key; refused if it does not parse."""
+    try:
+        log = open_ledger(db, keys)
+        version = log.state().policy_version + 1
+        body = {
+            "kind": "policy",
+            "v": 1,
+            "log": log.origin,
+            "version": version,
+            "document": _json(document),
+        }
+        result = log.append(sign_entry(body, [log.keys.operator]))
+        log.close()
+    except LineageError as exc:
+        raise fail(str(exc)) from None
+    typer.echo(f"policy version {version} logged at index {result.index}")
+
+
+@policy_app.command("show")
+def policy_show(db: DbOption = Path(DEFAULT_DB), keys: KeysOption = None) -> None:
+    """Print the policy in force (version and document)."""
+    try:
+        state = open_for_reading(db, keys).state()
+    except LineageError as exc:
+        raise fail(str(exc)) from None
+    if state.policy is None:
+        typer.echo("no policy logged (version 0: every decision is the chain's alone)")
+        return
+    typer.echo(
+        json.dumps(
+            {"version": state.policy.version, "document": state.policy.document},
+            indent=2,
+            sort_keys=True,
+        )
+    )
 
 
 @app.command()

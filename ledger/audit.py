@@ -9,7 +9,8 @@
    its size; so all of them are consistent with each other and with the data.
 4. Replay: the whole log through ``verifier.chain.Replay``: every signature by
    a key entitled to make it, every key change by an operator, every chain,
-   attenuation step, revocation, budget and decision.
+   attenuation step, revocation, budget and decision; and the query index
+   (``refs``) says of each leaf what the leaf itself says.
 
 The first fault found raises ``AuditFailure`` naming what broke. On large
 logs the parsing, hashing and Ed25519 verification run in a process pool (all
@@ -36,6 +37,7 @@ from verifier.note import Verifier
 
 from .errors import LedgerError
 from .ledger import sidecar_path
+from .refs import ref_of
 
 __all__ = ["AuditFailure", "AuditReport", "audit"]
 
@@ -269,11 +271,29 @@ def _audit(conn, db: Path, log_key: Verifier, tick: Progress, workers: int | Non
         replay = Replay(log_key, verified)
         done = 0
         for rows in _chunks(conn, size, "idx, time, entry"):
+            stored = {
+                r[0]: r[1:]
+                for r in conn.execute(
+                    "SELECT idx, kind, time, principal, holder, task, credential FROM refs "
+                    "WHERE idx >= ? AND idx < ?",
+                    (rows[0][0], rows[-1][0] + 1),
+                )
+            }
             for index, time, raw in rows:
+                leaf = Leaf(parse_entry(raw), time)
                 try:
-                    replay.apply(index, Leaf(parse_entry(raw), time))
+                    replay.apply(index, leaf)
                 except ChainError as exc:
                     raise AuditFailure("replay", f"index {index}: {exc}", index) from None
+                ref = ref_of(replay, index, leaf)
+                want = (ref.kind, ref.time, ref.principal, ref.holder, ref.task, ref.credential)
+                if stored.get(index) != want:  # the query index must say what the leaf says
+                    raise AuditFailure(
+                        "index",
+                        f"index {index}: the refs row is "
+                        f"{stored.get(index)}, the leaf gives {want}",
+                        index,
+                    )
             done += len(rows)
             tick("replay", done, size)
         return AuditReport(

@@ -39,6 +39,7 @@ from verifier.merkle import (
 from verifier.note import Signer, Verifier
 
 from .errors import NotFound, RejectedEntry, RollbackError, StorageError
+from .refs import Ref, ref_of
 from .store import Store, StoredLeaf
 
 __all__ = ["MAX_BATCH", "Appended", "Log"]
@@ -266,6 +267,20 @@ class Log:
                 batch.append(nxt)
             self._commit(batch)
 
+    def index_refs(self) -> None:
+        """Bring the query index up to the log (a ledger from before it existed)."""
+        state = self.state()
+        if self.store.refs_size() < state.size:
+            with self._state_lock, self.store.transaction():
+                self._backfill_refs(self.state())
+
+    def _backfill_refs(self, state: Replay) -> None:
+        """Index leaves appended before the refs table existed (inside the write lock)."""
+        have = self.store.refs_size()
+        if have < state.size:
+            missing = [ref_of(state, i, leaf) for i, leaf in self.leaves(have, state.size)]
+            self.store.add_refs(missing)
+
     def state(self) -> Replay:
         """The replayed state of the log, up to date with the database.
 
@@ -311,6 +326,8 @@ class Log:
         last_time = self.store.leaf(size - 1).time if size else 0
         overlay = _Overlay(self.store)
         rows: list[StoredLeaf] = []
+        refs: list[Ref] = []
+        self._backfill_refs(state)
         nodes: list[tuple[Coord, bytes]] = []
         done: list[tuple[Future, Appended]] = []
         seen: dict[str, int] = {}
@@ -348,12 +365,14 @@ class Log:
             overlay.pending.update(new)
             nodes.extend(new)
             rows.append(StoredLeaf(size, entry.id, entry.kind, leaf.time, entry.raw))
+            refs.append(ref_of(state, size, leaf))
             seen[entry.id] = size
             done.append((future, Appended(entry.id, size, entry=entry)))
             last_time = leaf.time
             size += 1
         if rows:
             self.store.append(rows, nodes)  # durable when the transaction commits
+            self.store.add_refs(refs)
         return done
 
     def count(self, name: str, n: int = 1) -> None:

@@ -7,17 +7,21 @@ themselves; every answer names leaf indexes, so it can be proved.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from verifier.chain import CredentialRecord, Replay
 from verifier.entry import Leaf
-from verifier.kinds import Access, Delegation, Grant, Revocation
+from verifier.errors import FormatError
+from verifier.keys import PublicKey
 
 from .errors import NotFound
 from .log import Log
 
 __all__ = ["Filter", "entries", "lineage", "related", "subtree"]
+
+PAGE = 500
 
 
 def lineage(log: Log, credential: str) -> list[CredentialRecord]:
@@ -75,6 +79,11 @@ def related(log: Log, credentials: list[str], within: str | None = None) -> list
 
 @dataclass(frozen=True)
 class Filter:
+    """Which leaves: those about ``principal`` (its identity bindings, and every grant,
+    delegation, access and revocation in chains it authorised), about a ``holder`` key,
+    a ``task`` (or, ending in "/", a task and its sub-tasks), of a ``kind``, or integrated
+    in [``since``, ``until``)."""
+
     principal: str | None = None
     holder: str | None = None  # kid or base64url key
     task: str | None = None  # a task id or a prefix ending in "/"
@@ -83,40 +92,34 @@ class Filter:
     until: int | None = None  # integrated time, exclusive
 
 
-def _credential_of(state: Replay, leaf: Leaf) -> CredentialRecord | None:
-    body = leaf.entry.body
-    if isinstance(body, Grant | Delegation):
-        return state.credentials.get(leaf.entry.id)
-    if isinstance(body, Access):
-        return state.credentials.get(body.invocation.credential)
-    if isinstance(body, Revocation) and body.credential is not None:
-        return state.credentials.get(body.credential)
-    return None
-
-
 def entries(
     log: Log, f: Filter, start: int = 0, end: int | None = None
 ) -> Iterator[tuple[int, Leaf]]:
-    """Leaves in [start, end) matching every field of ``f`` that is set."""
-    state = log.state()
-    for index, leaf in log.leaves(start, end):
-        if f.kind is not None and leaf.entry.kind != f.kind:
-            continue
-        if f.since is not None and leaf.time < f.since:
-            continue
-        if f.until is not None and leaf.time >= f.until:
-            break
-        if f.principal or f.holder or f.task:
-            rec = _credential_of(state, leaf)
-            if rec is None:
-                continue
-            if f.principal is not None and rec.principal != f.principal:
-                continue
-            if f.holder is not None and f.holder not in (rec.holder.kid, rec.holder.b64):
-                continue
-            task = rec.credential.limits.task.id
-            if f.task is not None and not (
-                task == f.task or (f.task.endswith("/") and task.startswith(f.task))
-            ):
-                continue
-        yield index, leaf
+    """Leaves in [start, end) matching every field of ``f`` that is set, in index order.
+
+    Reads the ``refs`` index (ledger/refs.py), then only the matching leaves.
+    """
+    log.index_refs()  # a ledger from before the index existed is indexed once
+    end = log.size if end is None else end
+    holders = None
+    if f.holder is not None:
+        holders = [f.holder]
+        with contextlib.suppress(FormatError):
+            holders.append(PublicKey.from_b64(f.holder).kid)
+    while start < end:
+        found = log.store.find_refs(
+            start,
+            end,
+            PAGE,
+            principal=f.principal,
+            holders=holders,
+            task=f.task,
+            kind=f.kind,
+            since=f.since,
+            until=f.until,
+        )
+        for index in found:
+            yield index, log.leaf(index)
+        if len(found) < PAGE:
+            return
+        start = found[-1] + 1

@@ -23,6 +23,7 @@ from typing import Protocol
 from verifier.merkle import Coord
 
 from .errors import NotFound, StorageError
+from .refs import Ref
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore", "Store", "StoredLeaf"]
 
@@ -48,6 +49,9 @@ class Store(Protocol):
         self, leaves: Sequence[StoredLeaf], nodes: Sequence[tuple[Coord, bytes]]
     ) -> None: ...
     def transaction(self) -> AbstractContextManager[None]: ...
+    def add_refs(self, refs: Sequence[Ref]) -> None: ...
+    def refs_size(self) -> int: ...
+    def find_refs(self, start: int, end: int, limit: int, **match: object) -> list[int]: ...
     def add_checkpoint(self, size: int, root: bytes, note: bytes, created: int) -> None: ...
     def latest_checkpoint(self) -> tuple[int, bytes] | None: ...
     def checkpoints(self) -> Iterator[tuple[int, bytes, bytes]]: ...
@@ -120,6 +124,25 @@ MIGRATIONS: list[str] = [
     CREATE TABLE dpop_jti (jti TEXT PRIMARY KEY, expires INTEGER NOT NULL) WITHOUT ROWID;
     CREATE INDEX dpop_jti_expires ON dpop_jti (expires);
     """,
+    # 3: what each leaf is about, for queries (ledger/refs.py); filled in with each append
+    """
+    CREATE TABLE refs (
+        idx        INTEGER PRIMARY KEY,
+        kind       TEXT    NOT NULL,
+        time       INTEGER NOT NULL,
+        principal  TEXT,
+        holder     TEXT,
+        task       TEXT,
+        credential TEXT
+    );
+    CREATE INDEX refs_principal ON refs (principal, idx);
+    CREATE INDEX refs_holder ON refs (holder, idx);
+    CREATE INDEX refs_task ON refs (task, idx);
+    CREATE INDEX refs_credential ON refs (credential, idx);
+    CREATE INDEX refs_kind ON refs (kind, idx);
+    CREATE INDEX refs_time ON refs (time, idx);
+    """
+    + _append_only("refs", "idx"),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -330,6 +353,53 @@ class SQLiteStore:
                 ),
             ]
         )
+
+    def add_refs(self, refs: Sequence[Ref]) -> None:
+        self._write(
+            [
+                (
+                    "INSERT INTO refs (idx, kind, time, principal, holder, task, credential) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (r.index, r.kind, r.time, r.principal, r.holder, r.task, r.credential)
+                        for r in refs
+                    ],
+                )
+            ]
+        )
+
+    def refs_size(self) -> int:
+        return self._query("SELECT IFNULL(MAX(idx) + 1, 0) FROM refs")[0][0]
+
+    def find_refs(self, start: int, end: int, limit: int, **match: object) -> list[int]:
+        """Indexes in [start, end) whose refs match: equality on principal, kind and
+        credential; ``holders``, any of these kids; ``task`` (a "prefix/" also matches its
+        sub-tasks); ``since``/``until`` on time."""
+        where, params = ["idx >= ?", "idx < ?"], [start, end]
+        for column in ("principal", "kind", "credential"):
+            if match.get(column) is not None:
+                where.append(f"{column} = ?")
+                params.append(match[column])
+        holders = match.get("holders")
+        if holders:
+            where.append(f"holder IN ({', '.join('?' for _ in holders)})")
+            params += list(holders)
+        task = match.get("task")
+        if isinstance(task, str):
+            if task.endswith("/"):
+                where.append("(task = ? OR substr(task, 1, ?) = ?)")
+                params += [task[:-1], len(task), task]
+            else:
+                where.append("task = ?")
+                params.append(task)
+        if match.get("since") is not None:
+            where.append("time >= ?")
+            params.append(match["since"])
+        if match.get("until") is not None:
+            where.append("time < ?")
+            params.append(match["until"])
+        sql = f"SELECT idx FROM refs WHERE {' AND '.join(where)} ORDER BY idx LIMIT ?"
+        return [row[0] for row in self._query(sql, [*params, limit])]
 
     def add_checkpoint(self, size: int, root: bytes, note: bytes, created: int) -> None:
         self._write(

@@ -239,15 +239,17 @@ def test_subtree(story: dict[str, Any]):
 def test_entries_by_principal_holder_task_kind_and_time(story: dict[str, Any]):
     w, s = story["w"], story
     idx = {k: s[k].index for k in ("g1", "d1", "d2", "g2", "a1", "a2", "r1")}
+    # alice's identity binding (index 1) is about her too, as are her chains
     assert _indexes(w, Filter(principal="alice@corp")) == sorted(
-        idx[k] for k in ("g1", "d1", "d2", "a1", "r1")
+        [1, *(idx[k] for k in ("g1", "d1", "d2", "a1", "r1"))]
     )
-    assert _indexes(w, Filter(principal="bob@corp")) == [idx["g2"], idx["a2"]]
+    assert _indexes(w, Filter(principal="bob@corp")) == [2, idx["g2"], idx["a2"]]
     for holder in (w.reader.public.kid, w.reader.public.b64):
         assert _indexes(w, Filter(holder=holder)) == [idx["d1"], idx["r1"]]
     assert _indexes(w, Filter(task="inbox-triage/read")) == [idx["d1"], idx["r1"]]
+    # "inbox-triage/" is the task and its sub-tasks: everything done for it
     assert _indexes(w, Filter(task="inbox-triage/")) == sorted(
-        idx[k] for k in ("d1", "d2", "a1", "r1")
+        idx[k] for k in ("g1", "d1", "d2", "a1", "r1")
     )
     assert _indexes(w, Filter(kind="access")) == [idx["a1"], idx["a2"]]
     assert _indexes(w, Filter(kind="grant")) == [idx["g1"], idx["g2"]]

@@ -1,0 +1,58 @@
+"""What each leaf is about, indexed: principal, holder, task, credential, kind, time.
+
+Written with the leaf, in the same transaction, from the replayed state (a
+delegation's principal is its chain's root; an access is about the credential
+it used), so queries by principal, holder, task, kind or time read an index
+instead of parsing the log.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from verifier.chain import CredentialRecord, Replay
+from verifier.entry import Leaf
+from verifier.kinds import Access, Delegation, Grant, KeyChange, Revocation
+
+__all__ = ["Ref", "ref_of"]
+
+
+@dataclass(frozen=True)
+class Ref:
+    index: int
+    kind: str
+    time: int
+    principal: str | None = None
+    holder: str | None = None  # the kid of the credential's holder key
+    task: str | None = None
+    credential: str | None = None
+
+
+def _about(index: int, leaf: Leaf, rec: CredentialRecord | None) -> Ref:
+    if rec is None:
+        return Ref(index, leaf.entry.kind, leaf.time)
+    return Ref(
+        index,
+        leaf.entry.kind,
+        leaf.time,
+        rec.principal,
+        rec.holder.kid,
+        rec.credential.limits.task.id,
+        rec.id,
+    )
+
+
+def ref_of(state: Replay, index: int, leaf: Leaf) -> Ref:
+    """The index row of the leaf at ``index``, once ``state`` has applied it."""
+    body = leaf.entry.body
+    if isinstance(body, Grant | Delegation):
+        return _about(index, leaf, state.credentials.get(leaf.entry.id))
+    if isinstance(body, Access):
+        return _about(index, leaf, state.credentials.get(body.invocation.credential))
+    if isinstance(body, Revocation):
+        if body.credential is not None:
+            return _about(index, leaf, state.credentials.get(body.credential))
+        return Ref(index, leaf.entry.kind, leaf.time, holder=body.holder.kid)
+    if isinstance(body, KeyChange) and body.principal is not None:
+        return Ref(index, leaf.entry.kind, leaf.time, principal=body.principal)
+    return Ref(index, leaf.entry.kind, leaf.time)

@@ -145,3 +145,21 @@ def test_the_ledger_refuses_an_access_naming_a_policy_not_in_force(tmp_path):
 def test_csv_cells_never_start_a_formula(cell):
     assert _cell(cell).startswith("'")
     assert _cell("plain") == "plain" and _cell(7) == 7
+
+
+def test_a_revocation_through_one_handle_binds_another_at_once(tmp_path):
+    """Two Logs over one file (as two serve processes): no stale state survives a revocation."""
+    from ledger.decide import decide
+    from tests.issuance_helpers import reopen, world
+
+    w = world(tmp_path)
+    grant = w.grant()
+    w.append(grant)
+    other = reopen(w)
+    first = decide(other, w.invoke(w.agent, grant.id), {}, "gw-2", window=60)
+    assert first.allowed
+    w.append(w.revoke(w.alice, credential=grant.id))  # through the first handle
+    second = decide(other, w.invoke(w.agent, grant.id), {}, "gw-2", window=60)
+    assert not second.allowed and second.check == "revoked"
+    other.close()
+    w.close()

@@ -15,7 +15,7 @@ back is caught): a log is never silently forked.
 
 from __future__ import annotations
 
-import os
+import logging
 import queue
 import threading
 import time as _time
@@ -25,24 +25,25 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from verifier.chain import Replay
-from verifier.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
 from verifier.entry import Entry, Leaf, parse_entry
-from verifier.errors import ChainError, FormatError, LineageError, SignatureError
+from verifier.errors import ChainError, FormatError, LineageError
 from verifier.merkle import (
     Coord,
     consistency_proof,
     inclusion_proof,
     nodes_completed_by_append,
     tree_root,
-    verify_consistency,
 )
 from verifier.note import Signer, Verifier
 
-from .errors import NotFound, RejectedEntry, RollbackError, StorageError
+from .checkpoints import check_published, publish
+from .errors import NotFound, RejectedEntry, StorageError
 from .refs import Ref, ref_of
 from .store import Store, StoredLeaf
 
 __all__ = ["MAX_BATCH", "Appended", "Log"]
+
+logger = logging.getLogger("lineage")
 
 MAX_BATCH = 512
 
@@ -121,25 +122,11 @@ class Log:
             stored = self.store.get_meta(key)
             if stored is not None and stored != expected:
                 raise StorageError(f"this ledger's {key} is {stored!r}, not {expected!r}")
-        size = self.store.size()
         latest = self.store.latest_checkpoint()
         if latest is not None:
-            self._check_published(latest[1], size, "the latest stored checkpoint")
+            check_published(self.store, self.log_key, latest[1], "the latest stored checkpoint")
         if self.sidecar is not None and self.sidecar.exists():
-            self._check_published(self.sidecar.read_bytes(), size, f"{self.sidecar}")
-
-    def _check_published(self, note: bytes, size: int, what: str) -> None:
-        try:
-            cp = open_checkpoint(note, self.log_key, self.origin).checkpoint
-        except (FormatError, SignatureError) as exc:
-            raise StorageError(f"{what} does not verify under the log key: {exc}") from None
-        if cp.size > size:
-            raise RollbackError(
-                f"the database holds {size} leaves but {what} published {cp.size}: "
-                "it was rolled back; refusing to fork the log"
-            )
-        if cp.size and tree_root(cp.size, self.store) != cp.root_hash:
-            raise StorageError(f"the stored tree disagrees with {what} at size {cp.size}")
+            check_published(self.store, self.log_key, self.sidecar.read_bytes(), f"{self.sidecar}")
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -390,29 +377,19 @@ class Log:
         if self.signer is None:
             raise StorageError("this log was opened without its signing key")
         with self._checkpoint_lock:
-            size = self.store.size()
-            latest = self.store.latest_checkpoint()
-            if latest is not None and latest[0] == size:
-                return latest[1]
-            root = tree_root(size, self.store)
-            if latest is not None and latest[0] > 0:
-                old = open_checkpoint(latest[1], self.log_key, self.origin).checkpoint
-                proof = consistency_proof(old.size, size, self.store)
-                verify_consistency(old.size, size, old.root_hash, root, proof)
-            note = sign_checkpoint(Checkpoint(self.origin, size, root), self.signer)
-            self.store.add_checkpoint(size, root, note, int(self.clock()))
-            if self.sidecar is not None:
-                _write_atomic(self.sidecar, note)
-            return note
+            return publish(self.store, self.signer, self.sidecar, int(self.clock()))
 
     def start_checkpointing(self, interval: float = 1.0) -> None:
         """Publish a checkpoint every ``interval`` seconds when there are new leaves."""
 
         def tick() -> None:
             while not self._closed.wait(interval):
-                latest = self.store.latest_checkpoint()
-                if latest is None or latest[0] < self.store.size():
-                    self.checkpoint()
+                try:
+                    latest = self.store.latest_checkpoint()
+                    if latest is None or latest[0] < self.store.size():
+                        self.checkpoint()
+                except LineageError as exc:  # a busy or failing disk: say so, try again
+                    logger.warning("checkpoint not published: %s", exc)
 
         self._ticker = threading.Thread(target=tick, name="lineage-checkpoints", daemon=True)
         self._ticker.start()
@@ -431,13 +408,3 @@ class Log:
         close = getattr(self.store, "close", None)
         if close is not None:
             close()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

@@ -1,0 +1,68 @@
+"""Publishing checkpoints, and refusing to open a log that contradicts one it published.
+
+A checkpoint (C2SP tlog-checkpoint, signed by the log key) is published only
+after a consistency proof from the previous one checks against the stored
+tree, so the log never signs two inconsistent tree heads. Each is kept in the
+database and, atomically, in a sidecar file beside it: the sidecar is the
+witness outside the file that catches an older copy of the database put back.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from verifier.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
+from verifier.errors import FormatError, SignatureError
+from verifier.merkle import consistency_proof, tree_root, verify_consistency
+from verifier.note import Signer, Verifier
+
+from .errors import RollbackError, StorageError
+from .store import Store
+
+__all__ = ["check_published", "publish", "write_atomic"]
+
+
+def check_published(store: Store, log_key: Verifier, note: bytes, what: str) -> None:
+    """Refuse a store that contradicts ``note``, a checkpoint the log published."""
+    size = store.size()
+    try:
+        cp = open_checkpoint(note, log_key, log_key.name).checkpoint
+    except (FormatError, SignatureError) as exc:
+        raise StorageError(f"{what} does not verify under the log key: {exc}") from None
+    if cp.size > size:
+        raise RollbackError(
+            f"the database holds {size} leaves but {what} published {cp.size}: "
+            "it was rolled back; refusing to fork the log"
+        )
+    if cp.size and tree_root(cp.size, store) != cp.root_hash:
+        raise StorageError(f"the stored tree disagrees with {what} at size {cp.size}")
+
+
+def publish(store: Store, signer: Signer, sidecar: Path | None, now: int) -> bytes:
+    """Sign, store and publish a checkpoint of the store's size; the latest if unchanged."""
+    size = store.size()
+    latest = store.latest_checkpoint()
+    if latest is not None and latest[0] == size:
+        return latest[1]
+    root = tree_root(size, store)
+    if latest is not None and latest[0] > 0:  # never two inconsistent tree heads
+        old = open_checkpoint(latest[1], signer.verifier, signer.name).checkpoint
+        proof = consistency_proof(old.size, size, store)
+        verify_consistency(old.size, size, old.root_hash, root, proof)
+    note = sign_checkpoint(Checkpoint(signer.name, size, root), signer)
+    store.add_checkpoint(size, root, note, now)
+    if sidecar is not None:
+        write_atomic(sidecar, note)
+    return note
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data``, durably: a reader sees the old or the new, whole."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

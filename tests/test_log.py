@@ -578,3 +578,36 @@ def test_errors_from_a_tampered_key_directory_are_all_ledger_errors(log: Log, db
     os.close(fd)
     with pytest.raises(LedgerError):
         open_ledger(db, keys)
+
+
+def test_the_checkpoint_ticker_survives_a_failed_publish(tmp_path, caplog):
+    import time as _t
+
+    from ledger.errors import StorageError
+    from ledger.ledger import init_ledger
+    from verifier.entry import sign_entry
+
+    log = init_ledger(tmp_path / "t.db", tmp_path / "keys", origin="tick.example/log")
+    real = log.store.add_checkpoint
+    failures = []
+
+    def flaky(*args, **kw):
+        if not failures:
+            failures.append(1)
+            raise StorageError("disk busy")
+        return real(*args, **kw)
+
+    log.store.add_checkpoint = flaky
+    log.append(
+        sign_entry(
+            {"kind": "policy", "v": 1, "log": log.origin, "version": 1, "document": {}},
+            [log.keys.operator],
+        )
+    )
+    log.start_checkpointing(0.05)
+    deadline = _t.monotonic() + 5
+    while _t.monotonic() < deadline and log.store.latest_checkpoint()[0] < log.size:
+        _t.sleep(0.02)
+    assert failures and log.store.latest_checkpoint()[0] == log.size
+    assert "checkpoint not published" in caplog.text
+    log.close()

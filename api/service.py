@@ -75,7 +75,7 @@ class Service:
         """Within its window and unrevoked, with its whole chain, at the log's time now."""
         state = self.log.state()
         now = max(int(self.log.clock()), state.time)
-        return state._validity_fault(rec, state.size, now, "credential") is None
+        return state.validity_fault(rec, state.size, now, "credential") is None
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from verifier.checkpoint import open_checkpoint
 from .errors import NotFound
 from .log import Log
 from .query import Filter, entries, related
+from .refs import credential_of
 
 __all__ = ["bundle", "credential_bundle", "principal_bundle", "rows_csv", "rows_dot", "rows_jsonl"]
 
@@ -121,9 +122,7 @@ def rows_csv(log: Log, f: Filter) -> Iterator[str]:
     state = log.state()
     for index, leaf in entries(log, f):
         obj = leaf.entry.obj
-        rec = state.credentials.get(leaf.entry.id) or state.credentials.get(
-            obj.get("invocation", {}).get("credential", "")
-        )
+        rec = credential_of(state, leaf)
         detail = obj.get("decision", "") + (" " + obj.get("reason", "") if "reason" in obj else "")
         writer.writerow(
             _cell(v)

@@ -14,7 +14,7 @@ from verifier.chain import CredentialRecord, Replay
 from verifier.entry import Leaf
 from verifier.kinds import Access, Delegation, Grant, KeyChange, Revocation
 
-__all__ = ["Ref", "ref_of"]
+__all__ = ["Ref", "credential_of", "ref_of"]
 
 
 @dataclass(frozen=True)
@@ -42,17 +42,23 @@ def _about(index: int, leaf: Leaf, rec: CredentialRecord | None) -> Ref:
     )
 
 
+def credential_of(state: Replay, leaf: Leaf) -> CredentialRecord | None:
+    """The credential a leaf is about: its own, or the one it uses or revokes."""
+    body = leaf.entry.body
+    if isinstance(body, Grant | Delegation):
+        return state.credentials.get(leaf.entry.id)
+    if isinstance(body, Access):
+        return state.credentials.get(body.invocation.credential)
+    if isinstance(body, Revocation) and body.credential is not None:
+        return state.credentials.get(body.credential)
+    return None
+
+
 def ref_of(state: Replay, index: int, leaf: Leaf) -> Ref:
     """The index row of the leaf at ``index``, once ``state`` has applied it."""
     body = leaf.entry.body
-    if isinstance(body, Grant | Delegation):
-        return _about(index, leaf, state.credentials.get(leaf.entry.id))
-    if isinstance(body, Access):
-        return _about(index, leaf, state.credentials.get(body.invocation.credential))
-    if isinstance(body, Revocation):
-        if body.credential is not None:
-            return _about(index, leaf, state.credentials.get(body.credential))
+    if isinstance(body, Revocation) and body.holder is not None:
         return Ref(index, leaf.entry.kind, leaf.time, holder=body.holder.kid)
     if isinstance(body, KeyChange) and body.principal is not None:
         return Ref(index, leaf.entry.kind, leaf.time, principal=body.principal)
-    return Ref(index, leaf.entry.kind, leaf.time)
+    return _about(index, leaf, credential_of(state, leaf))

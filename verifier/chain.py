@@ -136,7 +136,7 @@ class Replay:
         held = self.revoked_holders.get(rec.holder.kid)
         return (at is not None and at < index) or (held is not None and held < index)
 
-    def _validity_fault(
+    def validity_fault(
         self, rec: CredentialRecord, index: int, time: int, what: str
     ) -> tuple[str, str] | None:
         """Every credential from the root to ``rec`` within its window and unrevoked?"""
@@ -159,7 +159,7 @@ class Replay:
     def _check_valid(
         self, entry: Entry, rec: CredentialRecord, index: int, time: int, what: str
     ) -> None:
-        fault = self._validity_fault(rec, index, time, what)
+        fault = self.validity_fault(rec, index, time, what)
         if fault is not None:
             raise self._fail(entry, *fault)
 
@@ -354,7 +354,7 @@ class Replay:
 
         The decision point asks this before it allows; replay asks it of every allow.
         """
-        fault = self._validity_fault(rec, index, time, "credential")
+        fault = self.validity_fault(rec, index, time, "credential")
         if fault is not None:
             return fault
         chain = rec.chain()

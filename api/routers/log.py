@@ -12,8 +12,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import PlainTextResponse
 
+from ledger.refs import credential_of
 from verifier.entry import Leaf
-from verifier.kinds import Access, Delegation, Grant, Revocation
 
 from ..errors import ApiError
 from ..models import ConsistencyProof, InclusionProof, LeafPage, LeafView
@@ -46,23 +46,11 @@ def key(svc: Annotated[Service, Depends(service)]) -> PlainTextResponse:
     return PlainTextResponse(svc.log.log_key.vkey + "\n")
 
 
-def credential_of(svc: Service, leaf: Leaf):
-    """The credential a leaf is about (its own, or the one it uses or revokes)."""
-    body = leaf.entry.body
-    if isinstance(body, Grant | Delegation):
-        return svc.credential(leaf.entry.id)
-    if isinstance(body, Access):
-        return svc.credential(body.invocation.credential)
-    if isinstance(body, Revocation) and body.credential is not None:
-        return svc.credential(body.credential)
-    return None
-
-
 def leaf_json(svc: Service, who: Caller, index: int, leaf: Leaf) -> dict[str, Any]:
     out: dict[str, Any] = {"index": index, "leaf_hash": leaf.hash.hex(), "time": leaf.time}
     public = leaf.entry.kind in ("genesis", "key", "policy")  # trust anchors and bindings
     used = leaf.entry.kind in ("access", "revocation")
-    if public or may_read(who, svc, credential_of(svc, leaf), used=used):
+    if public or may_read(who, svc, credential_of(svc.log.state(), leaf), used=used):
         out["id"] = leaf.entry.id
         out["entry"] = leaf.entry.obj
     return out

@@ -148,12 +148,10 @@ def introspect(
     require(who, "operator", "auditor", "enforcement", "holder")
     if not HEX_ID.fullmatch(token):
         return _inactive()
-    state = svc.log.state()
-    rec = state.credentials.get(token)
+    rec = svc.credential(token)
     if rec is None or (who.role == "holder" and who.credential != token):
         return _inactive()
-    now = max(int(svc.log.clock()), state.time)
-    if state._validity_fault(rec, state.size, now, "credential") is not None:
+    if not svc.valid_now(rec):
         return _inactive()
     limits = rec.credential.limits
     chain = rec.chain()

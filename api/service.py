@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from ledger.config import Settings
 from ledger.log import Log
 from ledger.tokens import TokenStore
-from verifier.chain import CredentialRecord
+from verifier.chain import CredentialRecord, Replay
 from verifier.fields import HEX_ID
 from verifier.keys import PublicKey
 from verifier.kinds import PRINCIPAL_NAME
@@ -204,7 +204,12 @@ def require(who: Caller, *roles: str) -> None:
 
 
 def may_read(
-    who: Caller, svc: Service, rec: CredentialRecord | None, *, used: bool = False
+    who: Caller,
+    svc: Service,
+    rec: CredentialRecord | None,
+    *,
+    used: bool = False,
+    state: Replay | None = None,
 ) -> bool:
     """Entry bodies: operators and auditors; a principal for the lineages it authorised;
     a holder for the credentials of its own chain and what was derived from its
@@ -216,7 +221,7 @@ def may_read(
         return rec is not None and rec.principal == who.name
     if who.role != "holder" or rec is None:
         return False
-    mine = svc.credential(who.credential or "")
+    mine = (state or svc.log.state()).credentials.get(who.credential or "")
     if mine is None:
         return False
     below_or_me = mine.id in {r.id for r in rec.chain()}

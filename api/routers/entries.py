@@ -93,10 +93,11 @@ def query(
         since=since,
         until=until,
     )
+    state = svc.log.state()
     out, next_cursor = [], None
     end = min(svc.log.size, cursor + MAX_SCAN)
     for index, leaf in entries(svc.log, f, start=cursor, end=end):
-        row = leaf_json(svc, who, index, leaf)
+        row = leaf_json(svc, who, index, leaf, state)
         if "entry" not in row:
             continue
         if len(out) == limit:

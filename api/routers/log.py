@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import PlainTextResponse
 
 from ledger.refs import credential_of
+from verifier.chain import Replay
 from verifier.entry import Leaf
 
 from ..errors import ApiError
@@ -46,11 +47,15 @@ def key(svc: Annotated[Service, Depends(service)]) -> PlainTextResponse:
     return PlainTextResponse(svc.log.log_key.vkey + "\n")
 
 
-def leaf_json(svc: Service, who: Caller, index: int, leaf: Leaf) -> dict[str, Any]:
+def leaf_json(
+    svc: Service, who: Caller, index: int, leaf: Leaf, state: Replay | None = None
+) -> dict[str, Any]:
+    """A leaf as the caller may see it; pass ``state`` when rendering many (one lookup)."""
+    state = state or svc.log.state()
     out: dict[str, Any] = {"index": index, "leaf_hash": leaf.hash.hex(), "time": leaf.time}
     public = leaf.entry.kind in ("genesis", "key", "policy")  # trust anchors and bindings
     used = leaf.entry.kind in ("access", "revocation")
-    if public or may_read(who, svc, credential_of(svc.log.state(), leaf), used=used):
+    if public or may_read(who, svc, credential_of(state, leaf), used=used, state=state):
         out["id"] = leaf.entry.id
         out["entry"] = leaf.entry.obj
     return out
@@ -77,8 +82,9 @@ def entries(
     end = min(size, end if end is not None else size, start + MAX_PAGE)
     if start >= size or end <= start:
         raise ApiError(400, "invalid_request", f"start must be below end and the size {size}")
+    state = svc.log.state()
     return {
-        "entries": [leaf_json(svc, who, i, leaf) for i, leaf in svc.log.leaves(start, end)],
+        "entries": [leaf_json(svc, who, i, leaf, state) for i, leaf in svc.log.leaves(start, end)],
         "tree_size": size,
     }
 

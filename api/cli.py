@@ -3,7 +3,7 @@
     lineage serve [--db PATH] [--host 127.0.0.1] [--port 8000]
     lineage token create --role operator|auditor|enforcement --name NAME
 
-Every other command is ``ledger.cli``'s; this module only adds these two, so
+Every other command is ``lineage.ledger.cli``'s; this module only adds these two, so
 the ledger never imports the web layer.
 """
 
@@ -15,13 +15,13 @@ from typing import Annotated
 
 import typer
 
-from ledger.cli import app
-from ledger.cli_common import DbOption, KeysOption, fail
-from ledger.config import load_settings
-from ledger.keys import keys_dir
-from ledger.ledger import DEFAULT_DB, init_ledger, open_ledger
-from ledger.tokens import ROLES, TokenStore
-from verifier.errors import LineageError
+from lineage.ledger.cli import app
+from lineage.ledger.cli_common import DbOption, KeysOption, fail
+from lineage.ledger.config import load_settings
+from lineage.ledger.keys import keys_dir
+from lineage.ledger.ledger import DEFAULT_DB, init_ledger, open_ledger
+from lineage.ledger.tokens import ROLES, TokenStore
+from lineage.verifier.errors import LineageError
 
 __all__ = ["main"]
 
@@ -82,6 +82,6 @@ def token_create(
 
 
 def main() -> None:
-    from ledger.cli import main as ledger_main
+    from lineage.ledger.cli import main as ledger_main
 
     ledger_main()

@@ -30,27 +30,22 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import nacl.signing
 from joserfc import jws
 from joserfc.errors import JoseError
 from joserfc.jwk import OKPKey
-from joserfc.jws import JWSRegistry
 
-from verifier.errors import FormatError
-from verifier.keys import PublicKey, b64u_encode
+from lineage.client.dpop import ALGORITHMS, REGISTRY, ath_of
+from lineage.verifier.errors import FormatError
+from lineage.verifier.keys import PublicKey, b64u_encode
 
 __all__ = [
     "ALGORITHMS",
     "DPoPError",
     "DPoPProof",
     "NonceSource",
-    "ath_of",
-    "make_proof",
     "verify_dpop",
 ]
 
-ALGORITHMS = ("EdDSA", "Ed25519")
-_REGISTRY = JWSRegistry(algorithms=list(ALGORITHMS))
 MAX_PROOF = 4096
 MAX_HEADER = 1024  # base64url characters: an Ed25519 jwk header is about 200
 
@@ -93,14 +88,6 @@ class NonceSource:
         return any(hmac.compare_digest(nonce, self._nonce(w)) for w in (window, window - 1))
 
 
-def ath_of(token: str) -> str:
-    """RFC 9449 §4.2: base64url(SHA-256(ASCII(access token)))."""
-    try:
-        return b64u_encode(hashlib.sha256(token.encode("ascii")).digest())
-    except UnicodeEncodeError:
-        raise DPoPError("the access token is not ASCII", "invalid_token") from None
-
-
 def verify_dpop(
     proof: str,
     *,
@@ -138,7 +125,7 @@ def verify_dpop(
         okp = OKPKey.import_key({"kty": "OKP", "crv": "Ed25519", "x": jwk["x"]})
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # joserfc warns that "EdDSA" is deprecated
-            signed = jws.deserialize_compact(proof, okp, registry=_REGISTRY)
+            signed = jws.deserialize_compact(proof, okp, registry=REGISTRY)
     except (FormatError, JoseError, ValueError, KeyError):
         raise DPoPError("the DPoP proof's signature does not verify") from None
     try:
@@ -156,7 +143,7 @@ def verify_dpop(
         raise DPoPError("the DPoP proof's iat is missing or not recent")
     if not isinstance(jti, str) or not 8 <= len(jti) <= 128:
         raise DPoPError("the DPoP proof needs a jti of 8 to 128 characters")
-    if access_token is not None and claims.get("ath") != ath_of(access_token):
+    if access_token is not None and claims.get("ath") != _ath(access_token):
         raise DPoPError("the DPoP proof's ath does not match the access token")
     wants_nonce = nonces is not None and ("nonce" in claims or require_nonce)
     nonce = claims.get("nonce")
@@ -167,44 +154,12 @@ def verify_dpop(
     return DPoPProof(key, jti, iat)
 
 
+def _ath(token: str) -> str:
+    try:
+        return ath_of(token)
+    except UnicodeEncodeError:
+        raise DPoPError("the access token is not ASCII", "invalid_token") from None
+
+
 def _b64(part: str) -> bytes:
     return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
-
-
-def make_proof(
-    key_seed: bytes,
-    method: str,
-    url: str,
-    *,
-    access_token: str | None = None,
-    nonce: str | None = None,
-    alg: str = "EdDSA",
-    iat: int | None = None,
-) -> str:
-    """A DPoP proof (for clients and tests)."""
-    okp = OKPKey.import_key(
-        {
-            "kty": "OKP",
-            "crv": "Ed25519",
-            "d": b64u_encode(key_seed),
-            "x": b64u_encode(_public(key_seed)),
-        }
-    )
-    claims = {
-        "htm": method,
-        "htu": url,
-        "iat": int(time.time()) if iat is None else iat,
-        "jti": secrets.token_urlsafe(16),
-    }
-    if access_token is not None:
-        claims["ath"] = ath_of(access_token)
-    if nonce is not None:
-        claims["nonce"] = nonce
-    header = {"typ": "dpop+jwt", "alg": alg, "jwk": okp.as_dict(private=False)}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return jws.serialize_compact(header, json.dumps(claims).encode(), okp, registry=_REGISTRY)
-
-
-def _public(seed: bytes) -> bytes:
-    return bytes(nacl.signing.SigningKey(seed).verify_key)

@@ -12,8 +12,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ledger.errors import NotFound, RejectedEntry, StorageError
-from verifier.errors import (
+from lineage.ledger.errors import NotFound, RejectedEntry, StorageError
+from lineage.verifier.errors import (
     AttenuationError,
     ChainError,
     FormatError,

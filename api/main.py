@@ -13,9 +13,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ledger.config import Settings
-from ledger.log import Log
-from ledger.tokens import TokenStore
+from lineage.ledger.config import Settings
+from lineage.ledger.log import Log
+from lineage.ledger.tokens import TokenStore
 
 from .errors import install_handlers, render
 from .openapi import install_openapi

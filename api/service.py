@@ -21,13 +21,13 @@ from dataclasses import dataclass, field
 from fastapi import Request
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from ledger.config import Settings
-from ledger.log import Log
-from ledger.tokens import TokenStore
-from verifier.chain import CredentialRecord, Replay
-from verifier.fields import HEX_ID
-from verifier.keys import PublicKey
-from verifier.kinds import PRINCIPAL_NAME
+from lineage.ledger.config import Settings
+from lineage.ledger.log import Log
+from lineage.ledger.tokens import TokenStore
+from lineage.verifier.chain import CredentialRecord, Replay
+from lineage.verifier.fields import HEX_ID
+from lineage.verifier.keys import PublicKey
+from lineage.verifier.kinds import PRINCIPAL_NAME
 
 from .dpop import DPoPError, NonceSource, verify_dpop
 from .errors import ApiError

@@ -6,7 +6,7 @@ numbers move with the machine):
 - appends per second, one at a time (each waits for its own fsync) against
   many queued at once (group commit sharing transactions);
 - proof latency at a large tree size, and rows read per proof;
-- decision latency (``ledger.decide``) for a valid invocation;
+- decision latency (``lineage.ledger.decide``) for a valid invocation;
 - a full audit (``lineage verify --db``) with one worker against all cores.
 """
 
@@ -18,13 +18,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from ledger.audit import audit
-from ledger.decide import decide
-from ledger.issuance import bind_principal, delegation_body, grant_body
-from ledger.ledger import init_ledger
-from verifier.entry import sign_entry
-from verifier.invocation import sign_invocation
-from verifier.keys import SigningKey
+from lineage.ledger.audit import audit
+from lineage.ledger.decide import decide
+from lineage.ledger.issuance import bind_principal
+from lineage.ledger.ledger import init_ledger
+from lineage.verifier.bodies import delegation_body, grant_body
+from lineage.verifier.entry import sign_entry
+from lineage.verifier.invocation import sign_invocation
+from lineage.verifier.keys import SigningKey
 
 
 def policies(log, start: int, n: int):
@@ -62,7 +63,7 @@ def main(n: int = 20000) -> None:
             reads.append(len(coords))
             return log.store.read_nodes(coords)
 
-    from verifier.merkle import inclusion_proof
+    from lineage.verifier.merkle import inclusion_proof
 
     lat = []
     for i in range(0, size, max(1, size // 200)):

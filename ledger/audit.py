@@ -7,7 +7,7 @@
 3. Checkpoints: every stored checkpoint (and the sidecar copy of the last one
    published) verifies under the log key and matches the recomputed root at
    its size; so all of them are consistent with each other and with the data.
-4. Replay: the whole log through ``verifier.chain.Replay``: every signature by
+4. Replay: the whole log through ``lineage.verifier.chain.Replay``: every signature by
    a key entitled to make it, every key change by an operator, every chain,
    attenuation step, revocation, budget and decision; and the query index
    (``refs``) says of each leaf what the leaf itself says.
@@ -26,14 +26,14 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from verifier.chain import Replay
-from verifier.checkpoint import open_checkpoint
-from verifier.entry import Entry, Leaf, parse_entry
-from verifier.errors import ChainError, FormatError, SignatureError
-from verifier.keys import PublicKey
-from verifier.kinds import Access, Delegation, Genesis, Grant, KeyChange
-from verifier.merkle import leaf_hash, node_hash, tree_root
-from verifier.note import Verifier
+from lineage.verifier.chain import Replay
+from lineage.verifier.checkpoint import open_checkpoint
+from lineage.verifier.entry import Entry, Leaf, parse_entry
+from lineage.verifier.errors import ChainError, FormatError, SignatureError
+from lineage.verifier.keys import PublicKey
+from lineage.verifier.kinds import Access, Delegation, Genesis, Grant, KeyChange
+from lineage.verifier.merkle import leaf_hash, node_hash, tree_root
+from lineage.verifier.note import Verifier
 
 from .errors import LedgerError
 from .ledger import sidecar_path

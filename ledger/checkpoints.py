@@ -12,10 +12,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from verifier.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
-from verifier.errors import FormatError, SignatureError
-from verifier.merkle import consistency_proof, tree_root, verify_consistency
-from verifier.note import Signer, Verifier
+from lineage.verifier.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
+from lineage.verifier.errors import FormatError, SignatureError
+from lineage.verifier.merkle import consistency_proof, tree_root, verify_consistency
+from lineage.verifier.note import Signer, Verifier
 
 from .errors import RollbackError, StorageError
 from .store import Store

@@ -20,9 +20,9 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 
-from verifier.cli import main as verify_bundle_main
-from verifier.errors import LineageError
-from verifier.note import parse_vkey
+from lineage.verifier.cli import main as verify_bundle_main
+from lineage.verifier.errors import LineageError
+from lineage.verifier.note import parse_vkey
 
 from . import cli_credentials  # noqa: F401  (registers principal, grant, ... on the app)
 from .audit import AuditFailure, audit

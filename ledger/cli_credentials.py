@@ -24,17 +24,18 @@ from typing import Annotated, Any
 
 import typer
 
-from verifier.entry import sign_entry
-from verifier.errors import FormatError, LineageError
-from verifier.keys import PublicKey, SigningKey
+from lineage.verifier.bodies import delegation_body, grant_body, revocation_body
+from lineage.verifier.entry import sign_entry
+from lineage.verifier.errors import FormatError, LineageError
+from lineage.verifier.keys import PublicKey, SigningKey, key_file_text
 
 from .cli_common import DbOption, KeysOption, app, fail, open_for_reading
 from .config import load_settings
 from .demo import run_demo
 from .errors import ConfigError
 from .export import credential_bundle, principal_bundle, rows_csv, rows_dot, rows_jsonl
-from .issuance import bind_principal, delegation_body, grant_body, revocation_body
-from .keys import keys_dir, read_seed_file, seed_file_text, write_secret
+from .issuance import bind_principal
+from .keys import keys_dir, read_seed_file, write_secret
 from .ledger import DEFAULT_DB, open_ledger
 from .query import Filter
 
@@ -126,7 +127,7 @@ def keygen(path: Path) -> None:
     """Create an Ed25519 key file (owner-only) and print its public key."""
     try:
         key = SigningKey.generate()
-        write_secret(path, seed_file_text(key))
+        write_secret(path, key_file_text(key))
     except LineageError as exc:
         raise fail(str(exc)) from None
     typer.echo(key.public.b64)
@@ -154,7 +155,7 @@ def principal_add(
         else:
             path = key_file or _principal_key_file(keys, name)
             signing = SigningKey.generate()
-            write_secret(path, seed_file_text(signing))
+            write_secret(path, key_file_text(signing))
             key, where = signing.public, f"key file {path} (owner-only)"
         result = log.append(bind_principal(log.origin, log.keys.operator, name, key, role or ()))
         log.close()

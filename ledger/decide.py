@@ -24,11 +24,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from verifier.chain import Replay
-from verifier.entry import Entry, sign_entry
-from verifier.errors import FormatError, SignatureError
-from verifier.invocation import SignedInvocation, effective_request, parse_signed_invocation
-from verifier.jcs import canonical
+from lineage.verifier.chain import Replay
+from lineage.verifier.entry import Entry, sign_entry
+from lineage.verifier.errors import FormatError, SignatureError
+from lineage.verifier.invocation import SignedInvocation, effective_request, parse_signed_invocation
+from lineage.verifier.jcs import canonical
 
 from .errors import LedgerError, RejectedEntry
 from .log import Log

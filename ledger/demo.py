@@ -13,17 +13,18 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from verifier.bundle import verify_bundle
-from verifier.entry import sign_entry
-from verifier.invocation import sign_invocation
-from verifier.keys import SigningKey
+from lineage.verifier.bodies import delegation_body, grant_body, revocation_body
+from lineage.verifier.bundle import verify_bundle
+from lineage.verifier.entry import sign_entry
+from lineage.verifier.invocation import sign_invocation
+from lineage.verifier.keys import SigningKey, key_file_text
 
 from .config import Settings
 from .decide import decide
 from .errors import RejectedEntry, StorageError
 from .export import credential_bundle
-from .issuance import bind_principal, delegation_body, grant_body, revocation_body
-from .keys import keys_dir, seed_file_text, write_secret
+from .issuance import bind_principal
+from .keys import keys_dir, write_secret
 from .ledger import init_ledger, open_ledger
 from .store import SQLiteStore
 
@@ -38,7 +39,10 @@ def run_demo(
     """Tell the story on ``db`` (created if absent; refused if it holds entries)."""
     settings = settings or Settings()
     if db.exists() and SQLiteStore(db).size() > 0:
-        raise StorageError(f"{db} already holds entries; run the demo with --db demo.db")
+        raise StorageError(
+            f"{db} already holds entries and the demo tells its story on a fresh ledger:"
+            f" `make demo` starts over by itself, or pass another --db and --keys"
+        )
     log = init_ledger(db, keys, settings=settings)
     log.close()
     log = open_ledger(db, keys, settings=settings)
@@ -47,7 +51,7 @@ def run_demo(
     say(f"   its verifier key, all an auditor needs: {log.log_key.vkey}")
 
     alice = SigningKey.generate()
-    write_secret(keys_dir(keys) / "principals" / "alice@corp.key", seed_file_text(alice))
+    write_secret(keys_dir(keys) / "principals" / "alice@corp.key", key_file_text(alice))
     log.append(
         bind_principal(log.origin, log.keys.operator, "alice@corp", alice.public, ["finance"])
     )

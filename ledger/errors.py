@@ -9,12 +9,12 @@
         └── ConfigError             missing or unsafe keys and settings
 
 Format and verification errors from ``verifier`` pass through unchanged: an
-entry that does not parse raises ``verifier.errors.FormatError``.
+entry that does not parse raises ``lineage.verifier.errors.FormatError``.
 """
 
 from __future__ import annotations
 
-from verifier.errors import LineageError
+from lineage.verifier.errors import LineageError
 
 __all__ = [
     "ConfigError",

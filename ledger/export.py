@@ -13,8 +13,8 @@ import json
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from verifier.bundle import encode_hashes
-from verifier.checkpoint import open_checkpoint
+from lineage.verifier.bundle import encode_hashes
+from lineage.verifier.checkpoint import open_checkpoint
 
 from .errors import NotFound
 from .log import Log

@@ -3,37 +3,31 @@
 The party whose authority an entry exercises builds and signs it (a grant by
 the principal, a delegation by the parent's holder); the ledger checks it and
 appends it unchanged, never editing a signed entry. On top of the format's
-rules (``verifier.chain.Replay``), ``admission(settings)`` refuses, naming
+rules (``lineage.verifier.chain.Replay``), ``admission(settings)`` refuses, naming
 the field:
 
 - a lifetime (``expires_at`` minus the log's time) above ``ttl_max``, or above
   ``single_use_ttl_max`` for a ``max_uses: 1`` credential;
 - ``max_depth`` above the operator's maximum;
-- a policy document that does not parse (``ledger.policy``).
+- a policy document that does not parse (``lineage.ledger.policy``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from verifier.entry import Entry, sign_entry
-from verifier.errors import FormatError
-from verifier.keys import PublicKey, SigningKey
-from verifier.kinds import Access, Delegation, Grant, Policy
+from lineage.verifier.entry import Entry, sign_entry
+from lineage.verifier.errors import FormatError
+from lineage.verifier.keys import PublicKey, SigningKey
+from lineage.verifier.kinds import Access, Delegation, Grant, Policy
 
 from .config import Settings
 from .errors import RejectedEntry
 from .log import Admit
 from .policy import parse_policy
 
-__all__ = [
-    "admission",
-    "bind_principal",
-    "delegation_body",
-    "grant_body",
-    "revocation_body",
-]
+__all__ = ["admission", "bind_principal"]
 
 
 def admission(settings: Settings) -> Admit:
@@ -76,74 +70,6 @@ def admission(settings: Settings) -> Admit:
                 raise RejectedEntry(str(exc), "policy", getattr(exc, "field", None)) from None
 
     return admit
-
-
-def _credential_fields(
-    *,
-    task: Mapping[str, str],
-    scope: Sequence[Mapping[str, Any]],
-    expires_at: int,
-    max_depth: int,
-    agent: str | None,
-    not_before: int | None,
-    max_uses: int | None,
-    rate: Mapping[str, int] | None,
-    max_children: int | None,
-) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "task": dict(task),
-        "scope": [dict(d) for d in scope],
-        "expires_at": expires_at,
-        "max_depth": max_depth,
-    }
-    optional = {
-        "agent": agent,
-        "not_before": not_before,
-        "max_uses": max_uses,
-        "rate": dict(rate) if rate is not None else None,
-        "max_children": max_children,
-    }
-    out.update({k: v for k, v in optional.items() if v is not None})
-    return out
-
-
-def grant_body(log: str, principal: str, holder: PublicKey, **credential: Any) -> dict[str, Any]:
-    """The body of a grant (sign it with the principal's key: ``sign_entry(body, [key])``)."""
-    return {
-        "kind": "grant",
-        "v": 1,
-        "log": log,
-        "principal": principal,
-        "holder": holder.b64,
-        **_credential_fields(**_defaults(credential)),
-    }
-
-
-def delegation_body(log: str, parent: str, holder: PublicKey, **credential: Any) -> dict[str, Any]:
-    """The body of a delegation (sign it with the parent's holder key)."""
-    return {
-        "kind": "delegation",
-        "v": 1,
-        "log": log,
-        "parent": parent,
-        "holder": holder.b64,
-        **_credential_fields(**_defaults(credential)),
-    }
-
-
-def _defaults(credential: dict[str, Any]) -> dict[str, Any]:
-    for name in ("agent", "not_before", "max_uses", "rate", "max_children"):
-        credential.setdefault(name, None)
-    return credential
-
-
-def revocation_body(
-    log: str, *, credential: str | None = None, holder: PublicKey | None = None, reason: str = ""
-) -> dict[str, Any]:
-    if (credential is None) == (holder is None):
-        raise ValueError("revoke exactly one of a credential and a holder key")
-    target = {"credential": credential} if credential is not None else {"holder": holder.b64}
-    return {"kind": "revocation", "v": 1, "log": log, "target": target, "reason": reason}
 
 
 def bind_principal(

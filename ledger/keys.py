@@ -2,7 +2,7 @@
 
     lineage-keys/            mode 0700
         log.key              C2SP/Go note signer key: PRIVATE+KEY+<origin>+<id>+<base64>
-        operator.key         "lineage-ed25519-seed:" base64url(seed)
+        operator.key         "lineage-ed25519-seed:" base64url(seed) (FORMAT.md §3.1)
         decision.key         "lineage-ed25519-seed:" base64url(seed)
 
 Every file is written owner-only (0600) by creating it with that mode, never
@@ -15,20 +15,18 @@ them show only key ids.
 from __future__ import annotations
 
 import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from verifier.errors import FormatError
-from verifier.keys import SigningKey, b64u_decode, b64u_encode
-from verifier.note import Signer, format_skey, parse_skey
+from lineage.verifier.errors import FormatError, KeyFormatError
+from lineage.verifier.keys import SigningKey, key_file_text, parse_key_file, read_owner_only
+from lineage.verifier.note import Signer, format_skey, parse_skey
 
 from .errors import ConfigError
 
 __all__ = ["DEFAULT_KEYS_DIR", "KeyRing", "keys_dir", "read_seed_file", "write_secret"]
 
 DEFAULT_KEYS_DIR = "lineage-keys"
-SEED_PREFIX = "lineage-ed25519-seed:"
 
 
 def keys_dir(explicit: str | Path | None = None) -> Path:
@@ -50,29 +48,18 @@ def write_secret(path: Path, text: str) -> None:
 
 def _read_secret(path: Path) -> str:
     try:
-        st = path.stat()
+        return read_owner_only(path).strip()
     except FileNotFoundError:
         raise ConfigError(f"key file {path} not found (run `lineage init`)") from None
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError(
-            f"key file {path} is readable by group or others (mode {stat.S_IMODE(st.st_mode):o});"
-            f" run: chmod 600 {path}"
-        )
-    return path.read_text().strip()
+    except KeyFormatError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def read_seed_file(path: Path) -> SigningKey:
-    text = _read_secret(path)
-    if not text.startswith(SEED_PREFIX):
-        raise ConfigError(f"{path} is not a Lineage key file")
     try:
-        return SigningKey(b64u_decode(text[len(SEED_PREFIX) :], length=32, what="seed"))
-    except FormatError:
-        raise ConfigError(f"{path} holds a malformed key") from None
-
-
-def seed_file_text(key: SigningKey) -> str:
-    return SEED_PREFIX + b64u_encode(key.seed) + "\n"
+        return parse_key_file(_read_secret(path), str(path))
+    except KeyFormatError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -94,8 +81,8 @@ class KeyRing:
         os.chmod(directory, 0o700)
         ring = cls(Signer.generate(origin), SigningKey.generate(), SigningKey.generate())
         write_secret(directory / "log.key", format_skey(ring.log) + "\n")
-        write_secret(directory / "operator.key", seed_file_text(ring.operator))
-        write_secret(directory / "decision.key", seed_file_text(ring.decision))
+        write_secret(directory / "operator.key", key_file_text(ring.operator))
+        write_secret(directory / "decision.key", key_file_text(ring.decision))
         return ring
 
     @classmethod

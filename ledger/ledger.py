@@ -17,8 +17,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from verifier.entry import sign_entry
-from verifier.note import parse_vkey
+from lineage.verifier.entry import sign_entry
+from lineage.verifier.note import parse_vkey
 
 from .config import Settings
 from .errors import ConfigError, StorageError

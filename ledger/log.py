@@ -3,7 +3,7 @@
 One ``Log`` sequences the writes of a ledger. ``append`` hands the entry to a
 single writer thread and waits; the writer takes every append that is queued,
 validates each against the replayed state of the log (the same
-``verifier.chain.Replay`` an auditor runs), and writes the batch as one
+``lineage.verifier.chain.Replay`` an auditor runs), and writes the batch as one
 transaction, one fsync. Nothing is acknowledged before its transaction
 commits. An entry already in the log returns its original index.
 
@@ -24,17 +24,17 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
-from verifier.chain import Replay
-from verifier.entry import Entry, Leaf, parse_entry
-from verifier.errors import ChainError, FormatError, LineageError
-from verifier.merkle import (
+from lineage.verifier.chain import Replay
+from lineage.verifier.entry import Entry, Leaf, parse_entry
+from lineage.verifier.errors import ChainError, FormatError, LineageError
+from lineage.verifier.merkle import (
     Coord,
     consistency_proof,
     inclusion_proof,
     nodes_completed_by_append,
     tree_root,
 )
-from verifier.note import Signer, Verifier
+from lineage.verifier.note import Signer, Verifier
 
 from .checkpoints import check_published, publish
 from .errors import NotFound, RejectedEntry, StorageError

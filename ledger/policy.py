@@ -26,10 +26,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from verifier.chain import CredentialRecord, Replay
-from verifier.errors import EntryFormatError
-from verifier.fields import Fields, expect_str
-from verifier.request import Request
+from lineage.verifier.chain import CredentialRecord, Replay
+from lineage.verifier.errors import EntryFormatError
+from lineage.verifier.fields import Fields, expect_str
+from lineage.verifier.request import Request
 
 __all__ = ["PolicyDocument", "Rule", "parse_policy"]
 

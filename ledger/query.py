@@ -11,10 +11,10 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from verifier.chain import CredentialRecord, Replay
-from verifier.entry import Leaf
-from verifier.errors import FormatError
-from verifier.keys import PublicKey
+from lineage.verifier.chain import CredentialRecord, Replay
+from lineage.verifier.entry import Leaf
+from lineage.verifier.errors import FormatError
+from lineage.verifier.keys import PublicKey
 
 from .errors import NotFound
 from .log import Log

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from verifier.chain import CredentialRecord, Replay
-from verifier.entry import Leaf
-from verifier.kinds import Access, Delegation, Grant, KeyChange, Revocation
+from lineage.verifier.chain import CredentialRecord, Replay
+from lineage.verifier.entry import Leaf
+from lineage.verifier.kinds import Access, Delegation, Grant, KeyChange, Revocation
 
 __all__ = ["Ref", "credential_of", "ref_of"]
 

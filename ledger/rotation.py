@@ -18,11 +18,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from verifier.entry import sign_entry
-from verifier.keys import SigningKey
+from lineage.verifier.entry import sign_entry
+from lineage.verifier.keys import SigningKey, key_file_text
 
 from .errors import ConfigError
-from .keys import KeyRing, seed_file_text, write_secret
+from .keys import KeyRing, write_secret
 from .log import Log
 
 __all__ = ["rotate_key"]
@@ -43,7 +43,7 @@ def rotate_key(log: Log, directory: Path, role: str) -> tuple[str, str, int]:
     new = SigningKey.generate()
     if pending.exists():
         raise ConfigError(f"{pending} exists: a rotation was interrupted; move it aside first")
-    write_secret(pending, seed_file_text(new))
+    write_secret(pending, key_file_text(new))
     body = {"kind": "key", "v": 1, "log": log.origin}
     log.append(
         sign_entry({**body, "op": "add", "key": new.public.b64, "roles": [role]}, [ring.operator])

@@ -2,7 +2,7 @@
 
 ``Store`` is what the log needs from a database; ``SQLiteStore`` is the
 default (one file, WAL). The proof code never sees SQL: it asks for node
-hashes through ``read_nodes`` (``verifier.merkle.HashReader``).
+hashes through ``read_nodes`` (``lineage.verifier.merkle.HashReader``).
 
 Append-only is enforced by the database itself: triggers abort any UPDATE or
 DELETE on leaves, nodes, checkpoints and meta, and any leaf inserted out of
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from verifier.merkle import Coord
+from lineage.verifier.merkle import Coord
 
 from .errors import NotFound, StorageError
 from .refs import Ref

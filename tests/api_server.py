@@ -4,16 +4,16 @@
         httpx.get(srv.url("/healthz"))
         srv.clock.advance(120)                 # the log's clock (real time plus an offset)
 
-``running`` creates a ledger with ``ledger.ledger.init_ledger`` under ``tmp_path``,
+``running`` creates a ledger with ``lineage.ledger.ledger.init_ledger`` under ``tmp_path``,
 binds ``alice@corp`` to a fixed key (an operator-signed ``key`` entry), creates an
 operator, an auditor and an enforcement token, and serves
-``api.main.create_app(log, settings, checkpoints=True)`` with a real
+``lineage.api.main.create_app(log, settings, checkpoints=True)`` with a real
 ``uvicorn.Server`` on a free port. Leaving the block stops the server (which
 closes the ledger).
 
-The builders below make what a client makes: bodies from ``ledger.issuance``,
+The builders below make what a client makes: bodies from ``lineage.ledger.issuance``,
 signed by the party whose authority they exercise, base64url for the token
-exchange, DPoP proofs with ``api.dpop.make_proof``.
+exchange, DPoP proofs with ``lineage.client.dpop.make_proof``.
 """
 
 from __future__ import annotations
@@ -32,18 +32,19 @@ from typing import Any
 import httpx
 import uvicorn
 
-from api.dpop import make_proof
-from api.main import create_app
-from ledger.config import Settings
-from ledger.issuance import bind_principal, delegation_body, grant_body
-from ledger.ledger import init_ledger
-from ledger.log import Log
-from ledger.tokens import TokenStore
-from verifier.checkpoint import SignedCheckpoint, open_checkpoint
-from verifier.entry import Entry, sign_entry
-from verifier.invocation import SignedInvocation, sign_invocation
-from verifier.keys import SigningKey
-from verifier.note import parse_vkey
+from lineage.api.main import create_app
+from lineage.client.dpop import make_proof
+from lineage.ledger.config import Settings
+from lineage.ledger.issuance import bind_principal
+from lineage.ledger.ledger import init_ledger
+from lineage.ledger.log import Log
+from lineage.ledger.tokens import TokenStore
+from lineage.verifier.bodies import delegation_body, grant_body
+from lineage.verifier.checkpoint import SignedCheckpoint, open_checkpoint
+from lineage.verifier.entry import Entry, sign_entry
+from lineage.verifier.invocation import SignedInvocation, sign_invocation
+from lineage.verifier.keys import SigningKey
+from lineage.verifier.note import parse_vkey
 
 __all__ = [
     "CREDENTIAL",

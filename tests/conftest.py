@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from ledger.ledger import init_ledger
-from ledger.log import Log
-from verifier.entry import Entry, sign_entry
-from verifier.keys import SigningKey
+from lineage.ledger.ledger import init_ledger
+from lineage.ledger.log import Log
+from lineage.verifier.entry import Entry, sign_entry
+from lineage.verifier.keys import SigningKey
 
 __all__ = [
     "ORIGIN",

@@ -2,7 +2,7 @@
 
 A ``World`` is a real ledger on a SQLite file with an injected clock, alice bound to
 her key (role ``finance``), and a few agent keys. Everything is built the way a
-client builds it: bodies from ``ledger.issuance``, signed by the party whose
+client builds it: bodies from ``lineage.ledger.issuance``, signed by the party whose
 authority they exercise, appended unchanged.
 
     w = world(tmp_path)
@@ -24,17 +24,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ledger.config import Settings
-from ledger.decide import Decision, decide
-from ledger.issuance import bind_principal, delegation_body, grant_body, revocation_body
-from ledger.ledger import init_ledger, open_ledger
-from ledger.log import Appended, Log
-from verifier.bundle import encode_hashes
-from verifier.checkpoint import Checkpoint, sign_checkpoint
-from verifier.entry import Entry, Leaf, sign_entry
-from verifier.invocation import SignedInvocation, sign_invocation
-from verifier.keys import SigningKey, b64u_encode
-from verifier.merkle import MemoryTree
+from lineage.ledger.config import Settings
+from lineage.ledger.decide import Decision, decide
+from lineage.ledger.issuance import bind_principal
+from lineage.ledger.ledger import init_ledger, open_ledger
+from lineage.ledger.log import Appended, Log
+from lineage.verifier.bodies import delegation_body, grant_body, revocation_body
+from lineage.verifier.bundle import encode_hashes
+from lineage.verifier.checkpoint import Checkpoint, sign_checkpoint
+from lineage.verifier.entry import Entry, Leaf, sign_entry
+from lineage.verifier.invocation import SignedInvocation, sign_invocation
+from lineage.verifier.keys import SigningKey, b64u_encode
+from lineage.verifier.merkle import MemoryTree
 
 __all__ = [
     "MAIL",
@@ -259,7 +260,7 @@ def decide_in_process(
     ``invocations`` from ``threads`` threads; put the outcomes on ``results``."""
     import threading
 
-    from ledger.decide import InvalidInvocation
+    from lineage.ledger.decide import InvalidInvocation
 
     log = open_ledger(db, keys)
     log.state()  # replay now, so that the deciding starts together

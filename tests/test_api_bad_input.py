@@ -21,8 +21,10 @@ from typing import Any
 import httpx
 import pytest
 
-from api.dpop import make_proof
-from ledger.issuance import revocation_body
+from lineage.client.dpop import make_proof
+from lineage.verifier.bodies import revocation_body
+from lineage.verifier.entry import sign_entry
+from lineage.verifier.invocation import sign_invocation
 from tests.api_server import (
     ORIGIN,
     SIGNED_ENTRY,
@@ -34,8 +36,6 @@ from tests.api_server import (
     request,
     running,
 )
-from verifier.entry import sign_entry
-from verifier.invocation import sign_invocation
 
 MIB = 1 << 20
 HEX0 = "0" * 64

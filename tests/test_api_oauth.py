@@ -27,7 +27,9 @@ from authlib.deprecate import AuthlibDeprecationWarning
 from joserfc import jws
 from joserfc.jwk import OKPKey
 
-from ledger.issuance import bind_principal
+from lineage.ledger.issuance import bind_principal
+from lineage.verifier.bundle import verify_bundle
+from lineage.verifier.keys import SigningKey
 from tests.api_server import (
     CREDENTIAL,
     ORIGIN,
@@ -39,8 +41,6 @@ from tests.api_server import (
     read_scope,
     running,
 )
-from verifier.bundle import verify_bundle
-from verifier.keys import SigningKey
 
 with warnings.catch_warnings():  # authlib 1.7+ prefers the httpx2 package; httpx still works
     warnings.simplefilter("ignore", AuthlibDeprecationWarning)

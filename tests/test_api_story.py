@@ -29,6 +29,7 @@ import pytest
 import rfc8785
 from prometheus_client.parser import text_string_to_metric_families
 
+from lineage.verifier.merkle import verify_consistency, verify_inclusion
 from tests.api_server import (
     Server,
     checkpoint_at_least,
@@ -37,7 +38,6 @@ from tests.api_server import (
     request,
     running,
 )
-from verifier.merkle import verify_consistency, verify_inclusion
 
 UNCONSTRAINED = {k: v for k, v in read_scope()[0].items() if k != "constraints"}
 

@@ -18,12 +18,17 @@ from pathlib import Path
 
 import pytest
 
-import ledger.audit as audit_module
-from ledger.audit import AuditFailure, AuditReport, audit
-from ledger.errors import RollbackError, StorageError
-from ledger.ledger import init_ledger, open_ledger, sidecar_path
-from ledger.log import Log
-from ledger.store import SQLiteStore, StoredLeaf
+import lineage.ledger.audit as audit_module
+from lineage.ledger.audit import AuditFailure, AuditReport, audit
+from lineage.ledger.errors import RollbackError, StorageError
+from lineage.ledger.ledger import init_ledger, open_ledger, sidecar_path
+from lineage.ledger.log import Log
+from lineage.ledger.store import SQLiteStore, StoredLeaf
+from lineage.verifier.checkpoint import Checkpoint, sign_checkpoint
+from lineage.verifier.entry import Leaf, parse_entry, sign_entry
+from lineage.verifier.keys import SigningKey
+from lineage.verifier.merkle import nodes_completed_by_append
+from lineage.verifier.note import Signer, Verifier
 from tests.conftest import (
     ORIGIN,
     close,
@@ -31,11 +36,6 @@ from tests.conftest import (
     policy,
     raw_connection,
 )
-from verifier.checkpoint import Checkpoint, sign_checkpoint
-from verifier.entry import Leaf, parse_entry, sign_entry
-from verifier.keys import SigningKey
-from verifier.merkle import nodes_completed_by_append
-from verifier.note import Signer, Verifier
 
 SIZE = 21
 

@@ -1,4 +1,13 @@
-"""The package boundaries: verifier/ is pynacl + stdlib, imports run api -> ledger -> verifier."""
+"""The package boundaries, read from the source (docs/DECISIONS.md D26).
+
+Four folders are four packages under ``lineage.``: verifier/ is
+``lineage.verifier`` (pynacl and the standard library), client/ is
+``lineage.client`` (httpx, joserfc and the verifier), ledger/ is
+``lineage.ledger`` (the verifier and storage/CLI libraries), api/ is
+``lineage.api``. Imports run api -> ledger -> verifier and client ->
+verifier, never back; nothing imports a bare ``api``, ``ledger`` or
+``verifier``.
+"""
 
 import ast
 import sys
@@ -6,43 +15,85 @@ from pathlib import Path
 
 import pytest
 
-import verifier
+import lineage.client
+import lineage.verifier
 
 ROOT = Path(__file__).resolve().parent.parent
-ALLOWED = {
-    "verifier": {"verifier", "nacl"},
-    "ledger": {"ledger", "verifier"},  # plus third-party storage/CLI libraries, never api
-}
+FOLDERS = ("verifier", "client", "ledger", "api")
+SERVER = {"fastapi", "starlette", "uvicorn", "typer", "rich", "prometheus_client", "sqlite3"}
 
 
-def imports(package: str) -> set[tuple[str, str]]:
+def imports(folder: str) -> set[tuple[str, str]]:
+    """(what is imported, by which file): ``lineage.x`` as ``lineage.x``, else its top name."""
     found = set()
-    for path in (ROOT / package).rglob("*.py"):
+    for path in (ROOT / folder).rglob("*.py"):
+        if path.name == "setup.py":
+            continue
         tree = ast.parse(path.read_text(), str(path))
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
-                found |= {(alias.name.split(".")[0], path.name) for alias in node.names}
+                names = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                found.add((node.module.split(".")[0], path.name))
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                parts = name.split(".")
+                found.add((".".join(parts[:2]) if parts[0] == "lineage" else parts[0], path.name))
     return found
 
 
 def test_verifier_needs_only_pynacl_and_the_standard_library():
     for module, where in imports("verifier"):
-        ok = module in ALLOWED["verifier"] or module in sys.stdlib_module_names
+        ok = module in {"lineage.verifier", "nacl"} or module in sys.stdlib_module_names
         assert ok, f"verifier/{where} imports {module}"
 
 
+def test_client_needs_only_httpx_joserfc_and_the_verifier():
+    allowed = {"lineage.client", "lineage.verifier", "httpx", "joserfc"}
+    for module, where in imports("client"):
+        ok = module in allowed or module in sys.stdlib_module_names
+        assert ok, f"client/{where} imports {module}"
+        assert module != "sqlite3", f"client/{where} imports the ledger's storage"
+
+
 @pytest.mark.parametrize(
-    "package, forbidden",
-    [("verifier", {"ledger", "api"}), ("ledger", {"api", "fastapi", "starlette"})],
+    "folder, forbidden",
+    [
+        ("verifier", {"lineage.ledger", "lineage.api", "lineage.client"}),
+        ("client", {"lineage.ledger", "lineage.api", *SERVER}),
+        ("ledger", {"lineage.api", "lineage.client", "fastapi", "starlette"}),
+    ],
 )
-def test_imports_never_run_backwards(package, forbidden):
-    for module, where in imports(package):
-        assert module not in forbidden, f"{package}/{where} imports {module}"
+def test_imports_never_run_backwards(folder, forbidden):
+    for module, where in imports(folder):
+        assert module not in forbidden, f"{folder}/{where} imports {module}"
 
 
-def test_public_surface_is_exported():
-    for name in verifier.__all__:
-        assert hasattr(verifier, name), name
-    assert sorted(verifier.__all__) == verifier.__all__
+@pytest.mark.parametrize("folder", [*FOLDERS, "tests", "fixtures", "bench"])
+def test_no_bare_top_level_import_names(folder):
+    for module, where in imports(folder):
+        assert module not in FOLDERS, f"{folder}/{where} imports bare {module}, not lineage.{module}"
+
+
+@pytest.mark.parametrize("package", [lineage.verifier, lineage.client])
+def test_public_surface_is_exported(package):
+    for name in package.__all__:
+        assert hasattr(package, name), name
+    assert sorted(package.__all__) == package.__all__
+
+
+def test_one_version_in_one_place():
+    """VERSION is the version; every build file reads or links it, none writes its own."""
+    version = (ROOT / "VERSION").read_text().strip()
+    for folder in ("verifier", "client"):
+        assert (ROOT / folder / "VERSION").resolve() == (ROOT / "VERSION").resolve()
+        assert (ROOT / folder / "LICENSE").resolve() == (ROOT / "LICENSE").resolve()
+    for pyproject in ("pyproject.toml", "verifier/pyproject.toml", "client/pyproject.toml"):
+        text = (ROOT / pyproject).read_text()
+        assert "\nversion =" not in text.replace("version = { file", ""), pyproject
+        assert version not in text, f"{pyproject} spells out the version"
+    from importlib.metadata import version as installed
+
+    for dist in ("lineage-verifier", "lineage-client", "lineage-ledger"):
+        assert installed(dist) == version, dist

@@ -19,11 +19,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fixtures import generate as g
-from verifier.bundle import parse_bundle, verify_bundle
-from verifier.checkpoint import Checkpoint, format_checkpoint, sign_checkpoint
-from verifier.cli import main as verify_main
-from verifier.entry import sign_entry
-from verifier.errors import (
+from lineage.verifier.bundle import parse_bundle, verify_bundle
+from lineage.verifier.checkpoint import Checkpoint, format_checkpoint, sign_checkpoint
+from lineage.verifier.cli import main as verify_main
+from lineage.verifier.entry import sign_entry
+from lineage.verifier.errors import (
     ChainError,
     EncodingError,
     EntryFormatError,
@@ -31,8 +31,8 @@ from verifier.errors import (
     ProofError,
     SignatureError,
 )
-from verifier.keys import SigningKey
-from verifier.note import Signer, sign_note
+from lineage.verifier.keys import SigningKey
+from lineage.verifier.note import Signer, sign_note
 
 T0 = g.T0
 KEY = g.LOG.verifier

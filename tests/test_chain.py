@@ -1,7 +1,7 @@
 """Adversarial tests of replay (docs/FORMAT.md §8): who may sign what, and every chain's limits.
 
 Each test builds a small log with ``fixtures.generate`` (fixed keys, fixed clock), replays
-it with ``verifier.chain.Replay`` and checks that the entry that breaks a rule, and only
+it with ``lineage.verifier.chain.Replay`` and checks that the entry that breaks a rule, and only
 that one, is refused with the check FORMAT.md §8 names. Every refusal test has a twin
 that shows the same log without the fault replays cleanly, so a test cannot pass merely
 because something earlier was broken.
@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 
 from fixtures import generate as g
-from verifier.chain import Replay
-from verifier.entry import Entry, entry_from_json, sign_entry
-from verifier.errors import ChainError, EntryFormatError
-from verifier.keys import ENTRY_CONTEXT, SigningKey, b64u_encode
-from verifier.signed import signed_message
+from lineage.verifier.chain import Replay
+from lineage.verifier.entry import Entry, entry_from_json, sign_entry
+from lineage.verifier.errors import ChainError, EntryFormatError
+from lineage.verifier.keys import ENTRY_CONTEXT, SigningKey, b64u_encode
+from lineage.verifier.signed import signed_message
 
 T0 = g.T0
 OP2 = SigningKey(g.seed("operator-2"))

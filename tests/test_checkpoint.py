@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from verifier.checkpoint import (
+from lineage.verifier.checkpoint import (
     MAX_TREE_SIZE,
     Checkpoint,
     SignedCheckpoint,
@@ -20,8 +20,8 @@ from verifier.checkpoint import (
     parse_checkpoint,
     sign_checkpoint,
 )
-from verifier.errors import CheckpointFormatError, NoteFormatError, SignatureError
-from verifier.note import (
+from lineage.verifier.errors import CheckpointFormatError, NoteFormatError, SignatureError
+from lineage.verifier.note import (
     Note,
     Signature,
     Signer,

@@ -1,4 +1,4 @@
-"""``api.client``: the agent client against a real server, sync and async.
+"""``lineage.client``: the agent client against a real server, sync and async.
 
 grant (signed by alice) -> delegate (signed by the agent) -> invoke (the reader)
 -> access (an enforcement-token client) -> verify_lineage (offline, with the
@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from api.client import Agent, AsyncLineageClient, LineageClient, LineageHTTPError
+from lineage.client import Agent, AsyncLineageClient, LineageClient, LineageHTTPError
+from lineage.verifier.errors import SignatureError
+from lineage.verifier.note import Signer
 from tests.api_server import ORIGIN, Server, read_scope, request, running
-from verifier.errors import SignatureError
-from verifier.note import Signer
 
 
 @pytest.fixture

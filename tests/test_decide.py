@@ -17,11 +17,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ledger.audit import audit
-from ledger.config import Settings
-from ledger.decide import InvalidInvocation, decide
-from ledger.errors import RejectedEntry
-from ledger.export import credential_bundle
+from lineage.ledger.audit import audit
+from lineage.ledger.config import Settings
+from lineage.ledger.decide import InvalidInvocation, decide
+from lineage.ledger.errors import RejectedEntry
+from lineage.ledger.export import credential_bundle
+from lineage.verifier.bundle import verify_bundle
+from lineage.verifier.jcs import canonical
 from tests.issuance_helpers import (
     T0,
     World,
@@ -33,8 +35,6 @@ from tests.issuance_helpers import (
     request,
     world,
 )
-from verifier.bundle import verify_bundle
-from verifier.jcs import canonical
 
 
 @pytest.fixture

@@ -20,29 +20,30 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from ledger.audit import audit
-from ledger.cli import app
-from ledger.config import Settings
-from ledger.demo import run_demo
-from ledger.errors import NotFound, StorageError
-from ledger.export import (
+from lineage.ledger.audit import audit
+from lineage.ledger.cli import app
+from lineage.ledger.config import Settings
+from lineage.ledger.demo import run_demo
+from lineage.ledger.errors import NotFound, StorageError
+from lineage.ledger.export import (
     credential_bundle,
     principal_bundle,
     rows_csv,
     rows_dot,
     rows_jsonl,
 )
-from ledger.issuance import bind_principal, grant_body
-from ledger.ledger import open_ledger
-from ledger.query import Filter, entries, lineage, subtree
+from lineage.ledger.issuance import bind_principal
+from lineage.ledger.ledger import open_ledger
+from lineage.ledger.query import Filter, entries, lineage, subtree
+from lineage.verifier.bodies import grant_body
+from lineage.verifier.bundle import verify_bundle
+from lineage.verifier.entry import sign_entry
+from lineage.verifier.jcs import canonical
+from lineage.verifier.note import parse_vkey
 from tests.issuance_helpers import ORIGIN, T0, World, key, parent_scope, reopen, world
-from verifier.bundle import verify_bundle
-from verifier.entry import sign_entry
-from verifier.jcs import canonical
-from verifier.note import parse_vkey
 
 REPO = Path(__file__).resolve().parent.parent
-VERIFY = [sys.executable, "-m", "verifier.cli"]  # lineage-verify
+VERIFY = [sys.executable, "-m", "lineage.verifier.cli"]  # lineage-verify
 
 # -- the demo -------------------------------------------------------------------------------
 

@@ -2,8 +2,8 @@
 
 import httpx
 
-from api.dpop import make_proof
-from ledger.config import Settings
+from lineage.client.dpop import make_proof
+from lineage.ledger.config import Settings
 from tests.api_server import running
 
 

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fixtures import generate as g
-from verifier.entry import (
+from lineage.verifier.entry import (
     MAX_ENTRY_SIZE,
     Entry,
     Leaf,
@@ -29,16 +29,16 @@ from verifier.entry import (
     parse_leaf,
     sign_entry,
 )
-from verifier.errors import EncodingError, EntryFormatError, FormatError, SignatureError
-from verifier.invocation import (
+from lineage.verifier.errors import EncodingError, EntryFormatError, FormatError, SignatureError
+from lineage.verifier.invocation import (
     MAX_INVOCATION_SIZE,
     parse_invocation_bytes,
     parse_signed_invocation,
     sign_invocation,
 )
-from verifier.jcs import canonical
-from verifier.keys import ENTRY_CONTEXT, INVOCATION_CONTEXT, b64u_encode
-from verifier.signed import sign_object
+from lineage.verifier.jcs import canonical
+from lineage.verifier.keys import ENTRY_CONTEXT, INVOCATION_CONTEXT, b64u_encode
+from lineage.verifier.signed import sign_object
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "fixtures" / "examples"
 NAMES = ["genesis", "key", "policy", "grant", "delegation", "access"]
@@ -617,8 +617,8 @@ def test_bad_key_is_rejected(name, path, field, how):
 
 def test_bad_keys_really_are_bad():
     """The small-order inputs are 32-byte strings that only a point check refuses."""
-    from verifier.errors import KeyFormatError
-    from verifier.keys import PublicKey
+    from lineage.verifier.errors import KeyFormatError
+    from lineage.verifier.keys import PublicKey
 
     for raw in SMALL_ORDER.values():
         assert len(raw) == 32

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from fixtures import generate
-from verifier.cli import main as verify_main
+from lineage.verifier.cli import main as verify_main
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
@@ -82,7 +82,7 @@ def test_since_from_a_forked_log_fails(tmp_path):
 def test_command_line_entry_point():
     bundle = str(BUNDLES / "valid-delegation-chain.json")
     ok = subprocess.run(
-        [sys.executable, "-m", "verifier.cli", bundle, "--log-key", KEY],
+        [sys.executable, "-m", "lineage.verifier.cli", bundle, "--log-key", KEY],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -93,7 +93,7 @@ def test_command_line_entry_point():
         [
             sys.executable,
             "-m",
-            "verifier.cli",
+            "lineage.verifier.cli",
             str(BUNDLES / "invalid-widened-action.json"),
             "--log-key",
             KEY,

@@ -16,13 +16,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ledger.config import Settings
-from ledger.errors import RejectedEntry
-from ledger.export import credential_bundle
+from lineage.ledger.config import Settings
+from lineage.ledger.errors import RejectedEntry
+from lineage.ledger.export import credential_bundle
+from lineage.verifier.bundle import verify_bundle
+from lineage.verifier.entry import Entry
+from lineage.verifier.errors import ChainError
 from tests.issuance_helpers import MAIL, T0, World, forced_bundle, key, world
-from verifier.bundle import verify_bundle
-from verifier.entry import Entry
-from verifier.errors import ChainError
 
 G = T0 - 86400  # the parent's received_at bound
 A, B, C = "a@vendor.example", "b@vendor.example", "c@vendor.example"

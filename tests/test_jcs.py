@@ -8,8 +8,8 @@ import rfc8785
 from hypothesis import given
 from hypothesis import strategies as st
 
-from verifier.errors import EncodingError, FormatError
-from verifier.jcs import MAX_SAFE_INTEGER, canonical, parse, parse_canonical
+from lineage.verifier.errors import EncodingError, FormatError
+from lineage.verifier.jcs import MAX_SAFE_INTEGER, canonical, parse, parse_canonical
 
 ascii_keys = st.text(st.characters(min_codepoint=0, max_codepoint=127), max_size=8)
 strings = st.text(st.characters(exclude_categories=["Cs"]), max_size=20)

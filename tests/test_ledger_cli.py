@@ -20,14 +20,14 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from ledger.cli import app
-from ledger.keys import KeyRing
-from ledger.ledger import open_ledger
+from lineage.ledger.cli import app
+from lineage.ledger.keys import KeyRing
+from lineage.ledger.ledger import open_ledger
+from lineage.verifier.checkpoint import open_checkpoint
+from lineage.verifier.jcs import canonical
+from lineage.verifier.merkle import leaf_hash, verify_consistency, verify_inclusion
+from lineage.verifier.note import Verifier, parse_vkey
 from tests.conftest import close, policy
-from verifier.checkpoint import open_checkpoint
-from verifier.jcs import canonical
-from verifier.merkle import leaf_hash, verify_consistency, verify_inclusion
-from verifier.note import Verifier, parse_vkey
 
 ORIGIN = "cli.example/ledger"
 DB, KEYS = "lineage.db", "keys"

@@ -17,17 +17,17 @@ from pathlib import Path
 
 import pytest
 
-from ledger.errors import ConfigError, LedgerError, RejectedEntry, StorageError
-from ledger.keys import KeyRing
-from ledger.ledger import init_ledger, open_ledger, sidecar_path
-from ledger.log import Appended, Log
+from lineage.ledger.errors import ConfigError, LedgerError, RejectedEntry, StorageError
+from lineage.ledger.keys import KeyRing
+from lineage.ledger.ledger import init_ledger, open_ledger, sidecar_path
+from lineage.ledger.log import Appended, Log
+from lineage.verifier.checkpoint import open_checkpoint
+from lineage.verifier.entry import sign_entry
+from lineage.verifier.errors import FormatError
+from lineage.verifier.keys import SigningKey
+from lineage.verifier.merkle import leaf_hash, verify_consistency, verify_inclusion
+from lineage.verifier.note import Signer
 from tests.conftest import ORIGIN, T0, FixedClock, close, key_add, policy, raw_connection
-from verifier.checkpoint import open_checkpoint
-from verifier.entry import sign_entry
-from verifier.errors import FormatError
-from verifier.keys import SigningKey
-from verifier.merkle import leaf_hash, verify_consistency, verify_inclusion
-from verifier.note import Signer
 
 
 def _rows(db: Path) -> dict[str, int]:
@@ -227,8 +227,8 @@ def test_a_closed_log_refuses_appends(log: Log, db: Path, keys: Path):
 RACE = r"""
 import json, sys, threading, time
 from pathlib import Path
-from ledger.errors import StorageError
-from ledger.ledger import init_ledger, open_ledger
+from lineage.ledger.errors import StorageError
+from lineage.ledger.ledger import init_ledger, open_ledger
 from tests.conftest import close, key_add
 
 base, rounds = Path(sys.argv[1]), int(sys.argv[2])
@@ -583,9 +583,9 @@ def test_errors_from_a_tampered_key_directory_are_all_ledger_errors(log: Log, db
 def test_the_checkpoint_ticker_survives_a_failed_publish(tmp_path, caplog):
     import time as _t
 
-    from ledger.errors import StorageError
-    from ledger.ledger import init_ledger
-    from verifier.entry import sign_entry
+    from lineage.ledger.errors import StorageError
+    from lineage.ledger.ledger import init_ledger
+    from lineage.verifier.entry import sign_entry
 
     log = init_ledger(tmp_path / "t.db", tmp_path / "keys", origin="tick.example/log")
     real = log.store.add_checkpoint

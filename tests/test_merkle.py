@@ -14,9 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests import merkle_reference as ref
-from verifier.errors import ProofError
-from verifier.merkle import (
+from lineage.verifier.errors import ProofError
+from lineage.verifier.merkle import (
     EMPTY_ROOT,
     HASH_SIZE,
     MemoryTree,
@@ -33,6 +32,7 @@ from verifier.merkle import (
     verify_consistency,
     verify_inclusion,
 )
+from tests import merkle_reference as ref
 
 # --- Published test vectors ---------------------------------------------------------------
 # From transparency-dev/merkle, proof/verify_test.go (commit 02194e9afb6c1d95b5381350007963

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from verifier.errors import FormatError, KeyFormatError, NoteFormatError, SignatureError
-from verifier.note import (
+from lineage.verifier.errors import FormatError, KeyFormatError, NoteFormatError, SignatureError
+from lineage.verifier.note import (
     MAX_LINE_BYTES,
     MAX_NOTE_BYTES,
     MAX_SIGNATURES,
@@ -29,7 +29,7 @@ from verifier.note import (
     parse_vkey,
     sign_note,
 )
-from verifier.note_keys import _verify_ed25519
+from lineage.verifier.note_keys import _verify_ed25519
 
 DASH = "\u2014"
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-from api.main import create_app
-from ledger.ledger import init_ledger
+from lineage.api.main import create_app
+from lineage.ledger.ledger import init_ledger
 
 
 @pytest.fixture(scope="module")

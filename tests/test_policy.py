@@ -12,15 +12,16 @@ from typing import Any
 
 import pytest
 
-from ledger.errors import RejectedEntry
-from ledger.export import credential_bundle
-from ledger.issuance import bind_principal, grant_body
-from ledger.policy import PolicyDocument, parse_policy
+from lineage.ledger.errors import RejectedEntry
+from lineage.ledger.export import credential_bundle
+from lineage.ledger.issuance import bind_principal
+from lineage.ledger.policy import PolicyDocument, parse_policy
+from lineage.verifier.bodies import grant_body
+from lineage.verifier.bundle import verify_bundle
+from lineage.verifier.entry import Entry, sign_entry
+from lineage.verifier.errors import EntryFormatError, FormatError
+from lineage.verifier.keys import SigningKey
 from tests.issuance_helpers import ORIGIN, World, key, parent_scope, request, world
-from verifier.bundle import verify_bundle
-from verifier.entry import Entry, sign_entry
-from verifier.errors import EntryFormatError, FormatError
-from verifier.keys import SigningKey
 
 
 @pytest.fixture

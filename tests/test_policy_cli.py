@@ -4,8 +4,8 @@ import json
 
 from typer.testing import CliRunner
 
-from api.cli import app
-from ledger.ledger import open_ledger
+from lineage.api.cli import app
+from lineage.ledger.ledger import open_ledger
 
 runner = CliRunner()
 

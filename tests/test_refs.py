@@ -2,9 +2,9 @@
 
 import pytest
 
-from ledger.audit import AuditFailure, audit
-from ledger.ledger import open_ledger
-from ledger.query import Filter, entries
+from lineage.ledger.audit import AuditFailure, audit
+from lineage.ledger.ledger import open_ledger
+from lineage.ledger.query import Filter, entries
 from tests.conftest import drop_triggers, raw_connection
 from tests.issuance_helpers import world
 

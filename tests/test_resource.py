@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from verifier.errors import FormatError, ResourceError
-from verifier.resource import (
+from lineage.verifier.errors import FormatError, ResourceError
+from lineage.verifier.resource import (
     MAX_LENGTH,
     MAX_SEGMENTS,
     Resource,

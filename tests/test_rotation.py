@@ -2,16 +2,17 @@
 
 import pytest
 
-from ledger.audit import audit
-from ledger.decide import decide
-from ledger.errors import ConfigError, RejectedEntry
-from ledger.issuance import bind_principal, grant_body
-from ledger.keys import KeyRing
-from ledger.ledger import init_ledger, open_ledger
-from ledger.rotation import rotate_key
-from verifier.entry import sign_entry
-from verifier.invocation import sign_invocation
-from verifier.keys import SigningKey
+from lineage.ledger.audit import audit
+from lineage.ledger.decide import decide
+from lineage.ledger.errors import ConfigError, RejectedEntry
+from lineage.ledger.issuance import bind_principal
+from lineage.ledger.keys import KeyRing
+from lineage.ledger.ledger import init_ledger, open_ledger
+from lineage.ledger.rotation import rotate_key
+from lineage.verifier.bodies import grant_body
+from lineage.verifier.entry import sign_entry
+from lineage.verifier.invocation import sign_invocation
+from lineage.verifier.keys import SigningKey
 
 MAIL = "https://mail.example.com:443"
 

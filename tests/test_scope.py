@@ -17,11 +17,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from verifier.attenuation import check_covers, covers
-from verifier.errors import AttenuationError, EntryFormatError
-from verifier.request import Request, parse_request, permits, request_to_json
-from verifier.resource import Resource, parse_resource
-from verifier.scope import (
+from lineage.verifier.attenuation import check_covers, covers
+from lineage.verifier.errors import AttenuationError, EntryFormatError
+from lineage.verifier.request import Request, parse_request, permits, request_to_json
+from lineage.verifier.resource import Resource, parse_resource
+from lineage.verifier.scope import (
     Constraint,
     Credential,
     Detail,

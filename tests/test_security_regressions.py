@@ -5,16 +5,16 @@ import base64
 import httpx
 import pytest
 
-from api.dpop import make_proof
 from fixtures import generate as g
-from ledger.config import Settings
-from ledger.errors import RejectedEntry
-from ledger.export import _cell
+from lineage.client.dpop import make_proof
+from lineage.ledger.config import Settings
+from lineage.ledger.errors import RejectedEntry
+from lineage.ledger.export import _cell
+from lineage.verifier.chain import Replay
+from lineage.verifier.entry import sign_entry
+from lineage.verifier.errors import ChainError, EntryFormatError
+from lineage.verifier.invocation import sign_invocation
 from tests.api_server import key, running
-from verifier.chain import Replay
-from verifier.entry import sign_entry
-from verifier.errors import ChainError, EntryFormatError
-from verifier.invocation import sign_invocation
 
 
 def test_a_holder_lineage_shows_neither_siblings_nor_their_accesses(tmp_path):
@@ -149,7 +149,7 @@ def test_csv_cells_never_start_a_formula(cell):
 
 def test_a_revocation_through_one_handle_binds_another_at_once(tmp_path):
     """Two Logs over one file (as two serve processes): no stale state survives a revocation."""
-    from ledger.decide import decide
+    from lineage.ledger.decide import decide
     from tests.issuance_helpers import reopen, world
 
     w = world(tmp_path)

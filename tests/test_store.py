@@ -1,7 +1,7 @@
 """ledger/store.py: the SQLite store, its append-only triggers, and proofs read from it.
 
 Proofs are checked against the naive RFC 9162 reference (tests/merkle_reference.py) and
-``verifier.merkle``'s verifiers, at every tree size up to 300 on a real ledger, and at
+``lineage.verifier.merkle``'s verifiers, at every tree size up to 300 on a real ledger, and at
 random sizes of a 100,000-leaf store, where one proof must read O(log n) nodes in one query.
 """
 
@@ -16,12 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from ledger.errors import NotFound, StorageError
-from ledger.log import Log
-from ledger.store import SCHEMA_VERSION, SQLiteStore, StoredLeaf
-from tests import merkle_reference as ref
-from tests.conftest import TABLES, close, policy, raw_connection
-from verifier.merkle import (
+from lineage.ledger.errors import NotFound, StorageError
+from lineage.ledger.log import Log
+from lineage.ledger.store import SCHEMA_VERSION, SQLiteStore, StoredLeaf
+from lineage.verifier.merkle import (
     Coord,
     consistency_proof,
     inclusion_proof,
@@ -32,7 +30,9 @@ from verifier.merkle import (
     verify_consistency,
     verify_inclusion,
 )
-from verifier.note import Signer
+from lineage.verifier.note import Signer
+from tests import merkle_reference as ref
+from tests.conftest import TABLES, close, policy, raw_connection
 
 
 def _leaf(i: int, entry: bytes = b"{}") -> StoredLeaf:
@@ -244,7 +244,7 @@ SMALL = 300
 
 @pytest.fixture(scope="module")
 def small_log(tmp_path_factory) -> Log:
-    from ledger.ledger import init_ledger
+    from lineage.ledger.ledger import init_ledger
 
     path = tmp_path_factory.mktemp("small")
     log = init_ledger(path / "l.db", path / "keys", origin="test.example/small", clock=lambda: 7)

@@ -20,8 +20,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from verifier.errors import CheckpointFormatError, SignatureError
-from verifier.note import (
+from lineage.verifier.errors import CheckpointFormatError, SignatureError
+from lineage.verifier.note import (
     MAX_LINE_BYTES,
     MAX_NOTE_BYTES,
     Signer,

@@ -26,7 +26,9 @@ import base64
 import binascii
 import hashlib
 import os
+import stat
 from dataclasses import dataclass
+from pathlib import Path
 
 import nacl.bindings
 import nacl.exceptions
@@ -37,13 +39,19 @@ from .errors import KeyFormatError
 __all__ = [
     "ENTRY_CONTEXT",
     "INVOCATION_CONTEXT",
+    "KEY_FILE_PREFIX",
     "PublicKey",
     "SigningKey",
     "b64u_decode",
     "b64u_encode",
     "jwk_thumbprint",
+    "key_file_text",
+    "load_key_file",
+    "parse_key_file",
+    "read_owner_only",
 ]
 
+KEY_FILE_PREFIX = "lineage-ed25519-seed:"
 ENTRY_CONTEXT = b"lineage.entry.v1\x00"
 INVOCATION_CONTEXT = b"lineage.invocation.v1\x00"
 
@@ -141,3 +149,39 @@ class SigningKey:
         return f"SigningKey(kid={self.kid!r})"
 
     __str__ = __repr__
+
+
+def key_file_text(key: SigningKey) -> str:
+    """A key file (FORMAT.md §3.1): ``lineage-ed25519-seed:`` base64url(seed), then a newline."""
+    return KEY_FILE_PREFIX + b64u_encode(key.seed) + "\n"
+
+
+def parse_key_file(text: str, what: str = "key file") -> SigningKey:
+    """The signing key in a key file's text (surrounding whitespace ignored)."""
+    text = text.strip()
+    if not text.startswith(KEY_FILE_PREFIX):
+        raise KeyFormatError(f"{what} is not a Lineage key file (it starts {KEY_FILE_PREFIX!r})")
+    try:
+        return SigningKey(b64u_decode(text[len(KEY_FILE_PREFIX) :], length=32, what="seed"))
+    except KeyFormatError:
+        raise KeyFormatError(f"{what} holds a malformed key") from None
+
+
+def read_owner_only(path: str | Path) -> str:
+    """A private file's text; KeyFormatError if group or others may read it.
+
+    FileNotFoundError and other OSErrors pass through for the caller to word.
+    """
+    path = Path(path)
+    mode = path.stat().st_mode
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise KeyFormatError(
+            f"key file {path} is readable by group or others (mode {stat.S_IMODE(mode):o});"
+            f" run: chmod 600 {path}"
+        )
+    return path.read_text()
+
+
+def load_key_file(path: str | Path) -> SigningKey:
+    """A principal's or agent's key from its owner-only key file (``lineage principal add``)."""
+    return parse_key_file(read_owner_only(path), str(path))

@@ -17,7 +17,7 @@ import hashlib
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
-from verifier.errors import ProofError
+from lineage.verifier.errors import ProofError
 
 __all__ = [
     "EMPTY_ROOT",

@@ -22,8 +22,8 @@ import base64
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from verifier.errors import KeyFormatError, NoteFormatError, SignatureError
-from verifier.note_keys import (
+from lineage.verifier.errors import KeyFormatError, NoteFormatError, SignatureError
+from lineage.verifier.note_keys import (
     _CONTROL,
     ALG_ED25519,
     MAX_NAME_BYTES,

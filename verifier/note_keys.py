@@ -20,7 +20,7 @@ import nacl.exceptions
 import nacl.signing
 import nacl.utils
 
-from verifier.errors import FormatError, KeyFormatError
+from lineage.verifier.errors import FormatError, KeyFormatError
 
 __all__ = [
     "ALG_ED25519",

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from verifier.errors import ResourceError
+from lineage.verifier.errors import ResourceError
 
 __all__ = [
     "MAX_LENGTH",

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
-from verifier.errors import EntryFormatError, ResourceError
-from verifier.resource import Resource, parse_resource
+from lineage.verifier.errors import EntryFormatError, ResourceError
+from lineage.verifier.resource import Resource, parse_resource
 
 __all__ = [
     "Constraint",

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
-from ledger.decide import InvalidInvocation, decide
+from lineage.ledger.decide import InvalidInvocation, decide
 
 from ..errors import ApiError
 from ..service import Caller, Service, caller, require, service

@@ -9,9 +9,15 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from ledger.export import credential_bundle, principal_bundle, rows_csv, rows_dot, rows_jsonl
-from ledger.query import Filter
-from verifier.fields import HEX_ID
+from lineage.ledger.export import (
+    credential_bundle,
+    principal_bundle,
+    rows_csv,
+    rows_dot,
+    rows_jsonl,
+)
+from lineage.ledger.query import Filter
+from lineage.verifier.fields import HEX_ID
 
 from ..errors import ApiError
 from ..service import Caller, Service, caller, may_read, service

@@ -8,10 +8,10 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from ledger.query import Filter, entries
-from verifier.entry import MAX_ENTRY_SIZE, parse_entry
-from verifier.fields import HEX_ID
-from verifier.jcs import canonical, parse
+from lineage.ledger.query import Filter, entries
+from lineage.verifier.entry import MAX_ENTRY_SIZE, parse_entry
+from lineage.verifier.fields import HEX_ID
+from lineage.verifier.jcs import canonical, parse
 
 from ..errors import ApiError
 from ..models import AppendResult, EntryPage, LeafView

@@ -12,9 +12,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import PlainTextResponse
 
-from ledger.refs import credential_of
-from verifier.chain import Replay
-from verifier.entry import Leaf
+from lineage.ledger.refs import credential_of
+from lineage.verifier.chain import Replay
+from lineage.verifier.entry import Leaf
 
 from ..errors import ApiError
 from ..models import ConsistencyProof, InclusionProof, LeafPage, LeafView

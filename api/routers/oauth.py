@@ -15,13 +15,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import JSONResponse
 
-from verifier.chain import CredentialRecord
-from verifier.entry import Entry, parse_entry, sign_entry
-from verifier.errors import FormatError, SignatureError
-from verifier.fields import HEX_ID
-from verifier.jcs import canonical, parse
-from verifier.keys import b64u_decode
-from verifier.kinds import Delegation, Grant, Revocation
+from lineage.verifier.chain import CredentialRecord
+from lineage.verifier.entry import Entry, parse_entry, sign_entry
+from lineage.verifier.errors import FormatError, SignatureError
+from lineage.verifier.fields import HEX_ID
+from lineage.verifier.jcs import canonical, parse
+from lineage.verifier.keys import b64u_decode
+from lineage.verifier.kinds import Delegation, Grant, Revocation
 
 from ..errors import ApiError
 from ..models import Introspection, TokenResponse

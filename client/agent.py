@@ -1,24 +1,6 @@
-"""The agent client: a few lines to get, delegate, use and prove a Lineage credential.
-
-    from api.client import Agent, LineageClient
-    from verifier.keys import SigningKey
-
-    lineage = LineageClient("http://127.0.0.1:8000")
-    agent = Agent.ephemeral()                                  # a fresh Ed25519 key
-    handle = lineage.grant(alice_key, "alice@corp", agent, task="inbox-triage",
-                           scope=[{"type": "email", "actions": ["read"],
-                                   "locations": ["https://mail.example.com:443"]}])
-    reader = Agent.ephemeral()
-    sub = lineage.delegate(agent, handle, reader, task="inbox-triage/read", scope=...)
-    invocation = reader.invoke(sub, {"type": "email", "action": "read",
-                                     "location": "https://mail.example.com:443"})
-    # ... the enforcement point: LineageClient(url, token=EP_TOKEN).access(invocation, ctx)
-    proved = lineage.verify_lineage(reader, sub)               # offline, with verifier alone
-
-Every method is written once, as a generator of HTTP requests (sans-I/O), and
-driven by ``LineageClient`` (httpx.Client) or ``AsyncLineageClient``
-(httpx.AsyncClient), so the two cannot drift.
-"""
+"""The agent client's protocol, written once as request generators (sans-I/O),
+and the two drivers over it: ``LineageClient`` (httpx.Client) and
+``AsyncLineageClient`` (httpx.AsyncClient), so the two cannot drift."""
 
 from __future__ import annotations
 
@@ -30,11 +12,11 @@ from typing import Any
 
 import httpx
 
-from ledger.issuance import delegation_body, grant_body
-from verifier.bundle import VerifiedBundle, verify_bundle
-from verifier.entry import Entry, sign_entry
-from verifier.invocation import SignedInvocation, sign_invocation
-from verifier.keys import SigningKey
+from lineage.verifier.bodies import delegation_body, grant_body
+from lineage.verifier.bundle import VerifiedBundle, verify_bundle
+from lineage.verifier.entry import Entry, sign_entry
+from lineage.verifier.invocation import SignedInvocation, sign_invocation
+from lineage.verifier.keys import SigningKey
 
 from .dpop import make_proof
 

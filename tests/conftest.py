@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
+import hypothesis
 import pytest
 
 from lineage.ledger.ledger import init_ledger
@@ -111,3 +113,8 @@ def log(db: Path, keys: Path, clock: FixedClock) -> Iterator[Log]:
     ledger = init_ledger(db, keys, origin=ORIGIN, clock=clock)
     yield ledger
     close(ledger)
+
+
+# `make test-fast` runs the property tests with fewer examples; CI runs the default.
+hypothesis.settings.register_profile("fast", max_examples=20)
+hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))

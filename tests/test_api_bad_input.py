@@ -1,6 +1,6 @@
 """Bad input at every endpoint: a 4xx with a JSON error, never a 5xx, and nothing written.
 
-DESIGN §8: on ``/oauth/*`` the body is RFC 6749 §5.2 shaped (``error``,
+docs/API.md, Errors: on ``/oauth/*`` the body is RFC 6749 §5.2 shaped (``error``,
 ``error_description``, nothing else); elsewhere RFC 9457 problem details
 (``type``, ``title``, ``status``, ``detail``) with the same ``error`` code.
 After each case the tree size (``GET /healthz``) is what it was, and at the end

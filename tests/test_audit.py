@@ -112,6 +112,7 @@ def test_a_clean_ledger_passes(ledger: Ledger):
     _opens(ledger)
 
 
+@pytest.mark.slow
 def test_a_large_ledger_is_audited_in_parallel(tmp_path: Path, monkeypatch):
     monkeypatch.setattr(audit_module, "PARALLEL_FROM", 64)
     monkeypatch.setattr(audit_module, "CHUNK", 50)

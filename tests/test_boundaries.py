@@ -73,7 +73,9 @@ def test_imports_never_run_backwards(folder, forbidden):
 @pytest.mark.parametrize("folder", [*FOLDERS, "tests", "fixtures", "bench"])
 def test_no_bare_top_level_import_names(folder):
     for module, where in imports(folder):
-        assert module not in FOLDERS, f"{folder}/{where} imports bare {module}, not lineage.{module}"
+        assert module not in FOLDERS, (
+            f"{folder}/{where} imports bare {module}, not lineage.{module}"
+        )
 
 
 @pytest.mark.parametrize("package", [lineage.verifier, lineage.client])

@@ -511,6 +511,7 @@ def test_the_same_invocation_from_16_threads_is_decided_once(w: World):
     assert w.log.size == size + 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["spawn", "fork"])
 def test_64_invocations_from_several_processes_and_threads(tmp_path: Path, method: str):
     if method not in multiprocessing.get_all_start_methods():

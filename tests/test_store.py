@@ -266,6 +266,7 @@ def test_stored_roots_match_the_reference_at_every_size(small_log: Log, small_le
         assert small_log.root(n) == ref.mth(small_leaves[:n]), n
 
 
+@pytest.mark.slow
 def test_every_inclusion_proof_at_every_size_verifies(small_log: Log, small_leaves):
     hashes = [leaf_hash(d) for d in small_leaves]
     for n in range(1, SMALL + 1):
@@ -283,6 +284,7 @@ def test_inclusion_proofs_equal_the_reference_path(small_log: Log, small_leaves)
             assert small_log.inclusion_proof(i, n) == ref.path(i, small_leaves[:n]), (i, n)
 
 
+@pytest.mark.slow
 def test_every_consistency_pair_verifies(small_log: Log, small_leaves):
     roots = [b""] + [ref.mth(small_leaves[:n]) for n in range(1, SMALL + 1)]
     pairs = 0
@@ -340,6 +342,7 @@ def _root_of(hashes: list[bytes]):
     return lambda n: mth(0, n)
 
 
+@pytest.mark.slow
 def test_random_proofs_at_100k_verify(big):
     store, hashes = big
     root = _root_of(hashes)

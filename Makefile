@@ -30,11 +30,11 @@ verify-fixture: $(STAMP)
 
 # Everything, as CI runs it: lint, format, and every test, the slow ones included.
 test: $(STAMP) lint
-	$(VENV)/bin/pytest -q -n 2 --dist loadgroup
+	$(VENV)/bin/pytest -q -n 2
 
 # The developer's loop: no tests marked slow (wheels, big logs), fewer property examples.
 test-fast: $(STAMP)
-	HYPOTHESIS_PROFILE=fast $(VENV)/bin/pytest -q -n 2 --dist loadgroup -m 'not slow'
+	HYPOTHESIS_PROFILE=fast $(VENV)/bin/pytest -q -n 2 -m 'not slow'
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

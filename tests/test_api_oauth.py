@@ -6,9 +6,9 @@ the DPoP proofs (RFC 9449 §4) are built here with joserfc alone, as an
 ``httpx.Auth`` that also answers a ``use_dpop_nonce`` challenge (RFC 9449 §8).
 Thumbprints are recomputed with joserfc (RFC 7638), not taken from the service.
 
-Then the read rules of docs/API.md ("Who may call what") and DECISIONS.md D24 over HTTP: entry bodies for
-operator and auditor tokens, a holder's own chain, a principal's own lineages;
-leaf hashes only for anyone else.
+Then the read rules of docs/API.md ("Who may call what") and DECISIONS.md D24
+over HTTP: entry bodies for operator and auditor tokens, a holder's own chain,
+a principal's own lineages; leaf hashes only for anyone else.
 """
 
 from __future__ import annotations

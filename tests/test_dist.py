@@ -17,9 +17,11 @@ installed:
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -40,7 +42,7 @@ VERSION = (ROOT / "VERSION").read_text().strip()
 VERIFIER_MAY_HAVE = {"lineage-verifier", "pynacl", "cffi", "pycparser", "pip", "setuptools"}
 SERVER_ONLY = {"fastapi", "uvicorn", "starlette", "typer", "rich", "prometheus-client"}
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("dist")]
+pytestmark = pytest.mark.slow
 
 
 def run(*args: object, **kw) -> subprocess.CompletedProcess:
@@ -50,11 +52,38 @@ def run(*args: object, **kw) -> subprocess.CompletedProcess:
     return done
 
 
+def build_all(out: Path) -> None:
+    """Every sdist and wheel into ``out``, built from a copy of the checkout's build inputs.
+
+    A copy, so that a build never races another in the same source folder and
+    leaves nothing (egg-info, build/) in the checkout.
+    """
+    src = out.parent / "src"
+    skip = shutil.ignore_patterns("__pycache__", "*.egg-info", "build", "dist")
+    for folder in ("verifier", "client", "ledger", "api"):
+        shutil.copytree(ROOT / folder, src / folder, ignore=skip)  # links become files
+    for name in ("pyproject.toml", "setup.py", "MANIFEST.in", "VERSION", "LICENSE", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    for folder in (src / "verifier", src / "client", src):  # each wheel from its sdist, as pip does
+        run(sys.executable, "-m", "build", "--no-isolation", "-q", "-o", out, folder)
+
+
 @pytest.fixture(scope="module")
 def wheels(tmp_path_factory) -> dict[str, Path]:
-    out = tmp_path_factory.mktemp("dist")
-    for folder in ("verifier", "client", "."):
-        run(sys.executable, "-m", "build", "-q", "-o", out, ROOT / folder)
+    """Built once per run: xdist workers share the folder, and the first one builds."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # the run's folder, above each worker's own
+        shared = tmp_path_factory.getbasetemp().parent / "lineage-dist"
+        shared.mkdir(exist_ok=True)
+    else:
+        shared = tmp_path_factory.mktemp("lineage-dist")
+    with open(shared / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        out = shared / "dist"
+        if not (shared / "done").exists():
+            shutil.rmtree(shared / "src", ignore_errors=True)
+            shutil.rmtree(out, ignore_errors=True)
+            build_all(out)
+            (shared / "done").touch()
     found = {p.name.split("-")[0].replace("_", "-"): p for p in out.glob("*.whl")}
     assert sorted(found) == ["lineage-client", "lineage-ledger", "lineage-verifier"]
     assert len(list(out.glob("*.tar.gz"))) == 3
@@ -62,23 +91,24 @@ def wheels(tmp_path_factory) -> dict[str, Path]:
 
 
 def venv(where: Path, *wheels: Path) -> Path:
-    """A fresh virtual environment at ``where`` with ``wheels`` installed; its bin/."""
-    run(sys.executable, "-m", "venv", where)
-    run(
-        where / "bin" / "python",
-        "-m",
-        "pip",
-        "install",
-        "-q",
-        "--disable-pip-version-check",
-        *wheels,
-    )
+    """A fresh virtual environment at ``where`` with ``wheels`` installed; its bin/.
+
+    The environment gets no pip of its own: this one's installs into it.
+    """
+    run(sys.executable, "-m", "venv", "--without-pip", where)
+    pip = [sys.executable, "-m", "pip", "--python", where / "bin" / "python"]
+    run(*pip, "install", "-q", "--no-compile", "--disable-pip-version-check", *wheels)
     return where / "bin"
 
 
 def installed(bin_: Path) -> set[str]:
-    listing = run(bin_ / "python", "-m", "pip", "list", "--format=json").stdout
-    return {p["name"].lower().replace("_", "-") for p in json.loads(listing)}
+    listing = run(
+        bin_ / "python",
+        "-I",
+        "-c",
+        "import importlib.metadata as m; print(*(d.metadata['Name'] for d in m.distributions()))",
+    ).stdout
+    return {name.lower().replace("_", "-") for name in listing.split()}
 
 
 def imports(bin_: Path, module: str, cwd: Path) -> bool:

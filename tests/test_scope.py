@@ -768,7 +768,7 @@ def test_constructors_check_themselves() -> None:
 
 
 def email_grant() -> Credential:
-    """The grant "read emails from sender X received in the last 24 h" (the opening example of docs/SCOPE.md)."""
+    """docs/SCOPE.md's opening grant: mail from sender X received in the last 24 h."""
     return parse_credential(
         {
             "scope": [

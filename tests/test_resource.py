@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 
 import pytest
 from hypothesis import given, settings
@@ -12,6 +13,7 @@ from lineage.verifier.errors import FormatError, ResourceError
 from lineage.verifier.resource import (
     MAX_LENGTH,
     MAX_SEGMENTS,
+    RESERVED_NAMESPACES,
     Resource,
     matches,
     parse_resource,
@@ -38,6 +40,19 @@ ACCEPTED = [
     "ns:~user/!$&'()+,;=:@",
     "ns:...",  # three dots is an ordinary segment
     "ns:a.b/.c/d.",
+    # Next to the forms that servers reinterpret (§2.1 rules 9-10), and still valid:
+    "ns:a;b/c;x=1",  # ";" after a proper segment
+    "ns:...;x/..a;/.a;b",  # the part before ";" is not "." or ".."
+    "ns:a%3B",  # an encoded ";" after a proper segment
+    "ns:%25x/%25G0/%255/a%25",  # "%25" (a literal "%") not followed by two hex digits
+    "ns:%E2%82%AC/%F0%9F%98%80",  # UTF-8: the euro sign, an emoji
+    "ns:%5B%5D%7C%20",  # other escaped ASCII: [ ] | space
+    "httpx:a",  # namespaces that merely look like reserved schemes
+    "web+https:a",
+    "https.old:a",
+    "ws2:a",
+    "http://h:80/a",  # the URL form of a reserved scheme is the URL it is
+    "file://h:1/a",
 ]
 
 REJECTED = [
@@ -101,6 +116,51 @@ REJECTED = [
     ("ns:a<b", "not allowed in a segment"),
     ("ns:" + "/".join(["a"] * (MAX_SEGMENTS + 1)), "segments"),
     ("ns:" + "a" * MAX_LENGTH, "longer than"),
+    # §2.1 rule 9: forms that some servers decode or cut into another path
+    ("https://h:443/public/..;/admin", "dot-segment '..' to servers that drop ';'"),
+    ("ns:a/..;jsessionid=1/b", "dot-segment '..' to servers that drop ';'"),
+    ("ns:a/.;/b", "dot-segment '.' to servers that drop ';'"),
+    ("ns:..;", "dot-segment '..'"),
+    ("ns:a/..%3B/b", "dot-segment '..'"),
+    ("ns:a/;x", "an empty segment to servers that drop ';'"),
+    ("ns:a/%3Bx", "an empty segment"),
+    ("ns:a/;", "an empty segment"),
+    ("ns:a%5Cb", "percent-encoded '\\' (%5C)"),
+    ("https://h:443/a/..%5C..%5Cadmin", "(%5C)"),
+    ("ns:a%5cb", "lower-case hex"),  # refused already: lower-case hex
+    ("ns:a%00", "control character (%00)"),
+    ("ns:a%00.pdf", "control character (%00)"),
+    ("ns:a%0Ab", "control character (%0A)"),
+    ("ns:a%0D%0Ab", "control character (%0D)"),
+    ("ns:a%1F", "control character (%1F)"),
+    ("ns:a%7F", "control character (%7F)"),
+    ("ns:%252E%252E", "double percent-encoding %252E"),
+    ("https://h:443/a/%252E%252E/admin", "double percent-encoding"),
+    ("ns:a%252Fb", "double percent-encoding %252F"),
+    ("ns:a%255Cb", "double percent-encoding"),
+    ("ns:a%2500", "double percent-encoding"),
+    ("ns:%2525", "double percent-encoding"),
+    ("ns:a%252e", "double percent-encoding"),  # lower-case hex after %25: decodes to %2e
+    ("ns:%C0%AE%C0%AE", "not UTF-8"),  # the overlong encoding of ".."
+    ("ns:%C0%AF", "not UTF-8"),  # an overlong "/"
+    ("ns:%FF", "not UTF-8"),
+    ("ns:caf%E9", "not UTF-8"),  # Latin-1
+    ("ns:%C3", "not UTF-8"),  # truncated
+    ("ns:%ED%A0%80", "not UTF-8"),  # a UTF-16 surrogate
+    # §2.1 rule 10: URL schemes are not namespaces
+    ("https:api.example.com/v1/x", "reserved URL scheme"),
+    ("http:h/a", "reserved URL scheme"),
+    ("https:*", "reserved URL scheme"),
+    ("ws:h/a", "reserved URL scheme"),
+    ("wss:h/a", "reserved URL scheme"),
+    ("ftp:h/a", "reserved URL scheme"),
+    ("file:etc/passwd", "reserved URL scheme"),
+    ("data:text,hello", "reserved URL scheme"),
+    ("javascript:alert(1)", "reserved URL scheme"),
+    ("vbscript:x", "reserved URL scheme"),
+    ("blob:h/a", "reserved URL scheme"),
+    ("about:blank", "reserved URL scheme"),
+    ("filesystem:h/a", "reserved URL scheme"),
 ]
 
 
@@ -171,15 +231,30 @@ def test_the_constructor_refuses_non_canonical_parts(
 # --- generated canonical names ---
 
 _PCHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()+,;=:@"
-_ESCAPES = [
+_ESCAPES = [  # escaped ASCII that stays valid: not unreserved, "/", "\\" or a control
     f"%{b:02X}"
-    for b in range(256)
-    if chr(b) not in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~/"
+    for b in range(0x20, 0x7F)
+    if chr(b) not in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~/\\"
 ]
+_UTF8 = st.characters(min_codepoint=0x80, exclude_categories=("Cs",)).map(
+    lambda ch: "".join(f"%{b:02X}" for b in ch.encode("utf-8"))
+)
+
+
+def _servers_agree(seg: str) -> bool:
+    """Not refused by §2.1 rule 9: no dot-segment before a ";", no "%25" then hex."""
+    head = re.split(r";|%3B", seg, maxsplit=1)[0]
+    return head not in ("", ".", "..") and not re.search("%25[0-9A-Fa-f]{2}", seg)
+
+
 segments = (
-    st.lists(st.one_of(st.sampled_from(_PCHARS), st.sampled_from(_ESCAPES)), min_size=1, max_size=6)
+    st.lists(
+        st.one_of(st.sampled_from(_PCHARS), st.sampled_from(_ESCAPES), _UTF8),
+        min_size=1,
+        max_size=6,
+    )
     .map("".join)
-    .filter(lambda s: s not in (".", ".."))
+    .filter(lambda s: s not in (".", "..") and _servers_agree(s))
 )
 labels = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,8}[a-z0-9])?", fullmatch=True)
 dns_hosts = (
@@ -191,6 +266,9 @@ ipv4_hosts = st.lists(st.integers(0, 255), min_size=4, max_size=4).map(
     lambda xs: ".".join(map(str, xs))
 )
 schemes = st.from_regex(r"[a-z][a-z0-9+.-]{0,7}", fullmatch=True)
+namespaces = st.one_of(
+    schemes, st.sampled_from(sorted(RESERVED_NAMESPACES)).map(lambda x: x + "x")
+).filter(lambda x: x not in RESERVED_NAMESPACES)
 url_prefixes = st.builds(
     lambda s, h, p: f"{s}://{h}:{p}",
     schemes,
@@ -201,7 +279,7 @@ url_prefixes = st.builds(
 
 @st.composite
 def resources(draw: st.DrawFn) -> Resource:
-    prefix = draw(st.one_of(url_prefixes, schemes))
+    prefix = draw(st.one_of(url_prefixes, namespaces))
     wildcard = draw(st.booleans())
     low = 0 if "://" in prefix or wildcard else 1
     segs = draw(st.lists(segments, min_size=low, max_size=5))
@@ -223,7 +301,7 @@ def test_parse_of_str_is_identity(r: Resource) -> None:
 
 @settings(max_examples=300)
 @given(
-    st.one_of(url_prefixes, schemes),
+    st.one_of(url_prefixes, namespaces),
     st.lists(segments, max_size=5),
     st.booleans(),
 )
@@ -252,6 +330,138 @@ def test_a_single_corruption_is_rejected(r: Resource, how: str) -> None:
         bad = text + "x*" if not r.wildcard else text + "x"
     with pytest.raises(ResourceError):
         parse_resource(bad)
+
+
+# --- forms that servers reinterpret (§2.1 rules 9 and 10), wherever they appear ---
+
+INSIDE = ["%5C", "%00", "%0A", "%1F", "%7F", "%252E", "%252F", "%2541", "%C0%AE", "%FF", "%E2%82"]
+HEADS = ["..;", ".;", ";", "..%3B", ".%3B", "%3B"]
+
+
+@settings(max_examples=300)
+@given(resources(), st.data())
+def test_a_form_that_servers_reinterpret_is_refused_anywhere(r: Resource, data) -> None:
+    """Inside any segment, at its start or end: an escape of rule 9 is refused; a segment
+    that is a dot-segment or empty up to its first ";" is refused; so is a reserved scheme
+    as the namespace of any name or pattern."""
+    segs = list(r.segments) or ["x"]
+    k = data.draw(st.integers(0, len(segs) - 1))
+    if data.draw(st.booleans()):
+        form = data.draw(st.sampled_from(INSIDE))
+        segs[k] = data.draw(st.sampled_from([form + segs[k], segs[k] + form]))
+    else:
+        segs[k] = data.draw(st.sampled_from(HEADS)) + data.draw(st.sampled_from(["", "x=1"]))
+    with pytest.raises(ResourceError):
+        parse_resource(_text(r.prefix, segs, r.wildcard))
+    with pytest.raises(ResourceError):
+        Resource(r.prefix, tuple(segs), r.wildcard)
+    reserved = data.draw(st.sampled_from(sorted(RESERVED_NAMESPACES)))
+    with pytest.raises(ResourceError, match="reserved URL scheme"):
+        parse_resource(_text(reserved, list(r.segments) or ["x"], r.wildcard))
+
+
+def _refused(text: str, why: str) -> None:
+    with pytest.raises(ResourceError, match=re.escape(why)):
+        parse_resource(text)
+
+
+def test_a_dot_segment_behind_a_semicolon_is_refused() -> None:
+    """Tomcat and Spring read "..;" as "..": "public/..;/admin" would leave "public/*"."""
+    for seg in ("..;", ".;", "..;jsessionid=1", ".;x", "..%3B", ".%3Bx"):
+        _refused(f"https://h:443/public/{seg}/admin", "to servers that drop ';' parameters")
+    for seg in (";", ";x=1", "%3B", "%3Bx"):  # "public/;" would be read as "public/"
+        _refused(f"https://h:443/public/{seg}", "is an empty segment to servers")
+    from lineage.verifier.errors import EntryFormatError
+    from lineage.verifier.scope import parse_scope
+
+    with pytest.raises(EntryFormatError) as info:  # so no delegation can name it
+        parse_scope([{"type": "t", "actions": ["a"], "resources": ["https://h:443/a/..;/b"]}])
+    assert info.value.field == "scope[0].resources[0]"
+
+
+def test_an_encoded_backslash_is_refused() -> None:
+    """Windows servers read "%5C" as a separator: "a/..%5C..%5Cadmin" climbs out of "a"."""
+    _refused("https://h:443/a/..%5C..%5Cadmin", "percent-encoded '\\' (%5C)")
+    _refused("ns:a%5C", "(%5C)")
+    _refused("ns:a%5c", "lower-case hex")
+
+
+def test_an_encoded_nul_or_control_character_is_refused() -> None:
+    """ "a%00.pdf" is "a" to C-string servers; encoded CR LF split lines."""
+    for b in [*range(0x20), 0x7F]:
+        _refused(f"ns:a%{b:02X}.pdf", f"percent-encoded control character (%{b:02X})")
+
+
+def test_double_percent_encoding_is_refused() -> None:
+    """ "%252E%252E" is ".." to a server that decodes twice."""
+    for hex2 in ("2E", "2F", "5C", "00", "41", "2e", "25", "3B"):
+        _refused(f"ns:a/%25{hex2}/b", "double percent-encoding")
+    for fine in ("ns:%25", "ns:%25x", "ns:a%25/b", "ns:%255", "ns:%25G1", "ns:%25%20"):
+        assert str(parse_resource(fine)) == fine  # a literal "%" is still written "%25"
+
+
+def test_percent_encoded_octets_must_be_utf8() -> None:
+    """ "%C0%AE" is an overlong "." that some decoders accept: one character, one spelling."""
+    for bad in (
+        "%C0%AE%C0%AE",
+        "%C0%AF",
+        "%E0%80%AE",
+        "%FF",
+        "%E9",
+        "%C3",
+        "%ED%A0%80",
+        "%F4%90%80%80",
+    ):
+        _refused(f"ns:a/{bad}/b", "are not UTF-8")
+    assert parse_resource("ns:caf%C3%A9/%F4%8F%BF%BF").segments == ("caf%C3%A9", "%F4%8F%BF%BF")
+
+
+def test_a_url_scheme_is_not_a_namespace() -> None:
+    """WHATWG URL reads "https:api.example.com/v1/x" as "https://api.example.com/v1/x"."""
+    for scheme in sorted(RESERVED_NAMESPACES):
+        _refused(f"{scheme}:api.example.com/v1/x", "reserved URL scheme")
+        _refused(f"{scheme}:*", "reserved URL scheme")
+        with pytest.raises(ResourceError, match="reserved URL scheme"):
+            Resource(scheme, ("x",))
+    assert parse_resource("https://api.example.com:443/v1/x").is_url  # the one spelling
+    assert {"http", "https", "ws", "wss", "ftp", "file", "data"} <= RESERVED_NAMESPACES
+    assert {"javascript", "blob"} <= RESERVED_NAMESPACES
+
+
+def test_the_examples_of_scope_md_section_2_1_are_decided_as_written() -> None:
+    """docs/SCOPE.md lists refused names, then names that are still valid: check both."""
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "SCOPE.md").read_text()
+    refused = doc.split("Refused, with the reason:")[1].split("Still valid:")[0]
+    valid = doc.split("Still valid:")[1].split("\n\n")[0]
+    names = [
+        [x for x in re.findall(r"`([^`]+)`", part) if ":" in x and not x.startswith("%")]
+        for part in (refused, valid)
+    ]
+    assert len(names[0]) > 30 and len(names[1]) >= 7
+    for text in names[0]:
+        with pytest.raises(ResourceError):
+            parse_resource(text)
+    for text in names[1]:
+        assert str(parse_resource(text)) == text
+
+
+def test_fixtures_and_docs_use_no_refused_name() -> None:
+    """The names of the fixtures and of the docs' examples all still parse."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    texts = [p.read_text() for p in (root / "docs").glob("*.md")]
+    texts += [p.read_text() for p in (root / "fixtures").rglob("*") if p.suffix in (".py", ".json")]
+    found = set()
+    for text in texts:
+        for _key, value in re.findall(r'"(resources?|locations?)": ?(\[[^\]]*\]|"[^"]*")', text):
+            found.update(re.findall(r'"([^"]+)"', value))
+    assert "mailbox:alice/*" in found
+    for name in found:
+        if "{" not in name:  # f-string templates in the generators
+            parse_resource(name)
 
 
 # --- matching: checked against a naive reference written on the text ---

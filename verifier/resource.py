@@ -9,7 +9,10 @@ A pattern may end in the whole segment ``*``, which matches one or more further 
 The parser never normalises: anything that RFC 3986 §6.2.2 would rewrite (upper-case
 scheme or host, lower-case percent-escape hex, a percent-encoded unreserved character,
 dot-segments, an elided default port) is rejected with a :class:`ResourceError` that
-says what is wrong, so that two spellings of one resource can never both be valid.
+says what is wrong, so that two spellings of one resource can never both be valid. So is
+what common servers and URL parsers read as another path or URL (SCOPE.md §2.1 rules 9
+and 10): ``..;``, ``%5C``, escaped control characters, double encoding, escaped octets
+that are not UTF-8, and URL schemes such as ``https`` used as a namespace.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from lineage.verifier.errors import ResourceError
 __all__ = [
     "MAX_LENGTH",
     "MAX_SEGMENTS",
+    "RESERVED_NAMESPACES",
     "Resource",
     "matches",
     "parse_resource",
@@ -44,6 +48,16 @@ _PCHAR = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01234567
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _UPPER_HEX = frozenset("0123456789ABCDEF")
 _ANY_HEX = frozenset("0123456789abcdefABCDEF")
+# URL schemes a URL parser or a browser reads specially, so never a namespace: WHATWG URL
+# reads "https:h/x" as "https://h/x" (the special schemes ftp, file, http, https, ws, wss),
+# and the others are run or shown by browsers rather than fetched (SCOPE.md §2.1 rule 10).
+RESERVED_NAMESPACES = frozenset(
+    {"about", "blob", "data", "file", "filesystem", "ftp", "http", "https", "javascript"}
+    | {"vbscript", "ws", "wss"}
+)
+# Servers that drop ";" path parameters (Tomcat, Spring) read a segment only up to its first
+# ";", and some decode "%3B" to ";" first: what is left must still be a proper segment.
+_PARAMETERS = re.compile(r";|%3B")
 
 
 def _fail(text: str, why: str) -> ResourceError:
@@ -88,7 +102,8 @@ def _check_port(text: str, port: str) -> None:
 
 
 def _check_segment(text: str, seg: str) -> None:
-    """RFC 3986 §3.3 segment-nz, canonical per §6.2.2.1 and §6.2.2.2, no dot-segments."""
+    """RFC 3986 §3.3 segment-nz, canonical per §6.2.2.1 and §6.2.2.2, no dot-segments, and
+    nothing that common servers decode or cut into something else (SCOPE.md §2.1)."""
     if not seg:
         raise _fail(text, "empty segment")
     if seg in (".", ".."):
@@ -97,6 +112,7 @@ def _check_segment(text: str, seg: str) -> None:
         if seg == "*":
             raise _fail(text, "wildcard '*' is only allowed as the final segment of a pattern")
         raise _fail(text, f"partial wildcard in segment {seg!r}")
+    octets = bytearray()  # the segment, percent-decoded once
     i = 0
     while i < len(seg):
         c = seg[i]
@@ -106,16 +122,34 @@ def _check_segment(text: str, seg: str) -> None:
                 raise _fail(text, f"malformed percent-escape {seg[i : i + 3]!r}")
             if not set(esc) <= _UPPER_HEX:
                 raise _fail(text, f"lower-case hex in percent-escape %{esc} (write %{esc.upper()})")
-            ch = chr(int(esc, 16))
+            octet = int(esc, 16)
+            ch = chr(octet)
             if ch == "/":
                 raise _fail(text, "percent-encoded '/' (%2F)")
             if ch in _UNRESERVED:
                 raise _fail(text, f"percent-encoded unreserved character {ch!r} (%{esc})")
+            if ch == "\\":
+                raise _fail(text, "percent-encoded '\\' (%5C), a path separator to some servers")
+            if octet < 0x20 or octet == 0x7F:
+                raise _fail(text, f"percent-encoded control character (%{esc})")
+            after = seg[i + 3 : i + 5]
+            if octet == 0x25 and len(after) == 2 and set(after) <= _ANY_HEX:
+                raise _fail(text, f"double percent-encoding %25{after} (decodes to %{after})")
+            octets.append(octet)
             i += 3
             continue
         if c not in _PCHAR:
             raise _fail(text, f"character {c!r} not allowed in a segment")
+        octets.append(ord(c))
         i += 1
+    try:
+        octets.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _fail(text, f"percent-encoded octets of {seg!r} are not UTF-8") from None
+    head = _PARAMETERS.split(seg, maxsplit=1)[0]
+    if head in ("", ".", ".."):
+        shown = "an empty segment" if not head else f"dot-segment {head!r}"
+        raise _fail(text, f"segment {seg!r} is {shown} to servers that drop ';' parameters")
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +187,8 @@ class Resource:
                 raise _fail(text, "port must be explicit")
             _check_host(text, host)
             _check_port(text, port)
+        elif scheme in RESERVED_NAMESPACES:
+            raise _fail(text, f"namespace {scheme!r} is a reserved URL scheme (write {scheme}://)")
         elif not self.segments and not self.wildcard:
             raise _fail(text, "a name needs at least one segment after the namespace")
         for seg in self.segments:

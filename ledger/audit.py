@@ -7,12 +7,15 @@
 3. Checkpoints: every stored checkpoint (and the sidecar copy of the last one
    published) verifies under the log key and matches the recomputed root at
    its size; so all of them are consistent with each other and with the data.
-4. Replay: the whole log through ``lineage.verifier.chain.Replay``: every signature by
-   a key entitled to make it, every key change by an operator, every chain,
-   attenuation step, revocation, budget and decision; and the query index
-   (``refs``) says of each leaf what the leaf itself says.
+4. Replay: the whole log through ``lineage.verifier.chain.Replay`` in complete mode
+   (FORMAT.md §8): every signature by a key entitled to make it, every key change by
+   an operator, every chain, attenuation step, revocation, budget and decision; no
+   entry twice; each access naming the policy version in force, its invocation's
+   ``iat`` within ``invocation_window`` of the leaf's time and its nonce new; and the
+   query index (``refs``) says of each leaf what the leaf itself says.
 
-The first fault found raises ``AuditFailure`` naming what broke. On large
+The first fault found raises ``AuditFailure`` naming what broke; its message is
+escaped (``printable``), as it may quote what the file holds. On large
 logs the parsing, hashing and Ed25519 verification run in a process pool (all
 cores); the replay itself is sequential, with signatures already checked.
 """
@@ -26,10 +29,10 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from lineage.verifier.chain import Replay
+from lineage.verifier.chain import DEFAULT_INVOCATION_WINDOW, Replay
 from lineage.verifier.checkpoint import open_checkpoint
 from lineage.verifier.entry import Entry, Leaf, parse_entry
-from lineage.verifier.errors import ChainError, FormatError, SignatureError
+from lineage.verifier.errors import ChainError, FormatError, SignatureError, printable
 from lineage.verifier.keys import PublicKey
 from lineage.verifier.kinds import Access, Delegation, Genesis, Grant, KeyChange
 from lineage.verifier.merkle import leaf_hash, node_hash, tree_root
@@ -51,7 +54,7 @@ class AuditFailure(LedgerError):
     """The ledger failed its audit; ``what`` names the check, ``index`` the leaf if any."""
 
     def __init__(self, what: str, message: str, index: int | None = None):
-        super().__init__(f"{what}: {message}")
+        super().__init__(printable(f"{what}: {message}"))
         self.what = what
         self.index = index
 
@@ -163,19 +166,27 @@ def audit(
     *,
     progress: Progress | None = None,
     workers: int | None = None,
+    invocation_window: int = DEFAULT_INVOCATION_WINDOW,
 ) -> AuditReport:
+    """Audit the ledger file ``db`` against the trusted ``log_key``.
+
+    ``invocation_window`` is the ledger's setting of that name: how far (seconds) an
+    invocation's ``iat`` may be from the time its access was logged.
+    """
     db = Path(db)
     tick = progress or (lambda stage, done, total: None)
     conn = _connect(db)
     try:
-        return _audit(conn, db, log_key, tick, workers)
+        return _audit(conn, db, log_key, tick, workers, invocation_window)
     except sqlite3.DatabaseError as exc:
         raise AuditFailure("database", f"{db}: {exc}") from None
     finally:
         conn.close()
 
 
-def _audit(conn, db: Path, log_key: Verifier, tick: Progress, workers: int | None) -> AuditReport:
+def _audit(
+    conn, db: Path, log_key: Verifier, tick: Progress, workers: int | None, window: int
+) -> AuditReport:
     size = conn.execute("SELECT COUNT(*), IFNULL(MAX(idx) + 1, 0) FROM leaves").fetchone()
     if size[0] != size[1]:
         raise AuditFailure(
@@ -268,7 +279,7 @@ def _audit(conn, db: Path, log_key: Verifier, tick: Progress, workers: int | Non
         jobs = ((rows, keys) for rows in _chunks(conn, size, "idx, time, entry"))
         for ok in pool.map(_verify, jobs) if pool else map(_verify, jobs):
             verified |= ok
-        replay = Replay(log_key, verified)
+        replay = Replay(log_key, verified, complete=True, invocation_window=window)
         done = 0
         for rows in _chunks(conn, size, "idx, time, entry"):
             stored = {

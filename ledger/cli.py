@@ -27,6 +27,7 @@ from lineage.verifier.note import parse_vkey
 from . import cli_credentials  # noqa: F401  (registers principal, grant, ... on the app)
 from .audit import AuditFailure, audit
 from .cli_common import DbOption, KeysOption, app, err, fail, log_app, open_for_reading
+from .config import load_settings
 from .errors import ConfigError
 from .keys import KeyRing, keys_dir
 from .ledger import DEFAULT_DB, init_ledger, open_ledger
@@ -169,6 +170,9 @@ def verify(
     keys: KeysOption = None,
     since: Annotated[Path | None, typer.Option(help="older checkpoint (bundles)")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
+    config: Annotated[
+        Path | None, typer.Option(help="TOML settings file (for invocation_window, with --db)")
+    ] = None,
 ) -> None:
     """Audit a whole ledger (--db) or verify an evidence bundle offline."""
     if (bundle is None) == (db is None):
@@ -195,7 +199,8 @@ def verify(
                     tasks[stage] = bar.add_task(stage, total=total)
                 bar.update(tasks[stage], completed=done)
 
-            report = audit(db, trusted, progress=tick)
+            window = load_settings(config).invocation_window
+            report = audit(db, trusted, progress=tick, invocation_window=window)
     except AuditFailure as exc:
         if as_json:
             typer.echo(

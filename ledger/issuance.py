@@ -9,6 +9,9 @@ the field:
 - a lifetime (``expires_at`` minus the log's time) above ``ttl_max``, or above
   ``single_use_ttl_max`` for a ``max_uses: 1`` credential;
 - ``max_depth`` above the operator's maximum;
+- an access whose policy version is not the one in force, whose invocation
+  ``iat`` is outside ``invocation_window`` of the log's time, or whose nonce
+  an earlier access used (what a complete-log audit checks);
 - a policy document that does not parse (``lineage.ledger.policy``).
 """
 
@@ -57,12 +60,30 @@ def admission(settings: Settings) -> Admit:
                     "ceiling",
                     "max_depth",
                 )
-        elif isinstance(body, Access) and body.policy != state.policy_version:
-            raise RejectedEntry(
-                f"names policy {body.policy}; version {state.policy_version} is in force",
-                "policy",
-                "policy",
-            )
+        elif isinstance(body, Access):
+            # What a complete-log audit checks (FORMAT.md §8), refused at append too, so that
+            # an access entry signed by a decision key but not written by decide cannot make
+            # `lineage verify --db` fail later.
+            if body.policy != state.policy_version:
+                raise RejectedEntry(
+                    f"names policy {body.policy}; version {state.policy_version} is in force",
+                    "policy",
+                    "policy",
+                )
+            inv = body.invocation
+            if abs(time - inv.iat) > settings.invocation_window:
+                raise RejectedEntry(
+                    f"invocation iat {inv.iat} is more than {settings.invocation_window} s "
+                    f"from the log's time {time}",
+                    "freshness",
+                    "invocation.iat",
+                )
+            if (inv.credential, inv.nonce) in state.invocations:
+                raise RejectedEntry(
+                    "the invocation nonce was in an earlier access of this log",
+                    "replay",
+                    "invocation.nonce",
+                )
         elif isinstance(body, Policy):
             try:
                 parse_policy(body.document)

@@ -9,6 +9,7 @@ is one), and ``open_ledger`` either to refuse or, where open does not look, to s
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import shutil
 import sqlite3
@@ -23,9 +24,11 @@ from lineage.ledger.audit import AuditFailure, AuditReport, audit
 from lineage.ledger.errors import RollbackError, StorageError
 from lineage.ledger.ledger import init_ledger, open_ledger, sidecar_path
 from lineage.ledger.log import Log
+from lineage.ledger.refs import Ref
 from lineage.ledger.store import SQLiteStore, StoredLeaf
+from lineage.verifier.chain import Replay
 from lineage.verifier.checkpoint import Checkpoint, sign_checkpoint
-from lineage.verifier.entry import Leaf, parse_entry, sign_entry
+from lineage.verifier.entry import Entry, Leaf, parse_entry, sign_entry
 from lineage.verifier.keys import SigningKey
 from lineage.verifier.merkle import nodes_completed_by_append
 from lineage.verifier.note import Signer, Verifier
@@ -36,6 +39,7 @@ from tests.conftest import (
     policy,
     raw_connection,
 )
+from tests.issuance_helpers import world
 
 SIZE = 21
 
@@ -464,3 +468,152 @@ def test_the_replay_runs_for_a_ledger_with_state(tmp_path: Path):
     key = log.log_key
     close(log)
     assert audit(db, key).size == 3
+
+
+# -- the replay is of the whole log: an entry once, the policy in force, fresh invocations ------
+
+
+@dataclass
+class Spent:
+    """A ledger whose single-use grant was used once (and a second use denied by the ledger)."""
+
+    db: Path
+    log_key: Verifier
+    grant: Entry
+    forge: Callable[..., Entry]  # an access entry as decide writes it, signed by the decision key
+
+
+def _spent(tmp_path: Path) -> Spent:
+    w = world(tmp_path)
+    grant = w.grant(max_uses=1, expires_at=w.now + 60)
+    w.append(grant)
+    assert w.decide(w.invoke(w.agent, grant.id)).allowed
+    w.clock.advance(1)
+    second = w.decide(w.invoke(w.agent, grant.id))
+    assert (second.allowed, second.check) == (False, "budget")  # the ledger itself refuses
+    decision_key, time = w.log.keys.decision, w.now
+
+    def forge(*, policy: int = 0, iat: int = time, nonce: str | None = None) -> Entry:
+        inv = w.invoke(w.agent, grant.id, iat=iat, n=nonce)
+        body = {
+            "kind": "access",
+            "v": 1,
+            "log": w.log.origin,
+            "invocation": dict(inv.obj),
+            "context": {},
+            "enforcement": "gw-1",
+            "decision": "allow",
+            "reason": "permitted by every credential in the chain",
+            "policy": policy,
+        }
+        return sign_entry(body, [decision_key])
+
+    spent = Spent(w.db, w.log.log_key, grant, forge)
+    close(w.log)
+    assert audit(spent.db, spent.log_key).accesses == 2
+    return spent
+
+
+def _drop_unique_entry_id(db: Path) -> None:
+    """Rebuild ``leaves`` without its UNIQUE entry_id column (and with no triggers)."""
+    conn = raw_connection(db)
+    drop_triggers(conn)
+    (sql,) = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'leaves'").fetchone()
+    assert "UNIQUE" in sql
+    conn.executescript(
+        "BEGIN;"
+        + sql.replace("UNIQUE", "").replace("CREATE TABLE leaves", "CREATE TABLE leaves_copy", 1)
+        + ";INSERT INTO leaves_copy SELECT * FROM leaves; DROP TABLE leaves;"
+        + "ALTER TABLE leaves_copy RENAME TO leaves; COMMIT;"
+    )
+    conn.close()
+
+
+def _verify_db(db: Path, log_key: Verifier) -> dict:
+    from typer.testing import CliRunner
+
+    from lineage.ledger.cli import app
+
+    result = CliRunner().invoke(
+        app, ["verify", "--db", str(db), "--log-key", log_key.vkey, "--json"]
+    )
+    assert result.exit_code != 0, result.output
+    return json.loads(result.output.splitlines()[0])
+
+
+def _index_like_the_grant(db: Path, grant_id: str, *indexes: int) -> None:
+    """refs rows for leaves written behind the ledger's back, all about the grant."""
+    store = SQLiteStore(db)
+    try:
+        (row,) = [
+            r
+            for r in store.conn.execute("SELECT * FROM refs WHERE credential = ?", (grant_id,))
+            if r[1] == "grant"
+        ]
+        refs = [Ref(i, store.leaf(i).kind, store.leaf(i).time, *row[3:]) for i in indexes]
+        store.add_refs(refs)
+    finally:
+        store.close()
+
+
+def test_a_repeated_grant_does_not_reset_its_budget_in_the_file(tmp_path: Path, monkeypatch):
+    """The grant's leaf written again (UNIQUE dropped), then a second allow: the repeat is
+    refused. Its twin, the same allow without the repeat, is refused for the budget."""
+    spent = _spent(tmp_path)
+    twin = tmp_path / "twin" / "l.db"
+    twin.parent.mkdir()
+    shutil.copy(spent.db, twin)
+    size = SQLiteStore(spent.db).size()
+    forged = spent.forge()
+
+    _drop_unique_entry_id(spent.db)
+    _write_behind(spent.db, spent.grant.raw)
+    _write_behind(spent.db, forged.raw)
+    _index_like_the_grant(spent.db, spent.grant.id, size, size + 1)
+    with monkeypatch.context() as m:  # without the rule, this file would pass its audit
+        m.setattr(Replay, "ids", property(lambda self: {}, lambda self, v: None), raising=False)
+        assert audit(spent.db, spent.log_key).accesses == 3
+    with pytest.raises(AuditFailure) as info:
+        audit(spent.db, spent.log_key)
+    assert (info.value.what, info.value.index) == ("replay", size)
+    assert "duplicate" in str(info.value)
+    out = _verify_db(spent.db, spent.log_key)
+    assert (out["ok"], out["check"], out["index"]) == (False, "replay", size)
+    assert "duplicate" in out["error"]
+
+    _write_behind(twin, forged.raw)
+    with pytest.raises(AuditFailure) as info:
+        audit(twin, spent.log_key)
+    assert (info.value.what, info.value.index) == ("replay", size)
+    assert "budget" in str(info.value)
+
+
+def test_an_access_naming_a_policy_never_set_fails_the_audit(tmp_path: Path):
+    spent = _spent(tmp_path)
+    size = SQLiteStore(spent.db).size()
+    _write_behind(spent.db, spent.forge(policy=7).raw)  # a bundle of it would pass
+    with pytest.raises(AuditFailure) as info:
+        audit(spent.db, spent.log_key)
+    assert (info.value.what, info.value.index) == ("replay", size)
+    assert "policy: names policy 7, but version 0 was in force" in str(info.value)
+
+
+@pytest.mark.parametrize("skew, ok", [(-61, False), (-60, True), (60, True), (61, False)])
+def test_the_audit_checks_iat_against_the_leaf_time(tmp_path: Path, skew: int, ok: bool):
+    spent = _spent(tmp_path)
+    time = SQLiteStore(spent.db).leaf(SQLiteStore(spent.db).size() - 1).time
+    forged = spent.forge(iat=time + skew)
+    _write_behind(spent.db, forged.raw)  # at the previous leaf's time
+    with pytest.raises(AuditFailure) as info:
+        audit(spent.db, spent.log_key)
+    # within the window the allow still breaks the budget; outside it, freshness comes first
+    assert ("budget" if ok else "freshness") in str(info.value), str(info.value)
+    if not ok:
+        with pytest.raises(AuditFailure, match="budget"):  # a wider window: then the budget
+            audit(spent.db, spent.log_key, invocation_window=abs(skew))
+
+
+def test_an_audit_failure_message_is_escaped():
+    failure = AuditFailure("replay", "entry for log 'x\x1b[2J'\nOK")
+    assert "\x1b" not in str(failure) and "\n" not in str(failure)
+    assert "\\x1b[2J" in str(failure)

@@ -128,9 +128,21 @@ def test_log_must_begin_with_genesis():
 
 
 def test_second_genesis_is_refused():
+    """Another genesis later is ``genesis``; the same genesis again is ``duplicate`` (§8 step 0)."""
+    other = sign_entry(
+        g.body(
+            "genesis",
+            log_key=g.LOG.verifier.vkey,
+            keys=[{"key": OP2.public.b64, "roles": ["operator"]}],
+        ),
+        [g.LOG_ENTRY_KEY],
+    )
+    log = new_log()
+    log.append(other, T0 + 3)
+    refused(log, "genesis")
     log = new_log()
     log.append(g.genesis(), T0 + 3)
-    refused(log, "genesis")
+    refused(log, "duplicate")
 
 
 def test_genesis_must_name_and_be_signed_by_the_trusted_key():
@@ -324,9 +336,14 @@ def test_retiring_a_key_that_is_not_active_is_refused():
     log.append(retire(BOB), T0 + 3)
     refused(log, "key")
     log = new_log()
-    log.append(retire(g.ALICE), T0 + 3)
+    log.append(add_operator(OP2), T0 + 3)
     log.append(retire(g.ALICE), T0 + 4)
+    log.append(retire(g.ALICE, OP2), T0 + 5)  # another entry retiring the same key again
     refused(log, "key")
+    log = new_log()
+    log.append(retire(g.ALICE), T0 + 3)
+    log.append(retire(g.ALICE), T0 + 4)  # the same entry again
+    refused(log, "duplicate")
 
 
 def test_policy_versions_must_increase():

@@ -651,3 +651,42 @@ def test_too_many_signatures(sigs):
 def test_errors_are_the_package_errors():
     assert issubclass(NoteFormatError, FormatError)
     assert issubclass(KeyFormatError, FormatError)
+
+
+def _seed_whose_vkey_has(plus: int) -> tuple[Signer, str]:
+    """A signer whose verifier key's base64 holds at least ``plus`` '+' characters."""
+    for i in range(10000):
+        signer = Signer("lineage.example/plus", hashlib.sha256(b"plus %d" % i).digest())
+        b64 = signer.verifier.vkey.split("+", 2)[2]
+        if b64.count("+") >= plus:
+            return signer, b64
+    raise AssertionError("no such key")
+
+
+@pytest.mark.parametrize("plus", [1, 3])
+def test_a_verifier_key_splits_at_its_first_two_plus_signs(plus):
+    """CHECKPOINT.md: the name holds no '+', the key ID is hex, and the base64 may hold '+'."""
+    signer, b64 = _seed_whose_vkey_has(plus)
+    vkey = signer.verifier.vkey
+    assert vkey.count("+") == 2 + b64.count("+")
+    parsed = parse_vkey(vkey)
+    assert (parsed.name, parsed.vkey) == ("lineage.example/plus", vkey)
+    assert parsed.public_key == signer.verifier.public_key
+    assert base64.b64decode(b64) == b"\x01" + parsed.public_key
+    note = sign_note("hello\n", [signer])
+    assert open_note(note, [parsed]).text == "hello\n"
+    name, key_id, rest = vkey.split("+", 2)
+    assert vkey.rsplit("+", 2)[0] != name  # a reader splitting at the last two would err
+    with pytest.raises(KeyFormatError):  # a '+' in the name is read as the end of the name
+        parse_vkey(name.replace("/", "+") + "+" + key_id + "+" + rest)
+
+
+def test_the_documented_log_key_with_plus_in_its_base64_parses():
+    """CHECKPOINT.md quotes fixtures/log.vkey as a key whose base64 holds two '+'."""
+    from pathlib import Path
+
+    vkey = (Path(__file__).resolve().parent.parent / "fixtures" / "log.vkey").read_text().strip()
+    assert vkey.split("+", 2)[2].count("+") == 2
+    assert vkey in (Path(__file__).resolve().parent.parent / "docs" / "CHECKPOINT.md").read_text()
+    parsed = parse_vkey(vkey)
+    assert (parsed.name, parsed.key_id.hex()) == ("lineage.example/fixtures", "e75ba62b")

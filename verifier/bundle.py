@@ -9,13 +9,16 @@ FORMAT.md §9. A bundle is one JSON document:
                   "inclusion": [<base64 hash>, ...]}, ...],      increasing index, from 0
      "consistency": {"from_size": m, "proof": [<base64 hash>, ...]}}   optional
 
-``verify_bundle`` checks, in order, and raises at the first failure:
+``parse_bundle`` checks the schema only (``format``). ``verify_bundle`` checks, in
+order, and raises at the first failure:
  1. the bundle's ``log_key`` is the key the auditor trusts, and ``origin`` is its name;
  2. the checkpoint is signed by that key (C2SP signed-note) for that origin;
- 3. every entry's leaf hash is included in the checkpoint's tree at its index;
+ 3. the indexes strictly increase (``order``), and every entry's leaf hash is
+    included in the checkpoint's tree at its index (``proof``);
  4. replaying the entries (``chain.Replay``) holds: genesis first, every
     signature by a key entitled to make it, every link, every attenuation step;
- 5. given an older checkpoint (``since``), the consistency proof shows the
+ 5. ``consistency`` has the shape of a proof from ``from_size`` (at most the
+    checkpoint's size) and, given an older checkpoint (``since``), shows the
     log grew from it to this checkpoint by appends only.
 """
 
@@ -30,16 +33,19 @@ from typing import Any
 from .chain import CredentialRecord, Replay
 from .checkpoint import SignedCheckpoint, open_checkpoint
 from .entry import Leaf, leaf_from_json
-from .errors import EntryFormatError, FormatError, ProofError, SignatureError
+from .errors import ChainError, EntryFormatError, FormatError, ProofError, SignatureError
 from .fields import Fields
-from .jcs import parse
-from .merkle import verify_consistency, verify_inclusion
+from .jcs import MAX_DEPTH, parse
+from .merkle import consistency_proof_size, verify_consistency, verify_inclusion
 from .note import Verifier, parse_vkey
 
 __all__ = ["MAX_BUNDLE_SIZE", "BundleEntry", "VerifiedBundle", "parse_bundle", "verify_bundle"]
 
 MAX_BUNDLE_SIZE = 256 * 1024 * 1024
 MAX_PROOF = 64
+# Nesting is counted from each entry (FORMAT.md §2); in a bundle an entry sits at depth 4:
+# bundle -> "entries" -> [i] -> "leaf" -> "entry".
+BUNDLE_DEPTH = MAX_DEPTH + 4
 
 
 def _hashes(value: Any, path: str = "") -> tuple[bytes, ...]:
@@ -104,7 +110,10 @@ class Bundle:
 
 def parse_bundle(data: bytes | Mapping[str, Any]) -> Bundle:
     """Parse a bundle's JSON (bytes, or an already-decoded object) strictly."""
-    obj = parse(data, max_size=MAX_BUNDLE_SIZE) if isinstance(data, bytes | bytearray) else data
+    if isinstance(data, bytes | bytearray):
+        obj = parse(data, max_size=MAX_BUNDLE_SIZE, max_depth=BUNDLE_DEPTH)
+    else:
+        obj = data
     f = Fields(obj)
     origin = f.str("origin", max_len=255)
     log_key = f.str("log_key", max_len=512)
@@ -119,8 +128,6 @@ def parse_bundle(data: bytes | Mapping[str, Any]) -> Bundle:
         leaf = e.parsed("leaf", leaf_from_json)
         inclusion = e.parsed("inclusion", _hashes)
         e.done()
-        if entries and index <= entries[-1].index:
-            raise EntryFormatError("indexes must strictly increase", f"entries[{i}].index")
         entries.append(BundleEntry(index, leaf, inclusion))
     consistency = None
     c = f.object("consistency", required=False)
@@ -173,7 +180,15 @@ def verify_bundle(
     except UnicodeEncodeError:
         raise EntryFormatError("is not valid text", "checkpoint") from None
     size, root = cp.checkpoint.size, cp.checkpoint.root_hash
-    # 3. inclusion
+    # 3. order, then inclusion
+    for before, e in zip(bundle.entries, bundle.entries[1:], strict=False):
+        if e.index <= before.index:
+            raise ChainError(
+                f"entry {e.leaf.entry.id[:16]} ({e.leaf.entry.kind}): order: "
+                f"index {e.index} follows index {before.index}",
+                e.leaf.entry.id,
+                "order",
+            )
     for e in bundle.entries:
         if e.index >= size:
             raise ProofError(f"entry {e.index} is beyond the checkpoint's tree size {size}")
@@ -186,7 +201,19 @@ def verify_bundle(
     # 4. the chains
     replay = Replay(trusted)
     replay.apply_all((e.index, e.leaf) for e in bundle.entries)
-    # 5. consistency with an older checkpoint
+    # 5. consistency: its shape against this checkpoint, then with an older checkpoint
+    if bundle.consistency is not None:
+        from_size, proof = bundle.consistency
+        if from_size > size:
+            raise ProofError(
+                f"consistency.from_size {from_size} exceeds the checkpoint's size {size}"
+            )
+        want = consistency_proof_size(from_size, size)
+        if len(proof) != want:
+            raise ProofError(
+                f"a consistency proof from size {from_size} to {size} has {want} hashes, "
+                f"not {len(proof)}"
+            )
     old = None
     if since is not None:
         try:

@@ -19,9 +19,20 @@ the entry and the check at the first fault. The checks, per kind:
             the chain (time windows, revocation, scope) and with the use, rate
             and nonce budgets the replayed entries show.
 
-Counts (uses, children, rate) replayed over a subset of the log are lower
-bounds of the true counts, so every budget fault found is real; a bundle cannot
-prove that nothing was left out (FORMAT.md §9.3).
+Every leaf: indexes increase, times never decrease (``order``), and no entry
+appears twice (``duplicate``): a repeated grant or delegation would otherwise
+start a second record of the same credential with nothing spent.
+
+Two modes (FORMAT.md §8). A *partial* replay (a bundle, any subset of the log)
+takes what it is given: counts (uses, children, rate) are lower bounds of the
+true counts, so every budget fault found is real, but it cannot prove that
+nothing was left out (§9.3), and an access may name a policy version newer than
+any it saw. A *complete* replay (``complete=True``: an audit or a monitor
+reading every leaf from the genesis) also requires each access to name exactly
+the policy version in force, its invocation's ``iat`` to be within
+``invocation_window`` seconds of the leaf's time, and its nonce never to have
+appeared in an earlier access of the same credential: what the ledger's
+decision point enforces before it logs a decision.
 """
 
 from __future__ import annotations
@@ -38,7 +49,12 @@ from .note import Verifier
 from .request import Request, permits
 from .scope import Credential
 
-__all__ = ["CredentialRecord", "KeyRecord", "Replay"]
+__all__ = ["DEFAULT_INVOCATION_WINDOW", "CredentialRecord", "KeyRecord", "Replay"]
+
+# FORMAT.md §8, complete mode: how far (in seconds, either way) an invocation's iat may be
+# from its access's integrated time, unless the log states another window (the ledger's
+# ``invocation_window`` setting, whose default this is).
+DEFAULT_INVOCATION_WINDOW = 60
 
 
 @dataclass
@@ -83,10 +99,26 @@ class CredentialRecord:
 class Replay:
     """The state of a log replayed from its genesis, one leaf at a time."""
 
-    def __init__(self, log_key: Verifier, verified: set[tuple[str, str]] | None = None):
+    def __init__(
+        self,
+        log_key: Verifier,
+        verified: set[tuple[str, str]] | None = None,
+        *,
+        complete: bool = False,
+        invocation_window: int = DEFAULT_INVOCATION_WINDOW,
+    ):
         """``verified`` optionally holds (entry id, kid) pairs whose signatures were already
-        checked (``"inv:" + kid`` for an access entry's invocation), e.g. in parallel."""
+        checked (``"inv:" + kid`` for an access entry's invocation), e.g. in parallel.
+
+        ``complete``: the leaves are the whole log from its genesis (FORMAT.md §8, complete
+        mode), so policy versions, ``iat`` and nonces are checked as the decision point does.
+        """
+        if type(invocation_window) is not int or invocation_window < 0:
+            raise ValueError("invocation_window is a non-negative number of seconds")
         self.verified = verified or set()
+        self.complete = complete
+        self.invocation_window = invocation_window
+        self.ids: dict[str, int] = {}  # entry id -> its index: an entry appears once
         self.log_key = log_key
         self.origin = log_key.name
         self.size = 0
@@ -176,6 +208,13 @@ class Replay:
             raise self._fail(entry, "order", f"time {leaf.time} is before the previous {self.time}")
         if index < self.size:
             raise self._fail(entry, "order", f"index {index} after index {self.size - 1}")
+        earlier = self.ids.get(entry.id)
+        if earlier is not None:
+            raise self._fail(
+                entry,
+                "duplicate",
+                f"index {index} repeats the entry at index {earlier}: an entry appears once",
+            )
         if self.size == 0 and not (index == 0 and isinstance(body, Genesis)):
             raise self._fail(entry, "genesis", "a log begins with its genesis entry at index 0")
         if body.log != self.origin:
@@ -194,6 +233,7 @@ class Replay:
             self.anchors.append(index)
         elif isinstance(body, Grant | Delegation):
             self.holders.add(body.holder.kid)
+        self.ids[entry.id] = index
         self.size = index + 1
         self.time = leaf.time
 
@@ -330,7 +370,26 @@ class Replay:
                 inv.verify(rec.holder)
             except SignatureError as exc:
                 raise self._fail(entry, "invocation", str(exc)) from None
-        if body.policy < self.policy_version:
+        if self.complete:
+            skew = abs(time - inv.iat)
+            if skew > self.invocation_window:
+                raise self._fail(
+                    entry,
+                    "freshness",
+                    f"invocation iat {inv.iat} is {skew} s from the leaf's time {time}; "
+                    f"the window is {self.invocation_window} s",
+                )
+            if (inv.credential, inv.nonce) in self.invocations:
+                raise self._fail(
+                    entry, "replay", "the invocation nonce was in an earlier access of this log"
+                )
+            if body.policy != self.policy_version:
+                raise self._fail(
+                    entry,
+                    "policy",
+                    f"names policy {body.policy}, but version {self.policy_version} was in force",
+                )
+        elif body.policy < self.policy_version:
             raise self._fail(
                 entry,
                 "policy",
@@ -364,15 +423,26 @@ class Replay:
                 return "scope", f"credential {node.id[:16]} does not permit the request: {reason}"
         if (rec.id, nonce) in self.nonces:
             return "replay", "the invocation nonce was used before"
-        for node in chain:
+        spent = self.budget_fault(rec, time)
+        return ("budget", spent[1]) if spent is not None else None
+
+    def budget_fault(self, rec: CredentialRecord, time: int) -> tuple[str, str, str] | None:
+        """Why one more use of ``rec`` at ``time`` would exceed a budget of its chain:
+        (``spent`` or ``rate-limited``, reason, the credential whose budget it is), or None.
+
+        Uses are counted over each credential's subtree; the check name is ``budget``.
+        """
+        for node in rec.chain():
             limits = node.credential.limits
             if limits.max_uses is not None and len(node.uses) + 1 > limits.max_uses:
-                return "budget", f"credential {node.id[:16]} has used all {limits.max_uses} uses"
+                reason = f"credential {node.id[:16]} has used all {limits.max_uses} uses"
+                return "spent", reason, node.id
             if limits.rate is not None:
                 recent = 1 + sum(1 for t in node.uses if t > time - limits.rate.window)
                 if recent > limits.rate.count:
-                    return "budget", (
+                    reason = (
                         f"credential {node.id[:16]} allows {limits.rate.count} uses "
                         f"in {limits.rate.window} s"
                     )
+                    return "rate-limited", reason, node.id
         return None

@@ -3,6 +3,10 @@
 Exit status: 0 when everything holds; 1 when a check fails (the first failure
 is named: which entry, which check); 2 for unusable input (unreadable files,
 a malformed key). Needs nothing but this package and pynacl.
+
+Everything printed that came from the bundle (labels, names, error messages that
+quote it) is escaped: text through ``errors.printable``, JSON with every
+non-ASCII and control character as ``\\uXXXX`` (FORMAT.md §4.4).
 """
 
 from __future__ import annotations
@@ -13,7 +17,14 @@ import sys
 from pathlib import Path
 
 from .bundle import VerifiedBundle, verify_bundle
-from .errors import ChainError, FormatError, LineageError, ProofError, SignatureError
+from .errors import (
+    ChainError,
+    FormatError,
+    LineageError,
+    ProofError,
+    SignatureError,
+    printable,
+)
 from .note import parse_vkey
 
 __all__ = ["main"]
@@ -78,7 +89,12 @@ def _human(s: dict) -> str:
             + [(link["agent"] or link["holder"][:12]) for link in chain["links"]]
         )
         lines.append(f"    chain  {path}   task {chain['task']}  ({len(chain['links'])} links)")
-    return "\n".join(lines)
+    return "\n".join(printable(line) for line in lines)
+
+
+def _json(value: dict) -> str:
+    """JSON with only printable ASCII: json escapes controls and non-ASCII, not DEL."""
+    return json.dumps(value, indent=2, ensure_ascii=True).replace("\x7f", "\\u007f")
 
 
 def _failure(exc: LineageError) -> dict:
@@ -102,21 +118,21 @@ def main(argv: list[str] | None = None) -> int:
         since = _read(args.since) if args.since else None
         log_key = parse_vkey(_key_arg(args.log_key))
     except OSError as exc:
-        print(f"lineage-verify: {exc}", file=sys.stderr)
+        print(printable(f"lineage-verify: {exc}"), file=sys.stderr)
         return 2
     except FormatError as exc:
-        print(f"lineage-verify: --log-key: {exc}", file=sys.stderr)
+        print(printable(f"lineage-verify: --log-key: {exc}"), file=sys.stderr)
         return 2
     try:
         result = summary(verify_bundle(data, log_key, since))
     except LineageError as exc:
         failure = _failure(exc)
         if args.json:
-            print(json.dumps(failure, indent=2))
+            print(_json(failure))
         else:
-            print(f"FAIL  {failure['check']}: {exc}", file=sys.stderr)
+            print(printable(f"FAIL  {failure['check']}: {exc}"), file=sys.stderr)
         return 1
-    print(json.dumps(result, indent=2) if args.json else _human(result))
+    print(_json(result) if args.json else _human(result))
     return 0
 
 

@@ -21,13 +21,14 @@ from typing import Any
 
 from .errors import EntryFormatError
 from .fields import Fields
-from .jcs import MAX_SAFE_INTEGER, canonical, parse_canonical
+from .jcs import MAX_DEPTH, MAX_SAFE_INTEGER, canonical, parse_canonical
 from .keys import ENTRY_CONTEXT, PublicKey, SigningKey
 from .kinds import Body, parse_body
 from .merkle import leaf_hash
 from .signed import Sig, parse_sigs, sign_object, signed_message
 
 __all__ = [
+    "LEAF_DEPTH",
     "MAX_ENTRY_SIZE",
     "MAX_LEAF_SIZE",
     "Entry",
@@ -43,6 +44,8 @@ __all__ = [
 # it the entry it wraps, is at most 65,535 bytes.
 MAX_ENTRY_SIZE = 65535
 MAX_LEAF_SIZE = 65535
+# Nesting is counted from the entry (FORMAT.md §2): in a leaf the entry sits at depth 1.
+LEAF_DEPTH = MAX_DEPTH + 1
 
 
 @dataclass(frozen=True)
@@ -136,4 +139,4 @@ def leaf_from_json(obj: Any) -> Leaf:
 
 def parse_leaf(data: bytes) -> Leaf:
     """Parse a leaf's canonical bytes."""
-    return leaf_from_json(parse_canonical(data, max_size=MAX_LEAF_SIZE))
+    return leaf_from_json(parse_canonical(data, max_size=MAX_LEAF_SIZE, max_depth=LEAF_DEPTH))

@@ -36,7 +36,32 @@ __all__ = [
     "ResourceError",
     "SignatureError",
     "VerificationError",
+    "printable",
 ]
+
+
+def printable(text: str) -> str:
+    """``text`` safe to print on a terminal: every character that is not printable
+    (``str.isprintable``: controls, format characters such as bidi overrides, line and
+    paragraph separators, unassigned code points, any space but U+0020) is written as a
+    Python-style escape (``\\x1b``, ``\\u202e``), and a backslash as ``\\\\``, so that
+    what a bundle holds can neither move the cursor nor pass for another line."""
+    out = []
+    for ch in text:
+        if ch == "\\":
+            out.append("\\\\")
+        elif ch.isprintable():
+            out.append(ch)
+        else:
+            code = ord(ch)
+            out.append(
+                f"\\x{code:02x}"
+                if code < 0x100
+                else f"\\u{code:04x}"
+                if code < 0x10000
+                else f"\\U{code:08x}"
+            )
+    return "".join(out)
 
 
 class LineageError(Exception):

@@ -5,8 +5,12 @@ FORMAT.md §2. The subset:
 - values are objects, arrays, strings, integers, ``true``, ``false`` and ``null``;
 - object keys are ASCII strings, unique within their object;
 - integers lie within ±(2**53 - 1); there are no floats (no fraction, no exponent);
+- integers have no ``-0`` spelling (``parse`` refuses it in any document);
 - strings are valid Unicode (no lone surrogates);
-- nesting is at most ``MAX_DEPTH`` deep.
+- nesting: no value deeper than ``MAX_DEPTH`` below the top-level value (depth 0) of
+  the document checked. A document that carries entries (a leaf, a bundle) is parsed
+  with a larger ``max_depth`` so that each entry is held to ``MAX_DEPTH`` counted from
+  the entry itself (FORMAT.md §2).
 
 On this subset RFC 8785 §3.2 reduces to: keys sorted by code point (ASCII keys
 sort the same by UTF-16 code unit, RFC 8785 §3.2.3), no insignificant
@@ -31,10 +35,10 @@ MAX_SAFE_INTEGER = 2**53 - 1
 MAX_DEPTH = 32
 
 
-def _check(value: Any, depth: int) -> None:
-    """Raise EncodingError unless ``value`` lies in the subset."""
-    if depth > MAX_DEPTH:
-        raise EncodingError(f"nesting deeper than {MAX_DEPTH}")
+def _check(value: Any, depth: int, max_depth: int = MAX_DEPTH) -> None:
+    """Raise EncodingError unless ``value``, at ``depth``, lies in the subset."""
+    if depth > max_depth:
+        raise EncodingError(f"nesting deeper than {max_depth}")
     if value is None or value is True or value is False:
         return
     if isinstance(value, int):
@@ -55,20 +59,20 @@ def _check(value: Any, depth: int) -> None:
                 raise EncodingError(f"object key {key!r} is not a string")
             if not key.isascii():
                 raise EncodingError(f"object key {key!r} is not ASCII")
-            _check(item, depth + 1)
+            _check(item, depth + 1, max_depth)
         return
     if isinstance(value, list | tuple):
         for item in value:
-            _check(item, depth + 1)
+            _check(item, depth + 1, max_depth)
         return
     if isinstance(value, float):
         raise EncodingError("floats are outside the canonical subset")
     raise EncodingError(f"{type(value).__name__} is not a JSON value")
 
 
-def canonical(value: Any) -> bytes:
+def canonical(value: Any, *, max_depth: int = MAX_DEPTH) -> bytes:
     """The canonical (RFC 8785) bytes of ``value``; EncodingError outside the subset."""
-    _check(value, 0)
+    _check(value, 0, max_depth)
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
@@ -85,14 +89,21 @@ def _no_float(text: str) -> Any:
     raise EncodingError(f"float {text} is outside the canonical subset")
 
 
+def _int(text: str) -> int:
+    if text == "-0":  # json reads it as 0: one integer, one spelling (FORMAT.md §2)
+        raise EncodingError("-0 is outside the canonical subset")
+    return int(text)
+
+
 def _no_constant(text: str) -> Any:
     raise EncodingError(f"{text} is not JSON")
 
 
-def parse(data: bytes, *, max_size: int | None = None) -> Any:
+def parse(data: bytes, *, max_size: int | None = None, max_depth: int = MAX_DEPTH) -> Any:
     """Parse JSON bytes, rejecting anything outside the subset (and duplicate keys).
 
     Accepts any whitespace and key order; see ``parse_canonical`` for the strict form.
+    ``max_depth`` counts from this document's top-level value (depth 0).
     """
     if not isinstance(data, bytes | bytearray | memoryview):
         raise EncodingError("JSON input must be bytes")
@@ -107,25 +118,29 @@ def parse(data: bytes, *, max_size: int | None = None) -> Any:
         raise EncodingError("byte order mark")
     try:
         value = json.loads(
-            text, object_pairs_hook=_pairs, parse_float=_no_float, parse_constant=_no_constant
+            text,
+            object_pairs_hook=_pairs,
+            parse_float=_no_float,
+            parse_int=_int,
+            parse_constant=_no_constant,
         )
     except EncodingError:
         raise
     except RecursionError:
-        raise EncodingError(f"nesting deeper than {MAX_DEPTH}") from None
+        raise EncodingError(f"nesting deeper than {max_depth}") from None
     except ValueError as exc:  # json.JSONDecodeError, and int() digit limits
         raise EncodingError(f"not JSON: {exc}") from None
-    _check(value, 0)
+    _check(value, 0, max_depth)
     return value
 
 
-def parse_canonical(data: bytes, *, max_size: int | None = None) -> Any:
+def parse_canonical(data: bytes, *, max_size: int | None = None, max_depth: int = MAX_DEPTH) -> Any:
     """Parse bytes that must already be canonical: ``canonical(result) == data``.
 
     Signed structures travel in canonical form, so one object has one encoding
     and one id; anything else is rejected rather than re-encoded.
     """
-    value = parse(data, max_size=max_size)
-    if canonical(value) != bytes(data):
+    value = parse(data, max_size=max_size, max_depth=max_depth)
+    if canonical(value, max_depth=max_depth) != bytes(data):
         raise EncodingError("not in canonical form (RFC 8785)")
     return value

@@ -25,6 +25,7 @@ from .scope import Credential, parse_credential
 __all__ = [
     "CREDENTIAL_FIELDS",
     "KINDS",
+    "NOT_IN_AGENT",
     "OPERATOR_ROLES",
     "PRINCIPAL_NAME",
     "Access",
@@ -44,6 +45,19 @@ OPERATOR_ROLES = ("operator", "decision")
 ORIGIN = re.compile(r"[\x21-\x2a\x2c-\x7e]{1,255}")  # printable ASCII, no '+' or space
 PRINCIPAL_NAME = re.compile(r"[a-z0-9][a-z0-9._+-]{0,63}(@[a-z0-9][a-z0-9.-]{0,190})?")
 LABEL = re.compile(r"[a-z0-9][a-z0-9._:-]{0,63}")
+# FORMAT.md §4.4: an agent label is for people, and is printed. It may hold any Unicode
+# but these code points, which could move a terminal's cursor, start another line, or
+# make the text read other than it is stored: C0 controls, DEL and C1 controls; soft
+# hyphen; Arabic letter mark; Mongolian vowel separator; zero-width space, non-joiner and
+# joiner, LRM and RLM; line and paragraph separators and the bidi embeddings and
+# overrides (U+2028-U+202E); word joiner, invisible operators, bidi isolates and the
+# deprecated format characters (U+2060-U+206F); the byte order mark; interlinear
+# annotation characters.
+NOT_IN_AGENT = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u00ad\u061c\u180e\u200b-\u200f\u2028-\u202e"
+    "\u2060-\u206f\ufeff\ufff9-\ufffb]"
+)
+MAX_AGENT = 128
 CREDENTIAL_FIELDS = (
     "scope",
     "expires_at",
@@ -71,6 +85,19 @@ def _roles(value: Any, allowed: tuple[str, ...] | None, path: str = "") -> tuple
             if role not in allowed:
                 raise EntryFormatError(f"must be one of {', '.join(allowed)}", f"{path}[{i}]")
     return roles
+
+
+def _agent(f: Fields) -> str | None:
+    agent = f.str("agent", required=False, max_len=MAX_AGENT)
+    if agent is not None:
+        bad = NOT_IN_AGENT.search(agent)
+        if bad is not None:
+            raise EntryFormatError(
+                f"may not hold U+{ord(bad.group()):04X} (a control, separator or "
+                "invisible formatting character)",
+                "agent",
+            )
+    return agent
 
 
 def _header(obj: Any, kind: str) -> tuple[Fields, str]:
@@ -187,7 +214,7 @@ class Grant:
         f, log = _header(obj, "grant")
         principal = f.str("principal", pattern=PRINCIPAL_NAME)
         holder = f.parsed("holder", _key)
-        agent = f.str("agent", required=False, max_len=128)
+        agent = _agent(f)
         credential = _credential(f)
         f.done()
         return cls(log, principal, holder, agent, credential)
@@ -208,7 +235,7 @@ class Delegation:
         f, log = _header(obj, "delegation")
         parent = f.str("parent", pattern=HEX_ID)
         holder = f.parsed("holder", _key)
-        agent = f.str("agent", required=False, max_len=128)
+        agent = _agent(f)
         credential = _credential(f)
         f.done()
         return cls(log, parent, holder, agent, credential)

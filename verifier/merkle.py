@@ -28,6 +28,7 @@ __all__ = [
     "MemoryTree",
     "consistency_proof",
     "consistency_proof_coords",
+    "consistency_proof_size",
     "inclusion_proof",
     "inclusion_proof_coords",
     "leaf_hash",
@@ -183,6 +184,12 @@ def inclusion_proof_coords(leaf_index: int, tree_size: int) -> list[Coord]:
     """Nodes to read for PATH(leaf_index, D[0:tree_size]) (RFC 9162 §2.1.3.1)."""
     _check_inclusion_args(leaf_index, tree_size)
     return _unique_coords(_inclusion_ranges(leaf_index, tree_size))
+
+
+def consistency_proof_size(first: int, second: int) -> int:
+    """How many hashes PROOF(first, D[second]) has: 0 when ``first == second``."""
+    _check_consistency_args(first, second)
+    return len(_consistency_ranges(first, second))
 
 
 def consistency_proof_coords(first: int, second: int) -> list[Coord]:

@@ -7,7 +7,8 @@ header, an Ed25519 OKP key (``alg`` ``EdDSA`` or the fully specified
 1. one well-formed compact JWS; ``typ`` is ``dpop+jwt``; ``alg`` is allowed;
    ``jwk`` is a public Ed25519 key (no private part) of prime order;
 2. the signature verifies under that key;
-3. ``htm`` and ``htu`` match the request (``htu`` without query and fragment);
+3. ``htm`` and ``htu`` match the request (``htu`` without query and fragment,
+   both sides normalised per RFC 3986 §6.2.2 and §6.2.3 first: ``normalize_htu``);
 4. ``iat`` is within the allowed window of the server's clock;
 5. ``jti`` was not seen before (the replay cache is in the shared database);
 6. with an access token, ``ath`` is base64url(SHA-256(token));
@@ -24,11 +25,13 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 import secrets
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from joserfc import jws
 from joserfc.errors import JoseError
@@ -43,6 +46,7 @@ __all__ = [
     "DPoPError",
     "DPoPProof",
     "NonceSource",
+    "normalize_htu",
     "verify_dpop",
 ]
 
@@ -136,8 +140,9 @@ def verify_dpop(
         raise DPoPError("the DPoP proof's payload is not an object")
     if claims.get("htm") != method:
         raise DPoPError(f"htm {claims.get('htm')!r} is not {method}")
-    if claims.get("htu") != url.split("?")[0].split("#")[0]:
-        raise DPoPError(f"htu {claims.get('htu')!r} is not this endpoint")
+    htu = normalize_htu(claims.get("htu"))
+    if htu is None or htu != normalize_htu(url):
+        raise DPoPError(f"htu {str(claims.get('htu'))[:200]!r} is not this endpoint")
     iat, jti = claims.get("iat"), claims.get("jti")
     if type(iat) is not int or not now - window <= iat <= now + window:
         raise DPoPError("the DPoP proof's iat is missing or not recent")
@@ -152,6 +157,56 @@ def verify_dpop(
     if not remember_jti(jti, int(now) + 2 * window):
         raise DPoPError("the DPoP proof was used before (jti replayed)")
     return DPoPProof(key, jti, iat)
+
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+PERCENT = re.compile(r"%([0-9A-Fa-f]{2})")
+
+
+def normalize_htu(url: str) -> str | None:
+    """``url`` without query and fragment, normalised as RFC 9449 §4.3 asks (RFC 3986
+    §6.2.2 syntax-based, §6.2.3 scheme-based): scheme and host lower-case, the default
+    port dropped, percent-encodings upper-case and unreserved ones decoded, dot segments
+    removed, an empty path "/". None if it is not an absolute http(s) URL."""
+    if not isinstance(url, str) or len(url) > 2048 or not url.isascii():
+        return None
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    scheme, host = parts.scheme.lower(), (parts.hostname or "")
+    if scheme not in DEFAULT_PORTS or not host or parts.username or parts.password:
+        return None
+    if ":" in host:
+        host = f"[{host}]"  # an IPv6 literal
+    netloc = host if port in (None, DEFAULT_PORTS[scheme]) else f"{host}:{port}"
+
+    def octet(m: re.Match[str]) -> str:
+        char = chr(int(m.group(1), 16))
+        return char if char in UNRESERVED else "%" + m.group(1).upper()
+
+    return f"{scheme}://{netloc}{_remove_dots(PERCENT.sub(octet, parts.path)) or '/'}"
+
+
+def _remove_dots(path: str) -> str:
+    """RFC 3986 §5.2.4, for an absolute path."""
+    out: list[str] = []
+    segments = path.split("/")
+    for i, seg in enumerate(segments):
+        last = i == len(segments) - 1
+        if seg == ".":
+            if last:
+                out.append("")
+        elif seg == "..":
+            if len(out) > 1:
+                out.pop()
+            if last:
+                out.append("")
+        else:
+            out.append(seg)
+    return "/".join(out)
 
 
 def _ath(token: str) -> str:

@@ -22,7 +22,10 @@ from lineage.verifier.errors import (
     SignatureError,
 )
 
-__all__ = ["ApiError", "install_handlers"]
+__all__ = ["CHALLENGE", "ApiError", "install_handlers"]
+
+# RFC 9110 §11.6.1: every 401 names the schemes that would work here (RFC 6750 §3, RFC 9449 §7.1)
+CHALLENGE = 'Bearer realm="lineage", DPoP realm="lineage", algs="EdDSA Ed25519"'
 
 
 class ApiError(Exception):
@@ -56,6 +59,8 @@ def render(
         }
         media = "application/problem+json"
     headers = {"Cache-Control": "no-store", **(headers or {})}
+    if status == 401 and not any(k.lower() == "www-authenticate" for k in headers):
+        headers["WWW-Authenticate"] = CHALLENGE
     return JSONResponse(body, status_code=status, headers=headers, media_type=media)
 
 
@@ -102,6 +107,10 @@ def install_handlers(app: FastAPI) -> None:
         return render(
             request, exc.status_code, codes.get(exc.status_code, "invalid_request"), str(exc.detail)
         )
+
+    @app.exception_handler(OverflowError)
+    async def _overflow(request: Request, exc: OverflowError):  # a number SQLite cannot hold
+        return render(request, 400, "invalid_request", "a number in the request is out of range")
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):  # never a stack trace out

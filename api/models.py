@@ -74,7 +74,13 @@ class Introspection(BaseModel):
     cnf: dict[str, str] | None = Field(None, description='{"jkt": holder key thumbprint}')
     act: dict[str, Any] | None = Field(None, description="RFC 8693 actors, current outermost")
     authorization_details: list[dict[str, Any]] | None = None
-    lineage: dict[str, Any] | None = None
+    lineage: dict[str, Any] | None = Field(
+        None,
+        description="status: active, expired, not-yet-valid, revoked, spent or rate-limited "
+        "(the rules a decision applies first); when inactive also reason and credential "
+        "(the one in the chain the rule is about); when active also log, task, depth, "
+        "index and chain",
+    )
 
 
 class Health(BaseModel):

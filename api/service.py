@@ -22,6 +22,7 @@ from fastapi import Request
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from lineage.ledger.config import Settings
+from lineage.ledger.decide import Standing, standing
 from lineage.ledger.log import Log
 from lineage.ledger.tokens import TokenStore
 from lineage.verifier.chain import CredentialRecord, Replay
@@ -30,7 +31,7 @@ from lineage.verifier.keys import PublicKey
 from lineage.verifier.kinds import PRINCIPAL_NAME
 
 from .dpop import DPoPError, NonceSource, verify_dpop
-from .errors import ApiError
+from .errors import CHALLENGE, ApiError
 
 __all__ = ["Caller", "Metrics", "Service", "caller", "service"]
 
@@ -77,6 +78,11 @@ class Service:
         now = max(int(self.log.clock()), state.time)
         return state.validity_fault(rec, state.size, now, "credential") is None
 
+    def standing(self, rec: CredentialRecord) -> Standing:
+        """Could ``rec`` be used now? The rules a decision applies first (``ledger.decide``)."""
+        state = self.log.state()
+        return standing(state, rec, state.size, max(int(self.log.clock()), state.time))
+
 
 @dataclass(frozen=True)
 class Caller:
@@ -121,9 +127,12 @@ def check_dpop(
         challenge = f'DPoP error="{error}", algs="EdDSA Ed25519"'
         return ApiError(401, error, description, {"WWW-Authenticate": challenge, **(extra or {})})
 
-    proof = request.headers.get("dpop")
-    if proof is None:
+    proofs = request.headers.getlist("dpop")
+    if not proofs:
         raise refuse("invalid_dpop_proof", "a DPoP proof is required")
+    if len(proofs) > 1:  # RFC 9449 §4.3 check 1
+        raise refuse("invalid_dpop_proof", "send exactly one DPoP header")
+    proof = proofs[0]
     try:
         checked = verify_dpop(
             proof,
@@ -189,7 +198,13 @@ def caller(request: Request) -> Caller:
                 {"WWW-Authenticate": 'DPoP error="invalid_token"'},
             )
         return Caller("holder", key.kid, key, handle)
-    raise ApiError(401, "invalid_request", f"unsupported authorization scheme {scheme!r}")
+    shown = scheme if scheme.isascii() and scheme.isalnum() and len(scheme) <= 20 else "that"
+    raise ApiError(  # RFC 6749 §5.2: a client that cannot authenticate is invalid_client
+        401,
+        "invalid_client",
+        f"the {shown} authorization scheme is not supported here: use Bearer or DPoP",
+        {"WWW-Authenticate": CHALLENGE},
+    )
 
 
 def require(who: Caller, *roles: str) -> None:
@@ -199,7 +214,7 @@ def require(who: Caller, *roles: str) -> None:
             status,
             "unauthorized_client" if status == 403 else "invalid_client",
             f"this needs one of: {', '.join(roles)}",
-            {"WWW-Authenticate": "Bearer, DPoP"} if status == 401 else None,
+            {"WWW-Authenticate": CHALLENGE} if status == 401 else None,
         )
 
 

@@ -1,10 +1,21 @@
 """The agent client's protocol, written once as request generators (sans-I/O),
 and the two drivers over it: ``LineageClient`` (httpx.Client) and
-``AsyncLineageClient`` (httpx.AsyncClient), so the two cannot drift."""
+``AsyncLineageClient`` (httpx.AsyncClient), so the two cannot drift.
+
+Trust in the log is pinned, never taken from the server being checked: pass the
+log's verifier key (``lineage log key`` prints it) as ``log_key=``, or choose
+``trust_on_first_use=True``, which pins the first key the server shows and refuses
+any other after that (``pinned_log_key`` is the key to save and pin next time).
+Without either, ``verify_lineage`` and ``checkpoint`` raise ``LogKeyError``.
+
+DPoP requests answer one ``use_dpop_nonce`` challenge (RFC 9449 §8) by retrying
+with the nonce the server gave, and keep using the latest nonce it sent.
+"""
 
 from __future__ import annotations
 
 import base64
+import binascii
 import time
 from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass
@@ -12,15 +23,19 @@ from typing import Any
 
 import httpx
 
-from lineage.verifier.bodies import delegation_body, grant_body
+from lineage.verifier.bodies import delegation_body, grant_body, revocation_body
 from lineage.verifier.bundle import VerifiedBundle, verify_bundle
+from lineage.verifier.checkpoint import SignedCheckpoint, open_checkpoint
 from lineage.verifier.entry import Entry, sign_entry
+from lineage.verifier.errors import FormatError
 from lineage.verifier.invocation import SignedInvocation, sign_invocation
 from lineage.verifier.keys import SigningKey
+from lineage.verifier.merkle import verify_consistency
+from lineage.verifier.note import parse_vkey
 
 from .dpop import make_proof
 
-__all__ = ["Agent", "AsyncLineageClient", "LineageClient", "LineageHTTPError"]
+__all__ = ["Agent", "AsyncLineageClient", "LineageClient", "LineageHTTPError", "LogKeyError"]
 
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 SIGNED_ENTRY = "urn:lineage:params:oauth:token-type:signed-entry"
@@ -34,6 +49,10 @@ class LineageHTTPError(Exception):
     def __init__(self, status: int, error: str, description: str):
         super().__init__(f"{status} {error}: {description}")
         self.status, self.error, self.description = status, error, description
+
+
+class LogKeyError(Exception):
+    """No log key is pinned, or the server shows a key other than the pinned one."""
 
 
 @dataclass(frozen=True)
@@ -72,10 +91,21 @@ def _check(response: httpx.Response) -> Any:
 class _Flows:
     """The protocol, as request generators; ``base`` is the service URL."""
 
-    def __init__(self, base: str, token: str | None):
+    def __init__(
+        self,
+        base: str,
+        token: str | None,
+        log_key: str | None = None,
+        trust_on_first_use: bool = False,
+    ):
         self.base = base.rstrip("/")
         self.token = token
         self._origin: str | None = None
+        self._nonce: str | None = None  # the latest DPoP-Nonce the server sent
+        self.tofu = trust_on_first_use
+        self.pinned: str | None = None
+        if log_key is not None:
+            self.pinned = _vkey(log_key)
 
     def _req(self, method: str, path: str, **kw: Any) -> httpx.Request:
         headers = dict(kw.pop("headers", {}))
@@ -85,11 +115,26 @@ class _Flows:
 
     def _dpop(
         self, method: str, path: str, key: SigningKey, token: str | None = None, **kw: Any
-    ) -> httpx.Request:
-        headers = {"DPoP": make_proof(key.seed, method, self.base + path, access_token=token)}
-        if token is not None:
-            headers["Authorization"] = f"DPoP {token}"
-        return self._req(method, path, headers=headers, **kw)
+    ) -> Flow:
+        """Send a request with a DPoP proof by ``key``; on a ``use_dpop_nonce`` challenge,
+        once more with the nonce given (RFC 9449 §8). Returns the response."""
+        response = None
+        for _ in range(2):
+            proof = make_proof(
+                key.seed, method, self.base + path, access_token=token, nonce=self._nonce
+            )
+            headers = {"DPoP": proof}
+            if token is not None:
+                headers["Authorization"] = f"DPoP {token}"
+            response = yield self._req(method, path, headers=headers, **dict(kw))
+            fresh = response.headers.get("DPoP-Nonce")
+            if fresh:
+                retry = _error_code(response) == "use_dpop_nonce" and fresh != self._nonce
+                self._nonce = fresh
+                if retry:
+                    continue
+            break
+        return response
 
     def origin(self) -> Flow:
         if self._origin is None:
@@ -98,7 +143,27 @@ class _Flows:
         return self._origin
 
     def log_key(self) -> Flow:
-        return _check((yield self._req("GET", "/v1/log/key"))).strip()
+        """The key the server shows now; ``LogKeyError`` if one is pinned and this differs."""
+        shown = _vkey(_check((yield self._req("GET", "/v1/log/key"))))
+        if self.pinned is not None and shown != self.pinned:
+            raise LogKeyError(
+                f"the server shows log key {shown!r}, not the pinned {self.pinned!r}: refusing"
+            )
+        return shown
+
+    def trusted_key(self, log_key: str | None = None) -> Flow:
+        """The key to verify with: ``log_key`` if given, else the pinned one, else (trust on
+        first use) the server's, pinned from now on. Never silently the server's."""
+        if log_key is not None:
+            return _vkey(log_key)
+        if self.pinned is None:
+            if not self.tofu:
+                raise LogKeyError(
+                    "no log key is pinned: pass LineageClient(url, log_key=...) with the key "
+                    "the operator publishes (`lineage log key`), or trust_on_first_use=True"
+                )
+            self.pinned = yield from self.log_key()
+        return self.pinned
 
     def exchange(self, entry: Entry, holder: Agent) -> Flow:
         """RFC 8693 token exchange of a signed grant or delegation; returns the response."""
@@ -107,7 +172,7 @@ class _Flows:
             "subject_token_type": SIGNED_ENTRY,
             "subject_token": base64.urlsafe_b64encode(entry.raw).rstrip(b"=").decode(),
         }
-        return _check((yield self._dpop("POST", "/oauth/token", holder.key, data=data)))
+        return _check((yield from self._dpop("POST", "/oauth/token", holder.key, data=data)))
 
     def _issue(
         self,
@@ -191,28 +256,126 @@ class _Flows:
         body = {"invocation": dict(invocation.to_json()), "context": dict(context)}
         return _check((yield self._req("POST", "/v1/access", json=body)))
 
-    def introspect(self, credential: str) -> Flow:
-        return _check((yield self._req("POST", "/oauth/introspect", data={"token": credential})))
+    def introspect(
+        self,
+        credential: str,
+        *,
+        holder: Agent | None = None,
+        principal: str | None = None,
+        principal_key: SigningKey | None = None,
+    ) -> Flow:
+        """RFC 7662 introspection: with the client's token (enforcement point, operator,
+        auditor); as ``holder`` of ``credential`` (DPoP); or as the ``principal`` who
+        authorised it, proving ``principal_key`` (DPoP)."""
+        data = {"token": credential}
+        path = "/oauth/introspect"
+        if holder is not None:
+            response = yield from self._dpop("POST", path, holder.key, credential, data=data)
+        elif principal is not None:
+            if principal_key is None:
+                raise ValueError("introspecting as a principal needs its key (principal_key=)")
+            response = yield from self._dpop("POST", path, principal_key, principal, data=data)
+        else:
+            response = yield self._req("POST", path, data=data)
+        return _check(response)
+
+    def revoke(self, credential: str, *, holder: Agent | None = None, reason: str = "") -> Flow:
+        """RFC 7009 revocation of ``credential`` and its subtree: with the client's token
+        (operator, enforcement point), or as ``holder`` of it, signing the revocation entry
+        with the holder's own key (DPoP)."""
+        data = {"token": credential}
+        path = "/oauth/revoke"
+        if holder is None:
+            return _check((yield self._req("POST", path, data=data)))
+        origin = yield from self.origin()
+        entry = sign_entry(
+            revocation_body(origin, credential=credential, reason=reason), [holder.key]
+        )
+        data["revocation"] = base64.urlsafe_b64encode(entry.raw).rstrip(b"=").decode()
+        return _check((yield from self._dpop("POST", path, holder.key, credential, data=data)))
 
     def lineage(self, holder: Agent, credential: str) -> Flow:
         """The credential's evidence bundle, fetched as its holder (DPoP)."""
         path = f"/v1/credentials/{credential}/lineage"
-        return _check((yield self._dpop("GET", path, holder.key, credential)))
+        return _check((yield from self._dpop("GET", path, holder.key, credential)))
 
     def verify_lineage(self, holder: Agent, credential: str, log_key: str | None = None) -> Flow:
-        """Fetch the bundle and verify it offline (with ``log_key``, pinned, if given)."""
-        trusted = log_key or (yield from self.log_key())
+        """Fetch the bundle and verify it offline, under the pinned log key (or ``log_key``)."""
+        trusted = yield from self.trusted_key(log_key)
         bundle = yield from self.lineage(holder, credential)
         return verify_bundle(bundle, trusted)
 
+    def checkpoint(self, log_key: str | None = None) -> Flow:
+        """The latest checkpoint, verified under the pinned log key (or ``log_key``)."""
+        trusted = yield from self.trusted_key(log_key)
+        response = yield self._req("GET", "/v1/log/checkpoint")
+        _check(response)
+        return open_checkpoint(response.content, parse_vkey(trusted))
+
+    def inclusion_proof(self, index: int, tree_size: int) -> Flow:
+        """RFC 9162 §2.1.3 audit path of leaf ``index`` in the tree of ``tree_size``."""
+        params = {"index": index, "tree_size": tree_size}
+        body = _check((yield self._req("GET", "/v1/log/proof/inclusion", params=params)))
+        return _hashes(body, "audit_path")
+
+    def consistency_proof(self, first: int, second: int) -> Flow:
+        """RFC 9162 §2.1.4 proof that the tree of ``second`` leaves extends that of ``first``."""
+        params = {"first": first, "second": second}
+        body = _check((yield self._req("GET", "/v1/log/proof/consistency", params=params)))
+        return _hashes(body, "consistency")
+
+    def grew_from(self, old: SignedCheckpoint, log_key: str | None = None) -> Flow:
+        """The latest checkpoint, once proved (RFC 9162 §2.1.4.2) to extend ``old``;
+        ProofError if the log did not only grow since."""
+        new = yield from self.checkpoint(log_key)
+        first, second = old.checkpoint.size, new.checkpoint.size
+        proof = [] if first == 0 else (yield from self.consistency_proof(first, second))
+        if first:
+            verify_consistency(
+                first, second, old.checkpoint.root_hash, new.checkpoint.root_hash, proof
+            )
+        return new
+
+
+def _vkey(text: str) -> str:
+    """A verifier-key string, checked (FormatError if it is not one)."""
+    vkey = str(text).strip()
+    parse_vkey(vkey)
+    return vkey
+
+
+def _error_code(response: httpx.Response) -> str | None:
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    return body.get("error") if isinstance(body, dict) else None
+
+
+def _hashes(body: Any, field: str) -> list[bytes]:
+    try:
+        return [base64.b64decode(h, validate=True) for h in body[field]]
+    except (KeyError, TypeError, ValueError, binascii.Error):
+        raise FormatError(f"the server's {field} is not a list of base64 hashes") from None
+
 
 class LineageClient:
-    """Synchronous client (httpx.Client)."""
+    """Synchronous client (httpx.Client).
+
+    ``log_key`` pins the log's verifier key (``lineage log key`` prints it);
+    ``trust_on_first_use=True`` pins the first one the server shows instead.
+    """
 
     def __init__(
-        self, base_url: str, *, token: str | None = None, client: httpx.Client | None = None
+        self,
+        base_url: str,
+        *,
+        token: str | None = None,
+        log_key: str | None = None,
+        trust_on_first_use: bool = False,
+        client: httpx.Client | None = None,
     ):
-        self._flows = _Flows(base_url, token)
+        self._flows = _Flows(base_url, token, log_key, trust_on_first_use)
         self._http = client or httpx.Client(timeout=10.0)
 
     def _run(self, flow: Flow) -> Any:
@@ -232,6 +395,11 @@ class LineageClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @property
+    def pinned_log_key(self) -> str | None:
+        """The log key every verification uses (given, or pinned on first use)."""
+        return self._flows.pinned
+
     def log_key(self) -> str:
         return self._run(self._flows.log_key())
 
@@ -247,8 +415,12 @@ class LineageClient:
     def access(self, invocation: SignedInvocation, context: Mapping[str, Any]) -> dict:
         return self._run(self._flows.access(invocation, context))
 
-    def introspect(self, credential: str) -> dict[str, Any]:
-        return self._run(self._flows.introspect(credential))
+    def introspect(self, credential: str, **as_who: Any) -> dict[str, Any]:
+        """``holder=Agent`` or ``principal=name, principal_key=key``; else the token's."""
+        return self._run(self._flows.introspect(credential, **as_who))
+
+    def revoke(self, credential: str, *, holder: Agent | None = None, reason: str = "") -> None:
+        self._run(self._flows.revoke(credential, holder=holder, reason=reason))
 
     def lineage(self, holder: Agent, credential: str) -> dict[str, Any]:
         return self._run(self._flows.lineage(holder, credential))
@@ -258,14 +430,32 @@ class LineageClient:
     ) -> VerifiedBundle:
         return self._run(self._flows.verify_lineage(holder, credential, log_key))
 
+    def checkpoint(self, log_key: str | None = None) -> SignedCheckpoint:
+        return self._run(self._flows.checkpoint(log_key))
+
+    def inclusion_proof(self, index: int, tree_size: int) -> list[bytes]:
+        return self._run(self._flows.inclusion_proof(index, tree_size))
+
+    def consistency_proof(self, first: int, second: int) -> list[bytes]:
+        return self._run(self._flows.consistency_proof(first, second))
+
+    def grew_from(self, old: SignedCheckpoint, log_key: str | None = None) -> SignedCheckpoint:
+        return self._run(self._flows.grew_from(old, log_key))
+
 
 class AsyncLineageClient:
     """Asynchronous client (httpx.AsyncClient); the same methods, awaited."""
 
     def __init__(
-        self, base_url: str, *, token: str | None = None, client: httpx.AsyncClient | None = None
+        self,
+        base_url: str,
+        *,
+        token: str | None = None,
+        log_key: str | None = None,
+        trust_on_first_use: bool = False,
+        client: httpx.AsyncClient | None = None,
     ):
-        self._flows = _Flows(base_url, token)
+        self._flows = _Flows(base_url, token, log_key, trust_on_first_use)
         self._http = client or httpx.AsyncClient(timeout=10.0)
 
     async def _run(self, flow: Flow) -> Any:
@@ -285,6 +475,10 @@ class AsyncLineageClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
+    @property
+    def pinned_log_key(self) -> str | None:
+        return self._flows.pinned
+
     async def log_key(self) -> str:
         return await self._run(self._flows.log_key())
 
@@ -302,8 +496,13 @@ class AsyncLineageClient:
     async def access(self, invocation: SignedInvocation, context: Mapping[str, Any]) -> dict:
         return await self._run(self._flows.access(invocation, context))
 
-    async def introspect(self, credential: str) -> dict[str, Any]:
-        return await self._run(self._flows.introspect(credential))
+    async def introspect(self, credential: str, **as_who: Any) -> dict[str, Any]:
+        return await self._run(self._flows.introspect(credential, **as_who))
+
+    async def revoke(
+        self, credential: str, *, holder: Agent | None = None, reason: str = ""
+    ) -> None:
+        await self._run(self._flows.revoke(credential, holder=holder, reason=reason))
 
     async def lineage(self, holder: Agent, credential: str) -> dict[str, Any]:
         return await self._run(self._flows.lineage(holder, credential))
@@ -312,3 +511,17 @@ class AsyncLineageClient:
         self, holder: Agent, credential: str, log_key: str | None = None
     ) -> VerifiedBundle:
         return await self._run(self._flows.verify_lineage(holder, credential, log_key))
+
+    async def checkpoint(self, log_key: str | None = None) -> SignedCheckpoint:
+        return await self._run(self._flows.checkpoint(log_key))
+
+    async def inclusion_proof(self, index: int, tree_size: int) -> list[bytes]:
+        return await self._run(self._flows.inclusion_proof(index, tree_size))
+
+    async def consistency_proof(self, first: int, second: int) -> list[bytes]:
+        return await self._run(self._flows.consistency_proof(first, second))
+
+    async def grew_from(
+        self, old: SignedCheckpoint, log_key: str | None = None
+    ) -> SignedCheckpoint:
+        return await self._run(self._flows.grew_from(old, log_key))

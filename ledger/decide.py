@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from lineage.verifier.chain import Replay
+from lineage.verifier.chain import CredentialRecord, Replay
 from lineage.verifier.entry import Entry, sign_entry
 from lineage.verifier.errors import FormatError, SignatureError
 from lineage.verifier.invocation import SignedInvocation, effective_request, parse_signed_invocation
@@ -34,7 +34,7 @@ from .errors import LedgerError, RejectedEntry
 from .log import Log
 from .policy import parse_policy
 
-__all__ = ["Decision", "InvalidInvocation", "decide"]
+__all__ = ["Decision", "InvalidInvocation", "Standing", "decide", "standing"]
 
 MAX_CONTEXT = 8192
 
@@ -65,6 +65,49 @@ class Decision:
             "id": self.id,
             "index": self.index,
         }
+
+
+@dataclass(frozen=True)
+class Standing:
+    """Whether a credential could be used at all now, and if not, which rule says no.
+
+    ``status`` is ``active``, ``expired``, ``not-yet-valid``, ``revoked``, ``spent``
+    (``max_uses`` used up) or ``rate-limited`` (the ``rate`` window is full); ``check``
+    is the FORMAT.md §8 check name a decision would give (``budget`` for the last two);
+    ``credential`` is the credential in the chain the rule is about (it, or an ancestor).
+    """
+
+    status: str
+    check: str | None
+    reason: str
+    credential: str | None
+
+    @property
+    def active(self) -> bool:
+        return self.check is None
+
+
+ACTIVE = Standing("active", None, "within its window, unrevoked, with budget left", None)
+
+
+def standing(state: Replay, rec: CredentialRecord, index: int, time: int) -> Standing:
+    """The rules every decision applies before it looks at the request: every credential
+    from the grant down to ``rec`` within its window and unrevoked (``validity_fault``),
+    and with use and rate budget left for one more use (subtree totals, as
+    ``Replay.access_fault`` counts them). ``decide`` denies on these first, and
+    ``/oauth/introspect`` answers from them, so the two cannot disagree.
+    """
+    fault = state.validity_fault(rec, index, time, "credential")
+    if fault is not None:
+        culprit = next(
+            (n.id for n in rec.chain() if state.validity_fault(n, index, time, "") is not None),
+            rec.id,
+        )
+        return Standing(fault[0], fault[0], fault[1], culprit)
+    spent = state.budget_fault(rec, time)
+    if spent is not None:
+        return Standing(spent[0], "budget", spent[1], spent[2])
+    return ACTIVE
 
 
 def decide(
@@ -104,7 +147,9 @@ def decide(
         if (inv.credential, inv.nonce) in state.invocations:
             raise InvalidInvocation("the invocation nonce was used before", "replayed")
         check, reason = None, "permitted by every credential in the chain"
-        fault = state.access_fault(rec, request, inv.nonce, index, time)
+        now = standing(state, rec, index, time)  # the rules introspection answers from
+        fault = (now.check, now.reason) if not now.active else None
+        fault = fault or state.access_fault(rec, request, inv.nonce, index, time)
         if fault is not None:
             check, reason = fault
         elif state.policy is not None:

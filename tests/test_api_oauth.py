@@ -234,7 +234,9 @@ def test_introspection_with_authlib(srv: Server) -> None:
         assert own.json()["cnf"]["jkt"] == jkt(srv.reader)
 
 
-def test_inactive_is_active_false_only(srv: Server) -> None:
+def test_unknown_or_foreign_tokens_are_only_inactive(srv: Server) -> None:
+    """RFC 7662 §2.2: nothing more about a token the caller may not introspect; a known
+    credential that is not active says which rule, to a caller that may (docs/API.md)."""
     with oauth_client() as client:
         grant = srv.grant()
         exchange(client, srv, grant, srv.agent)
@@ -254,7 +256,10 @@ def test_inactive_is_active_false_only(srv: Server) -> None:
         assert r.status_code == 200
         for token in (grant.id, child.id):
             r = client.introspect_token(url, token=token, headers=bearer)
-            assert r.json() == {"active": False}
+            assert r.json()["active"] is False
+            assert r.json()["lineage"]["status"] == "revoked"
+            assert r.json()["lineage"]["credential"] == grant.id
+            assert set(r.json()) == {"active", "lineage"}
 
 
 def test_introspection_and_revocation_need_client_authentication(srv: Server) -> None:

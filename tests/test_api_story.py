@@ -212,7 +212,9 @@ def test_expired_credential_refused(srv: Server) -> None:
     r = httpx.post(
         srv.url("/oauth/introspect"), data={"token": sub}, headers=srv.bearer(srv.enforcement)
     )
-    assert r.json() == {"active": False}
+    assert r.json()["active"] is False
+    assert r.json()["lineage"]["status"] == "expired"  # the grant, first in the chain
+    assert r.json()["lineage"]["credential"] == grant
 
 
 # -- the log's proofs, checked offline -------------------------------------------------------

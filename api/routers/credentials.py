@@ -21,6 +21,7 @@ from lineage.verifier.fields import HEX_ID
 
 from ..errors import ApiError
 from ..service import Caller, Service, caller, may_read, service
+from .entries import MAX_INT, Time
 
 __all__ = ["router"]
 
@@ -59,11 +60,17 @@ def export(
     svc: Annotated[Service, Depends(service)],
     who: Annotated[Caller, Depends(caller)],
     principal: str | None = None,
-    since: Annotated[int | None, Query(ge=0)] = None,
-    until: Annotated[int | None, Query(ge=0)] = None,
+    since: Time = None,
+    until: Time = None,
     format: Annotated[str, Query(pattern="^(bundle|jsonl|csv|dot)$")] = "bundle",
+    from_size: Annotated[int | None, Query(ge=0, le=MAX_INT)] = None,
 ) -> StreamingResponse:
-    """Everything ``principal`` authorised in [since, until), as a bundle or rows, streamed."""
+    """Everything about ``principal`` in [since, until), as a bundle or rows, streamed.
+
+    A bundle holds every entry of the window and what proves it (chains up to their
+    grants, even older ones); ``from_size`` (the size of an older checkpoint the caller
+    kept) adds the consistency proof ``lineage-verify --since`` checks.
+    """
     if who.role == "principal":
         if principal not in (None, who.name):
             raise ApiError(403, "access_denied", "a principal may export only its own")
@@ -74,8 +81,14 @@ def export(
             "access_denied",
             "export needs an operator or auditor token, or the principal itself",
         )
+    if from_size is not None and format != "bundle":
+        raise ApiError(400, "invalid_request", "from_size goes with format=bundle")
+    if from_size is not None and from_size > svc.log.size:
+        raise ApiError(
+            400, "invalid_request", f"from_size {from_size} exceeds the log's {svc.log.size} leaves"
+        )
     if format == "bundle":
-        doc = principal_bundle(svc.log, principal, since, until)
+        doc = principal_bundle(svc.log, principal, since, until, since=from_size)
         return StreamingResponse(
             _chunks(json.dumps(doc, indent=1, sort_keys=True)), media_type="application/json"
         )

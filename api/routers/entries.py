@@ -13,7 +13,7 @@ from lineage.verifier.entry import MAX_ENTRY_SIZE, parse_entry
 from lineage.verifier.fields import HEX_ID
 from lineage.verifier.jcs import canonical, parse
 
-from ..errors import ApiError
+from ..errors import CHALLENGE, ApiError
 from ..models import AppendResult, EntryPage, LeafView
 from ..service import Caller, Service, caller, service
 from .log import leaf_json
@@ -23,6 +23,8 @@ __all__ = ["router"]
 router = APIRouter(prefix="/v1/entries", tags=["entries"])
 MAX_PAGE = 500
 MAX_SCAN = 5000  # leaves examined per request, whatever the filters
+MAX_INT = 2**53  # every integer parameter is bounded: no number reaches SQLite's 64-bit limit
+Time = Annotated[int | None, Query(ge=0, le=MAX_INT, description="Unix seconds")]
 
 
 @router.post(
@@ -66,9 +68,9 @@ def query(
     holder: str | None = None,
     task: str | None = None,
     kind: str | None = None,
-    since: Annotated[int | None, Query(ge=0)] = None,
-    until: Annotated[int | None, Query(ge=0)] = None,
-    cursor: Annotated[int, Query(ge=0)] = 0,
+    since: Time = None,
+    until: Time = None,
+    cursor: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
 ) -> dict[str, Any]:
     """Entries matching every filter given, from ``cursor`` (a leaf index), a page at a time.
@@ -81,7 +83,7 @@ def query(
             401,
             "invalid_client",
             "listing entries needs a token or DPoP",
-            {"WWW-Authenticate": "Bearer, DPoP"},
+            {"WWW-Authenticate": CHALLENGE},
         )
     if who.role == "principal" and principal not in (None, who.name):
         raise ApiError(403, "access_denied", "a principal may list only its own entries")

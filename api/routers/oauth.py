@@ -37,23 +37,29 @@ CREDENTIAL = "urn:lineage:params:oauth:token-type:credential"
 AUTH_TYPES = ["email", "files", "payments", "api"]  # advertised; any type is accepted
 
 
-def _base(request: Request) -> str:
-    return f"{request.url.scheme}://{request.url.netloc}"
+def issuer(request: Request) -> str:
+    """The issuer identifier (RFC 8414 §2): ``public_url`` when configured, else the
+    scheme and host the metadata was fetched from. Introspection's ``iss`` is the same."""
+    base = service(request).settings.public_url
+    return base.rstrip("/") if base else f"{request.url.scheme}://{request.url.netloc}"
 
 
 @router.get("/.well-known/oauth-authorization-server")
 def metadata(request: Request, svc: Annotated[Service, Depends(service)]) -> dict[str, Any]:
-    """RFC 8414 authorization server metadata."""
-    base = _base(request)
+    """RFC 8414 authorization server metadata (every value from the IANA OAuth registries)."""
+    base = issuer(request)
     return {
         "issuer": base,
         "token_endpoint": f"{base}/oauth/token",
         "introspection_endpoint": f"{base}/oauth/introspect",
         "revocation_endpoint": f"{base}/oauth/revoke",
+        # REQUIRED by §2; there is no authorization endpoint, so it issues nothing: "none"
+        "response_types_supported": ["none"],
         "grant_types_supported": [TOKEN_EXCHANGE],
-        "token_endpoint_auth_methods_supported": ["none"],
-        "introspection_endpoint_auth_methods_supported": ["bearer", "dpop"],
-        "revocation_endpoint_auth_methods_supported": ["bearer", "dpop"],
+        "token_endpoint_auth_methods_supported": ["none"],  # DPoP proves the holder key
+        # §2: introspection may name OAuth Access Token Types; revocation has no registered
+        # value for "a Bearer token or DPoP", so it is left out (docs/API.md says which)
+        "introspection_endpoint_auth_methods_supported": ["Bearer", "DPoP"],
         "dpop_signing_alg_values_supported": ["EdDSA", "Ed25519"],
         "authorization_details_types_supported": AUTH_TYPES,
         "lineage_log_origin": svc.log.origin,
@@ -73,15 +79,42 @@ def _decode_entry(value: str, what: str = "subject_token") -> Entry:
 def token(
     request: Request,
     svc: Annotated[Service, Depends(service)],
-    grant_type: Annotated[str, Form()],
-    subject_token: Annotated[str, Form(max_length=100_000)],
-    subject_token_type: Annotated[str, Form()],
+    grant_type: Annotated[str | None, Form(max_length=256)] = None,
+    subject_token: Annotated[str | None, Form(max_length=100_000)] = None,
+    subject_token_type: Annotated[str | None, Form(max_length=256)] = None,
     authorization_details: Annotated[str | None, Form(max_length=70_000)] = None,
-    requested_token_type: Annotated[str | None, Form()] = None,
+    requested_token_type: Annotated[str | None, Form(max_length=256)] = None,
+    scope: Annotated[str | None, Form(max_length=4096)] = None,
+    resource: Annotated[list[str] | None, Form()] = None,
+    audience: Annotated[list[str] | None, Form()] = None,
 ) -> JSONResponse:
-    """RFC 8693 token exchange: append a client-signed grant or delegation."""
+    """RFC 8693 token exchange: append a client-signed grant or delegation.
+
+    The grant type is checked first (RFC 6749 §5.2 ``unsupported_grant_type``). What the
+    credential may do is its signed ``authorization_details``; a ``scope`` (RFC 8693 §2.1)
+    cannot change it, so one is refused with ``invalid_scope`` rather than ignored, and a
+    ``resource`` or ``audience`` with ``invalid_target`` (§2.2.2).
+    """
+    if grant_type is None:
+        raise ApiError(400, "invalid_request", "grant_type is required")
     if grant_type != TOKEN_EXCHANGE:
         raise ApiError(400, "unsupported_grant_type", f"grant_type must be {TOKEN_EXCHANGE}")
+    if scope is not None:
+        raise ApiError(
+            400,
+            "invalid_scope",
+            "a Lineage credential's scope is the signed entry's authorization_details; "
+            "send no scope parameter",
+        )
+    if resource or audience:
+        raise ApiError(
+            400,
+            "invalid_target",
+            "a credential is usable wherever its signed scope's locations say; "
+            "send no resource or audience",
+        )
+    if subject_token is None:
+        raise ApiError(400, "invalid_request", "subject_token is required")
     if subject_token_type != SIGNED_ENTRY:
         raise ApiError(400, "invalid_request", f"subject_token_type must be {SIGNED_ENTRY}")
     if requested_token_type not in (None, CREDENTIAL):
@@ -133,31 +166,49 @@ def _act(chain: list[CredentialRecord]) -> dict[str, Any] | None:
     return act
 
 
-def _inactive() -> JSONResponse:
-    return JSONResponse({"active": False}, headers={"Cache-Control": "no-store"})
+def _answer(body: dict[str, Any]) -> JSONResponse:
+    return JSONResponse(body, headers={"Cache-Control": "no-store"})
+
+
+def _may_introspect(who: Caller, rec: CredentialRecord) -> bool:
+    """Tokens (operator, auditor, enforcement) any credential; a holder the credential it
+    presented; a principal the credentials of chains it authorised."""
+    if who.role == "holder":
+        return who.credential == rec.id
+    if who.role == "principal":
+        return rec.principal == who.name
+    return True
 
 
 @router.post("/oauth/introspect", responses={200: {"model": Introspection}})
 def introspect(
+    request: Request,
     svc: Annotated[Service, Depends(service)],
     who: Annotated[Caller, Depends(caller)],
-    token: Annotated[str, Form(max_length=256)],
+    token: Annotated[str, Form()],
     token_type_hint: Annotated[str | None, Form()] = None,
 ) -> JSONResponse:
-    """RFC 7662: is this credential handle active now, and what does it carry?"""
-    require(who, "operator", "auditor", "enforcement", "holder")
-    if not HEX_ID.fullmatch(token):
-        return _inactive()
-    rec = svc.credential(token)
-    if rec is None or (who.role == "holder" and who.credential != token):
-        return _inactive()
-    if not svc.valid_now(rec):
-        return _inactive()
+    """RFC 7662: could this credential be used now, and what does it carry?
+
+    Active means what a decision checks before it looks at the request (``standing`` in
+    ``ledger/decide.py``): every credential up the chain in its window and unrevoked, and
+    use and rate budget left. An unknown token, of any length, or one the caller may not
+    introspect is exactly ``{"active": false}`` (§2.2); a known one that is not active says
+    which rule in ``lineage.status`` (docs/API.md).
+    """
+    require(who, "operator", "auditor", "enforcement", "holder", "principal")
+    rec = svc.credential(token) if HEX_ID.fullmatch(token) else None
+    if rec is None or not _may_introspect(who, rec):
+        return _answer({"active": False})
+    now = svc.standing(rec)
+    if not now.active:
+        status = {"status": now.status, "reason": now.reason, "credential": now.credential}
+        return _answer({"active": False, "lineage": status})
     limits = rec.credential.limits
     chain = rec.chain()
     body: dict[str, Any] = {
         "active": True,
-        "iss": svc.log.origin,
+        "iss": issuer(request),
         "sub": rec.principal,
         "token_type": "DPoP",
         "exp": limits.expires_at,
@@ -166,6 +217,8 @@ def introspect(
         "act": _act(chain),
         "authorization_details": rec.entry.obj["scope"],
         "lineage": {
+            "status": now.status,
+            "log": svc.log.origin,
             "task": limits.task.id,
             "depth": len(chain),
             "index": rec.index,
@@ -174,7 +227,7 @@ def introspect(
     }
     if limits.not_before is not None:
         body["nbf"] = limits.not_before
-    return JSONResponse(body, headers={"Cache-Control": "no-store"})
+    return _answer(body)
 
 
 @router.post("/oauth/revoke")
@@ -182,7 +235,7 @@ def revoke(
     request: Request,
     svc: Annotated[Service, Depends(service)],
     who: Annotated[Caller, Depends(caller)],
-    token: Annotated[str, Form(max_length=256)],
+    token: Annotated[str, Form()],
     token_type_hint: Annotated[str | None, Form()] = None,
     revocation: Annotated[str | None, Form(max_length=8192)] = None,
 ) -> JSONResponse:
@@ -195,7 +248,7 @@ def revoke(
     """
     require(who, "operator", "enforcement", "holder")
     if not HEX_ID.fullmatch(token) or svc.credential(token) is None:
-        return JSONResponse({}, headers={"Cache-Control": "no-store"})  # RFC 7009 §2.2
+        return _answer({})  # RFC 7009 §2.2: an invalid token, of any length, is a 200
     if who.role == "holder":
         if revocation is None:
             raise ApiError(400, "invalid_request", "a holder sends its signed revocation entry")

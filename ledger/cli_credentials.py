@@ -1,17 +1,21 @@
 """``lineage`` commands for principals and credentials, export and the demo.
 
     lineage keygen FILE                                   an agent or principal key file
-    lineage principal add NAME [--public-key K | --key-file F] [--role R ...]
+    lineage principal add NAME --public-key K [--role R ...]   K from the principal's keygen
+    lineage principal add NAME --generate-key [--key-file F]   demos and tests only
     lineage grant --principal NAME --holder K --task ID --scope JSON [--ttl S] ...
     lineage delegate --parent ID --key F --holder K --task ID --scope JSON ...
     lineage revoke [ID | --holder K] (--key F | --operator) [--reason R]
     lineage policy set (JSON | @file) / lineage policy show
     lineage export [--format bundle|jsonl|csv|dot] [--principal P] [--since T] [--until T]
+                   [--credential ID] [--since-checkpoint OLD]
     lineage demo [--db PATH]
 
-Scopes are JSON (inline, or ``@file``). Times are Unix seconds or ISO 8601.
-Signing happens here, with the signing party's own key file; the ledger only
-checks and appends.
+Scopes are JSON (inline, or ``@file``). Times are Unix seconds or ISO 8601 with
+an explicit offset (``2026-11-01T09:00:00Z``, ``...+02:00``): a time without one
+is refused, naming the option, since it would mean another moment on a machine
+in another time zone. Signing happens here, with the signing party's own key
+file; the ledger only checks and appends.
 """
 
 from __future__ import annotations
@@ -32,10 +36,17 @@ from lineage.verifier.keys import PublicKey, SigningKey, key_file_text
 from .cli_common import DbOption, KeysOption, app, fail, open_for_reading
 from .config import load_settings
 from .demo import run_demo
-from .errors import ConfigError
-from .export import credential_bundle, principal_bundle, rows_csv, rows_dot, rows_jsonl
+from .errors import ConfigError, RejectedEntry
+from .export import (
+    credential_bundle,
+    older_checkpoint_size,
+    principal_bundle,
+    rows_csv,
+    rows_dot,
+    rows_jsonl,
+)
 from .issuance import bind_principal
-from .keys import keys_dir, read_seed_file, write_secret
+from .keys import check_principal_name, keys_dir, principal_key_file, read_seed_file, write_secret
 from .ledger import DEFAULT_DB, open_ledger
 from .query import Filter
 
@@ -47,15 +58,34 @@ policy_app = typer.Typer(no_args_is_help=True, help="The organisation's logged p
 app.add_typer(policy_app, name="policy")
 
 
-def _time(value: str | None) -> int | None:
+def _time(value: str | None, option: str) -> int | None:
+    """Unix seconds, or an ISO 8601 time with an explicit offset (``Z`` or ``+HH:MM``).
+
+    A time without an offset is refused rather than read in this machine's time zone,
+    which would move the moment by up to 14 hours from one machine to another.
+    """
     if value is None:
         return None
-    if value.isdigit():
-        return int(value)
     try:
-        return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp())
-    except ValueError:
-        raise fail(f"{value!r} is neither Unix seconds nor an ISO 8601 time", 2) from None
+        if value.isascii() and value.isdigit():
+            return int(value)
+        moment = datetime.fromisoformat(value)
+        naive = moment.utcoffset() is None
+        seconds = int(moment.timestamp()) if not naive else 0
+    except (ValueError, OverflowError):
+        raise fail(
+            f"{option}: {value!r} is neither Unix seconds nor an ISO 8601 time with an "
+            "offset (e.g. 2026-11-01T09:00:00Z)",
+            2,
+        ) from None
+    if naive:
+        example = value + ("Z" if "T" in value or " " in value else "T00:00:00Z")
+        raise fail(
+            f"{option}: {value!r} has no UTC offset; give one (e.g. {example} for UTC) "
+            "so that it names the same moment on every machine",
+            2,
+        )
+    return seconds
 
 
 def _json(value: str) -> Any:
@@ -73,10 +103,6 @@ def _holder(holder: str | None, holder_key: Path | None) -> PublicKey:
         return PublicKey.from_b64(holder) if holder else read_seed_file(holder_key).public
     except (FormatError, ConfigError) as exc:
         raise fail(f"holder: {exc}", 2) from None
-
-
-def _principal_key_file(keys: Path | None, name: str) -> Path:
-    return keys_dir(keys) / "principals" / f"{name}.key"
 
 
 @policy_app.command("set")
@@ -135,32 +161,80 @@ def keygen(path: Path) -> None:
 
 @principal_app.command("add")
 def principal_add(
-    name: str,
-    db: DbOption = Path(DEFAULT_DB),
-    keys: KeysOption = None,
+    name: Annotated[str, typer.Argument(help="the principal's name, e.g. alice@corp")],
     public_key: Annotated[
-        str | None, typer.Option(help="a key the principal already holds")
+        str | None,
+        typer.Option(
+            help="the public key the principal printed with `lineage keygen FILE` on their "
+            "own machine: only they can then sign as NAME"
+        ),
     ] = None,
+    generate_key: Annotated[
+        bool,
+        typer.Option(
+            "--generate-key",
+            help="for demos and tests: create the principal's key here; the operator then "
+            "holds the principal's key and can sign as them",
+        ),
+    ] = False,
     key_file: Annotated[
-        Path | None, typer.Option(help="where to create the principal's key")
+        Path | None,
+        typer.Option(help="with --generate-key: where (default KEYS/principals/NAME.key)"),
     ] = None,
     role: Annotated[list[str] | None, typer.Option(help="organisational role (repeatable)")] = None,
+    db: DbOption = Path(DEFAULT_DB),
+    keys: KeysOption = None,
 ) -> None:
-    """Bind NAME to a key in a public `key` entry signed by the operator."""
+    """Bind NAME to a public key in a public `key` entry signed by the operator.
+
+    The principal makes their key on their own machine (`lineage keygen alice.key`
+    prints its public half) and you bind only that: `lineage principal add alice@corp
+    --public-key KEY`. --generate-key is for demos and tests: the key is created here,
+    so whoever holds the key directory can sign grants as the principal.
+    """
+    try:
+        check_principal_name(name)
+    except ConfigError as exc:
+        raise fail(str(exc), 2) from None
+    if (public_key is None) == (not generate_key):
+        raise fail(
+            "give --public-key KEY (the principal runs `lineage keygen FILE` on their own "
+            "machine and sends you the public key it prints), or --generate-key for demos "
+            "and tests",
+            2,
+        )
+    if key_file is not None and not generate_key:
+        raise fail("--key-file goes with --generate-key", 2)
+    try:
+        key = PublicKey.from_b64(public_key) if public_key is not None else None
+    except FormatError as exc:
+        raise fail(f"--public-key: {exc}", 2) from None
+    created: Path | None = None
     try:
         log = open_ledger(db, keys)
-        if public_key is not None:
-            key = PublicKey.from_b64(public_key)
-            where = "(key held by the principal)"
-        else:
-            path = key_file or _principal_key_file(keys, name)
-            signing = SigningKey.generate()
-            write_secret(path, key_file_text(signing))
-            key, where = signing.public, f"key file {path} (owner-only)"
-        result = log.append(bind_principal(log.origin, log.keys.operator, name, key, role or ()))
-        log.close()
+        try:
+            signing = SigningKey.generate() if key is None else None
+            if signing is not None:
+                key = signing.public
+            entry = bind_principal(log.origin, log.keys.operator, name, key, role or ())
+            if signing is not None:
+                path = key_file or principal_key_file(keys_dir(keys), name)
+                write_secret(path, key_file_text(signing))
+                created = path
+            try:
+                result = log.append(entry)
+            except (RejectedEntry, FormatError):  # refused: nothing is bound to that key
+                if created is not None:
+                    created.unlink(missing_ok=True)
+                raise
+        finally:
+            log.close()
     except LineageError as exc:
         raise fail(str(exc)) from None
+    if created is None:
+        where = "key held by the principal"
+    else:
+        where = f"key file {created} (owner-only; demos and tests: you hold this key)"
     typer.echo(f"bound {name} to {key.b64} at index {result.index}; {where}")
 
 
@@ -187,7 +261,7 @@ def _credential(
         rate_obj = {"count": int(count), "window": int(window)}
     else:
         rate_obj = None
-    expiry = _time(expires_at) if expires_at else now + (ttl or ttl_default)
+    expiry = _time(expires_at, "--expires-at") if expires_at else now + (ttl or ttl_default)
     return {
         "task": {"id": task, "description": description},
         "scope": _json(scope),
@@ -197,7 +271,7 @@ def _credential(
         "max_children": max_children,
         "rate": rate_obj,
         "agent": agent,
-        "not_before": _time(not_before),
+        "not_before": _time(not_before, "--not-before"),
     }
 
 
@@ -228,6 +302,10 @@ def grant(
 ) -> None:
     """Sign a grant with the principal's key and append it; prints the credential handle."""
     holder_key_ = _holder(holder, holder_key)
+    try:
+        signer = principal_key or principal_key_file(keys_dir(keys), principal)
+    except ConfigError as exc:
+        raise fail(f"--principal: {exc}", 2) from None
     limits = dict(
         task=task,
         description=description,
@@ -243,7 +321,7 @@ def grant(
     )
     _issue(
         lambda origin, fields: grant_body(origin, principal, holder_key_, **fields),
-        principal_key or _principal_key_file(keys, principal),
+        signer,
         db,
         keys,
         limits,
@@ -357,22 +435,45 @@ def export(
     format: Annotated[str, typer.Option(help="bundle, jsonl, csv or dot")] = "bundle",
     principal: str | None = None,
     credential: Annotated[str | None, typer.Option(help="one credential's evidence")] = None,
-    since: Annotated[str | None, typer.Option(help="from this time (Unix or ISO 8601)")] = None,
-    until: Annotated[str | None, typer.Option(help="before this time")] = None,
+    since: Annotated[
+        str | None, typer.Option(help="entries from this time (Unix, or ISO 8601 with offset)")
+    ] = None,
+    until: Annotated[str | None, typer.Option(help="entries before this time")] = None,
+    since_checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            "--since-checkpoint",
+            help="an older checkpoint of this log (a saved `lineage log checkpoint`): the "
+            "bundle proves the log only grew since, for `lineage-verify --since FILE`",
+        ),
+    ] = None,
     db: DbOption = Path(DEFAULT_DB),
     keys: KeysOption = None,
 ) -> None:
-    """Export evidence to standard output (everything, when unfiltered)."""
+    """Export evidence to standard output (everything, when unfiltered).
+
+    A bundle with --since/--until holds every entry of the window about the principal
+    and what proves them (their chains up to the grant, even when it is older).
+    """
     if format not in ("bundle", "jsonl", "csv", "dot"):
         raise fail(f"unknown format {format!r}", 2)
+    if since_checkpoint is not None and format != "bundle":
+        raise fail("--since-checkpoint goes with --format bundle", 2)
+    start, end = _time(since, "--since"), _time(until, "--until")
+    older = None
+    if since_checkpoint is not None:
+        try:
+            older = since_checkpoint.read_bytes()
+        except OSError as exc:
+            raise fail(f"--since-checkpoint: {exc.strerror}: {since_checkpoint}", 2) from None
     try:
         log = open_for_reading(db, keys)
-        start, end = _time(since), _time(until)
         if format == "bundle":
+            from_size = None if older is None else older_checkpoint_size(log, older)
             doc = (
-                credential_bundle(log, credential)
+                credential_bundle(log, credential, since=from_size)
                 if credential
-                else principal_bundle(log, principal, start, end)
+                else principal_bundle(log, principal, start, end, since=from_size)
             )
             sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True) + "\n")
             return

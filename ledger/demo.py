@@ -24,7 +24,7 @@ from .decide import decide
 from .errors import RejectedEntry, StorageError
 from .export import credential_bundle
 from .issuance import bind_principal
-from .keys import keys_dir, write_secret
+from .keys import keys_dir, principal_key_file, write_secret
 from .ledger import init_ledger, open_ledger
 from .store import SQLiteStore
 
@@ -50,12 +50,13 @@ def run_demo(
     say(f"1. A ledger: {db}, log {log.origin}")
     say(f"   its verifier key, all an auditor needs: {log.log_key.vkey}")
 
-    alice = SigningKey.generate()
-    write_secret(keys_dir(keys) / "principals" / "alice@corp.key", key_file_text(alice))
+    alice = SigningKey.generate()  # a demo: in real use alice makes it (`lineage keygen`)
+    write_secret(principal_key_file(keys_dir(keys), "alice@corp"), key_file_text(alice))
     log.append(
         bind_principal(log.origin, log.keys.operator, "alice@corp", alice.public, ["finance"])
     )
     say("2. The operator binds alice@corp to her key (a public `key` entry, like a CT cert).")
+    say("   (a demo: her key is made here; in real use she makes it, `lineage keygen`.)")
 
     triage, reader, drafter = (SigningKey.generate() for _ in range(3))
     single_use = min(60, settings.single_use_ttl_max)

@@ -2,7 +2,9 @@
 
 A bundle proves its entries against one checkpoint: the latest published one
 covering them (a fresh one is signed when the log has grown past it and the
-ledger holds its key). ``since`` adds a consistency proof from an older size.
+ledger holds its key). ``since`` (an older tree size; ``older_checkpoint_size``
+checks a saved checkpoint and gives its size) adds the consistency proof that
+``lineage-verify --since OLD`` needs to show the log only grew since OLD.
 """
 
 from __future__ import annotations
@@ -15,13 +17,23 @@ from typing import Any
 
 from lineage.verifier.bundle import encode_hashes
 from lineage.verifier.checkpoint import open_checkpoint
+from lineage.verifier.errors import FormatError, ProofError, SignatureError
+from lineage.verifier.kinds import Revocation
 
 from .errors import NotFound
 from .log import Log
 from .query import Filter, entries, related
 from .refs import credential_of
 
-__all__ = ["bundle", "credential_bundle", "principal_bundle", "rows_csv", "rows_dot", "rows_jsonl"]
+__all__ = [
+    "bundle",
+    "credential_bundle",
+    "older_checkpoint_size",
+    "principal_bundle",
+    "rows_csv",
+    "rows_dot",
+    "rows_jsonl",
+]
 
 
 def _checkpoint(log: Log) -> tuple[bytes, int]:
@@ -37,12 +49,36 @@ def _size(log: Log, note: bytes) -> int:
     return open_checkpoint(note, log.log_key, log.origin).checkpoint.size
 
 
+def older_checkpoint_size(log: Log, note: bytes) -> int:
+    """The tree size of ``note``, an older checkpoint of this log (a saved
+    ``lineage log checkpoint``, or the ``.checkpoint`` file), once it is shown to be one:
+    signed by this log's key for this origin, no larger than the log, and with the root
+    this log has at that size. Anything else is refused, naming what is wrong."""
+    try:
+        cp = open_checkpoint(note, log.log_key, log.origin).checkpoint
+    except SignatureError as exc:
+        raise SignatureError(f"the older checkpoint is not this log's: {exc}") from None
+    except FormatError as exc:
+        raise FormatError(f"the older checkpoint is not a checkpoint: {exc}") from None
+    if cp.size > log.size:
+        raise NotFound(f"the older checkpoint has {cp.size} leaves; this log has {log.size}")
+    if cp.size > 0 and log.root(cp.size) != cp.root_hash:
+        raise ProofError(
+            f"the older checkpoint's root at size {cp.size} is not this log's root at that "
+            "size: it was signed for a fork of this log"
+        )
+    return cp.size
+
+
 def bundle(log: Log, indexes: Sequence[int], since: int | None = None) -> dict[str, Any]:
-    """A bundle of the leaves at ``indexes`` (0 is always included) against a checkpoint."""
+    """A bundle of the leaves at ``indexes`` (0 is always included) against a checkpoint,
+    with a consistency proof from the older tree size ``since`` when it is smaller."""
     note, size = _checkpoint(log)
     wanted = sorted({0, *indexes})
     if wanted[-1] >= size:
         raise NotFound(f"leaf {wanted[-1]} is not yet covered by a checkpoint")
+    if since is not None and since > size:
+        raise NotFound(f"no published checkpoint covers {since} leaves yet")
     out: dict[str, Any] = {
         "origin": log.origin,
         "log_key": log.log_key.vkey,
@@ -81,20 +117,51 @@ def principal_bundle(
     end: int | None = None,
     since: int | None = None,
 ) -> dict[str, Any]:
-    """Every grant ``principal`` made in [start, end) (integrated time), and what came of it.
+    """Every entry about ``principal`` integrated in [start, end), and what proves them.
 
-    With no principal: every credential in the window.
+    The window's entries are those ``Filter(principal, since=start, until=end)`` selects
+    (its grants, and every delegation, access and revocation in chains it authorised,
+    whenever the grant was made), plus the revocations of a holder key in the window that
+    hold one of those credentials. What proves them: the genesis, every key and policy
+    entry, and the whole chain, up to the grant, of every credential they are about, even
+    when the grant is older than ``start``. With no principal: every entry in the window.
     """
     state = log.state()
-    grants = [
-        rec.id
-        for rec in list(state.credentials.values())  # a copy: the writer may be adding
-        if rec.parent is None
-        and (principal is None or rec.principal == principal)
-        and (start is None or rec.time >= start)
-        and (end is None or rec.time < end)
-    ]
-    return bundle(log, related(log, grants), since)
+    creds = dict(state.credentials)  # a copy: the writer may be adding
+    known = state.size  # leaves the state has replayed; later ones are not looked at
+    window = Filter(principal=principal, since=start, until=end)
+    wanted: set[int] = {0, *state.anchors}
+    about: set[str] = set()  # credentials whose chains the bundle must hold
+    holder_revocations: list[tuple[int, str]] = []
+
+    def take(index: int, leaf: Any) -> None:
+        wanted.add(index)
+        body = leaf.entry.body
+        if isinstance(body, Revocation) and body.holder is not None:
+            holder_revocations.append((index, body.holder.kid))
+
+    for index, leaf in entries(log, window, 0, known):
+        take(index, leaf)
+        rec = credential_of(state, leaf)
+        if rec is not None:
+            about.add(rec.id)
+    if principal is not None:  # a holder revocation is about a key, not a principal
+        theirs = {rec.holder.kid for rec in creds.values() if rec.principal == principal}
+        revocations = Filter(kind="revocation", since=start, until=end)
+        for index, leaf in entries(log, revocations, 0, known):
+            body = leaf.entry.body
+            if isinstance(body, Revocation) and body.holder and body.holder.kid in theirs:
+                take(index, leaf)
+    for index, kid in holder_revocations:
+        # a holder revoking its own key must be shown to hold an earlier credential
+        held = [r for r in creds.values() if r.holder.kid == kid and r.index < index]
+        if principal is not None:
+            held = [r for r in held if r.principal == principal] or held
+        if held:
+            about.add(min(held, key=lambda r: r.index).id)
+    for cid in about:
+        wanted.update(rec.index for rec in creds[cid].chain())
+    return bundle(log, sorted(wanted), since)
 
 
 def _row(index: int, leaf: Any) -> dict[str, Any]:

@@ -20,11 +20,20 @@ from pathlib import Path
 
 from lineage.verifier.errors import FormatError, KeyFormatError
 from lineage.verifier.keys import SigningKey, key_file_text, parse_key_file, read_owner_only
+from lineage.verifier.kinds import PRINCIPAL_NAME
 from lineage.verifier.note import Signer, format_skey, parse_skey
 
 from .errors import ConfigError
 
-__all__ = ["DEFAULT_KEYS_DIR", "KeyRing", "keys_dir", "read_seed_file", "write_secret"]
+__all__ = [
+    "DEFAULT_KEYS_DIR",
+    "KeyRing",
+    "check_principal_name",
+    "keys_dir",
+    "principal_key_file",
+    "read_seed_file",
+    "write_secret",
+]
 
 DEFAULT_KEYS_DIR = "lineage-keys"
 
@@ -33,13 +42,33 @@ def keys_dir(explicit: str | Path | None = None) -> Path:
     return Path(explicit or os.environ.get("LINEAGE_KEYS") or DEFAULT_KEYS_DIR)
 
 
+def check_principal_name(name: str) -> str:
+    """``name`` if it is a principal name the format accepts (FORMAT.md: lower-case
+    letters, digits and ``._+-``, an optional ``@domain``; no ``/``, no leading ``.``),
+    else ConfigError. Such a name is also a safe file name."""
+    if not isinstance(name, str) or not PRINCIPAL_NAME.fullmatch(name):
+        raise ConfigError(
+            f"{name!r} is not a principal name: lower-case letters, digits and ._+- "
+            "(starting with a letter or digit, at most 64), then optionally @domain"
+        )
+    return name
+
+
+def principal_key_file(directory: Path, name: str) -> Path:
+    """Where ``lineage principal add --generate-key`` keeps a principal's key, inside
+    ``directory/principals/``; the name is checked first, so it cannot point elsewhere."""
+    return directory / "principals" / f"{check_principal_name(name)}.key"
+
+
 def write_secret(path: Path, text: str) -> None:
     """Create ``path`` owner-only (0600) and write ``text``; never overwrite a key."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     except FileExistsError:
         raise ConfigError(f"{path} already exists; refusing to overwrite a key") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot create {path}: {exc.strerror}") from None
     with os.fdopen(fd, "w") as f:
         f.write(text)
         f.flush()

@@ -11,7 +11,6 @@ log's verifier key; opening it with any other log key is refused.
 
 from __future__ import annotations
 
-import os
 import secrets
 import time
 from collections.abc import Callable
@@ -59,8 +58,7 @@ def init_ledger(
             raise ConfigError(f"{directory} holds keys for {ring.log.name!r}, not {origin!r}")
     else:
         ring = KeyRing.create(directory, origin or default_origin())
-    store = SQLiteStore(db, create=True)
-    os.chmod(db, 0o600)
+    store = SQLiteStore(db, create=True)  # owner-only, with its -wal and -shm (store.py)
     vkey = ring.log.verifier
     store.set_meta("origin", vkey.name)
     store.set_meta("log_key", vkey.vkey)

@@ -8,11 +8,20 @@ Append-only is enforced by the database itself: triggers abort any UPDATE or
 DELETE on leaves, nodes, checkpoints and meta, and any leaf inserted out of
 index order. Schema changes are numbered migrations recorded in
 ``PRAGMA user_version``.
+
+The database holds every entry body, including those the API shows only to
+some callers, so it is owner-only (0600), and so are its ``-wal``, ``-shm``
+and ``-journal`` files: the store creates the database file 0600 whatever the
+umask (SQLite gives the files beside it the database file's own mode), and on
+every open tightens any of these files that group or others may read.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import sqlite3
+import stat
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -25,7 +34,48 @@ from lineage.verifier.merkle import Coord
 from .errors import NotFound, StorageError
 from .refs import Ref
 
-__all__ = ["SCHEMA_VERSION", "SQLiteStore", "Store", "StoredLeaf"]
+__all__ = ["FILE_MODE", "SCHEMA_VERSION", "SQLiteStore", "Store", "StoredLeaf", "db_files"]
+
+logger = logging.getLogger("lineage")
+
+FILE_MODE = 0o600  # the database and every file SQLite keeps beside it
+SIDE_FILES = ("-wal", "-shm", "-journal")
+
+
+def db_files(path: Path) -> list[Path]:
+    """The database file and the files SQLite keeps beside it (which may not exist)."""
+    return [path, *(path.with_name(path.name + suffix) for suffix in SIDE_FILES)]
+
+
+def _create_owner_only(path: Path) -> None:
+    """Create an empty database file 0600, whatever the umask (an empty file is a new
+    SQLite database); SQLite then creates its -wal, -shm and -journal files with the
+    database file's mode."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)
+    except FileExistsError:
+        return  # another process created it first; tightened below like any existing file
+    except OSError as exc:
+        raise StorageError(f"cannot create {path}: {exc.strerror}") from None
+    try:
+        os.fchmod(fd, FILE_MODE)
+    finally:
+        os.close(fd)
+
+
+def _tighten(path: Path) -> None:
+    """Take every permission for group and others off the database and its side files."""
+    for file in db_files(path):
+        try:
+            mode = stat.S_IMODE(os.stat(file).st_mode)
+        except OSError:
+            continue  # absent (the usual case for -journal, and for -wal once closed)
+        if mode & 0o077:
+            try:
+                os.chmod(file, mode & 0o700)
+            except OSError as exc:
+                msg = "%s (mode %o) is readable by others and cannot be made owner-only: %s"
+                logger.warning(msg, file, mode, exc.strerror)
 
 
 @dataclass(frozen=True)
@@ -152,8 +202,11 @@ class SQLiteStore:
 
     def __init__(self, path: str | Path, *, create: bool = False):
         self.path = Path(path)
-        if not create and not self.path.exists():
-            raise StorageError(f"no ledger at {self.path} (run `lineage init`)")
+        if not self.path.exists():
+            if not create:
+                raise StorageError(f"no ledger at {self.path} (run `lineage init`)")
+            _create_owner_only(self.path)
+        _tighten(self.path)
         self._local = threading.local()
         self._write_lock = threading.Lock()
         self._conns: list[sqlite3.Connection] = []

@@ -185,7 +185,7 @@ def test_client_alone_runs_the_readme_example(tmp_path, wheels, full, empty):
     db, keys, port = work / "lineage.db", work / "lineage-keys", free_port()
     env = {**os.environ, "LINEAGE_KEYS": str(keys)}
     run(full / "lineage", "init", "--db", db, "--origin", "example.com/agents", cwd=work, env=env)
-    run(full / "lineage", "principal", "add", "alice@corp", "--db", db, cwd=work, env=env)
+    run(full / "lineage", "principal", "add", "alice@corp", "--generate-key", cwd=work, env=env)
     server = subprocess.Popen(
         [full / "lineage", "serve", "--db", db, "--port", str(port)],
         cwd=work,

@@ -8,17 +8,23 @@ random sizes of a 100,000-leaf store, where one proof must read O(log n) nodes i
 from __future__ import annotations
 
 import math
+import os
 import random
 import sqlite3
-from collections.abc import Sequence
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 
 import pytest
 
 from lineage.ledger.errors import NotFound, StorageError
+from lineage.ledger.ledger import init_ledger, open_ledger
 from lineage.ledger.log import Log
-from lineage.ledger.store import SCHEMA_VERSION, SQLiteStore, StoredLeaf
+from lineage.ledger.store import SCHEMA_VERSION, SQLiteStore, StoredLeaf, db_files
 from lineage.verifier.merkle import (
     Coord,
     consistency_proof,
@@ -390,3 +396,102 @@ def test_a_missing_node_is_a_storage_error_not_a_wrong_proof(tmp_path: Path):
     with pytest.raises(StorageError, match=r"tree node \(1, 0\) is missing"):
         inclusion_proof(3, 8, store)
     store.close()
+
+
+# -- file modes: the database and its -wal and -shm are owner-only -------------------------------
+
+
+@contextmanager
+def umask(mask: int) -> Iterator[None]:
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def _modes(db: Path) -> dict[str, int]:
+    """The mode of each of the database's files that exists now."""
+    return {p.name: stat.S_IMODE(p.stat().st_mode) for p in db_files(db) if p.exists()}
+
+
+def _owner_only(db: Path, expect: Sequence[str] = ("", "-wal", "-shm")) -> None:
+    modes = _modes(db)
+    assert {db.name + suffix for suffix in expect} <= set(modes), modes
+    assert all(mode == 0o600 for mode in modes.values()), {k: oct(v) for k, v in modes.items()}
+
+
+def test_the_database_and_its_wal_and_shm_are_owner_only_under_a_permissive_umask(tmp_path: Path):
+    db, keys = tmp_path / "lineage.db", tmp_path / "keys"
+    with umask(0):
+        log = init_ledger(db, keys, origin="modes.example/log")
+        log.append(policy(log, 1))
+        _owner_only(db)  # open: the WAL and shared memory hold entry bodies
+        close(log)
+        assert not (tmp_path / "lineage.db-wal").exists()  # checkpointed into the file
+        # restart: new -wal and -shm files, made by SQLite with the database's mode
+        log = open_ledger(db, keys)
+        log.append(policy(log, 2))
+        _owner_only(db)
+        close(log)
+
+
+def test_a_bare_store_is_created_owner_only(tmp_path: Path):
+    with umask(0):
+        s = SQLiteStore(tmp_path / "bare.db", create=True)
+        s.set_meta("origin", "x")
+        _owner_only(tmp_path / "bare.db")
+        s.close()
+
+
+def test_group_readable_database_files_are_made_owner_only_on_open(tmp_path: Path):
+    """A ledger from before this fix, or loosened by hand, is tightened when opened."""
+    db, keys = tmp_path / "lineage.db", tmp_path / "keys"
+    log = init_ledger(db, keys, origin="modes.example/log")
+    log.append(policy(log, 1))
+    for path in db_files(db):
+        if path.exists():
+            path.chmod(0o644)
+    assert set(_modes(db).values()) == {0o644}
+    other = open_ledger(db, keys)  # a second opener, while the first still holds the files
+    _owner_only(db)
+    close(other)
+    close(log)
+
+
+SECOND_PROCESS = """
+import os, stat, sys
+from pathlib import Path
+os.umask(0)
+from lineage.ledger.ledger import open_ledger
+from lineage.ledger.store import db_files
+from tests.conftest import policy
+db, keys = Path(sys.argv[1]), Path(sys.argv[2])
+log = open_ledger(db, keys)
+log.append(policy(log, int(sys.argv[3])))
+for p in db_files(db):
+    if p.exists():
+        print(p.name, oct(stat.S_IMODE(p.stat().st_mode)))
+log.close()
+"""
+
+
+def test_a_second_process_with_a_permissive_umask_keeps_the_files_owner_only(tmp_path: Path):
+    db, keys = tmp_path / "lineage.db", tmp_path / "keys"
+    close(init_ledger(db, keys, origin="modes.example/log"))
+    root = Path(__file__).resolve().parent.parent
+    for version, first_still_open in ((1, False), (2, True)):
+        log = open_ledger(db, keys) if first_still_open else None
+        done = subprocess.run(
+            [sys.executable, "-c", SECOND_PROCESS, str(db), str(keys), str(version)],
+            capture_output=True,
+            text=True,
+            cwd=root,
+        )
+        assert done.returncode == 0, done.stderr
+        seen = dict(line.split() for line in done.stdout.splitlines())
+        assert {"lineage.db", "lineage.db-wal", "lineage.db-shm"} <= set(seen), seen
+        assert set(seen.values()) == {"0o600"}, seen
+        if log is not None:
+            _owner_only(db)
+            close(log)

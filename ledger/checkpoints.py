@@ -9,7 +9,9 @@ witness outside the file that catches an older copy of the database put back.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 from pathlib import Path
 
 from lineage.verifier.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
@@ -58,11 +60,26 @@ def publish(store: Store, signer: Signer, sidecar: Path | None, now: int) -> byt
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data``, durably: a reader sees the old or the new, whole."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Replace ``path`` with ``data``, durably: a reader sees the old or the new, whole.
+
+    The temporary file has a name of its own (several processes may publish at once,
+    and a shared name let two writers tear it), and the directory is synced after the
+    rename so that the new name survives a crash too.
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o644)  # public data (mkstemp creates 0600)
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    dirfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dirfd)
+    finally:
+        os.close(dirfd)

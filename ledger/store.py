@@ -264,25 +264,35 @@ class SQLiteStore:
             self._local = threading.local()
 
     def _migrate(self) -> None:
+        """Bring the schema to ``SCHEMA_VERSION``, safely against other processes.
+
+        Each migration runs in one ``BEGIN IMMEDIATE`` transaction with the version bump.
+        Several processes may open a fresh file at once: the version read before a
+        migration can be stale, so a migration that fails is rolled back and the version
+        read again; if another process applied it meanwhile, this one goes on.
+        """
         conn = self.conn
         try:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
+            while version < SCHEMA_VERSION:
+                with self._write_lock:
+                    try:
+                        conn.executescript(
+                            f"BEGIN IMMEDIATE; {MIGRATIONS[version]}; "
+                            f"PRAGMA user_version = {version + 1}; COMMIT;"
+                        )
+                    except sqlite3.Error:
+                        if conn.in_transaction:
+                            conn.execute("ROLLBACK")
+                        now = conn.execute("PRAGMA user_version").fetchone()[0]
+                        if now <= version:
+                            raise
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise StorageError(
                     f"{self.path} has schema version {version}; this Lineage knows "
                     f"{SCHEMA_VERSION}: upgrade Lineage"
                 )
-            for number in range(version, SCHEMA_VERSION):
-                with self._write_lock:
-                    try:
-                        conn.executescript(
-                            f"BEGIN IMMEDIATE; {MIGRATIONS[number]}; "
-                            f"PRAGMA user_version = {number + 1}; COMMIT;"
-                        )
-                    except sqlite3.Error:
-                        if conn.in_transaction:
-                            conn.execute("ROLLBACK")
-                        raise
         except sqlite3.DatabaseError as exc:
             raise StorageError(f"{self.path} is not a usable Lineage ledger: {exc}") from None
 

@@ -7,8 +7,10 @@ are published every ``checkpoint_interval`` seconds while it runs.
 
 from __future__ import annotations
 
+import secrets
 import time
 from contextlib import asynccontextmanager
+from importlib.metadata import version
 
 from fastapi import FastAPI, Request
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -17,6 +19,7 @@ from lineage.ledger.config import Settings
 from lineage.ledger.log import Log
 from lineage.ledger.tokens import TokenStore
 
+from .dpop import NonceSource
 from .errors import install_handlers, render
 from .openapi import install_openapi
 from .routers import access, credentials, entries, oauth, ops
@@ -80,8 +83,15 @@ class BodyLimit:
 
 def create_app(log: Log, settings: Settings | None = None, *, checkpoints: bool = True) -> FastAPI:
     settings = settings or Settings()
+    # One nonce secret for every process serving this database, so that a nonce one
+    # worker issued is accepted by the next (it only proves freshness: not a key).
+    secret = bytes.fromhex(log.store.meta_once("dpop_nonce_secret", secrets.token_hex(32)))
     svc = Service(
-        log, settings, TokenStore(log.store), require_dpop_nonce=settings.dpop_nonce_required
+        log,
+        settings,
+        TokenStore(log.store),
+        nonces=NonceSource(secret),
+        require_dpop_nonce=settings.dpop_nonce_required,
     )
 
     @asynccontextmanager
@@ -93,7 +103,7 @@ def create_app(log: Log, settings: Settings | None = None, *, checkpoints: bool 
 
     app = FastAPI(
         title="Lineage",
-        version="0.1.0",
+        version=version("lineage-ledger"),
         lifespan=lifespan,
         description="A credential ledger for AI agents: short-lived, attenuating "
         "credentials recorded in an RFC 9162 transparency log.",

@@ -107,6 +107,8 @@ class Store(Protocol):
     def checkpoints(self) -> Iterator[tuple[int, bytes, bytes]]: ...
     def get_meta(self, key: str) -> str | None: ...
     def set_meta(self, key: str, value: str) -> None: ...
+    def meta_once(self, key: str, value: str) -> str: ...
+    def remember_jti(self, jti: str, expires: int, now: int) -> bool: ...
 
 
 def _append_only(table: str, key: str) -> str:
@@ -476,3 +478,32 @@ class SQLiteStore:
 
     def set_meta(self, key: str, value: str) -> None:
         self._write([("INSERT INTO meta (key, value) VALUES (?, ?)", (key, value))])
+
+    def meta_once(self, key: str, value: str) -> str:
+        """The value stored under ``key``, storing ``value`` first if there is none.
+
+        One transaction, so every process sharing the file gets the same answer.
+        """
+        with self.transaction():
+            rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
+            if rows:
+                return rows[0][0]
+            self._write([("INSERT INTO meta (key, value) VALUES (?, ?)", (key, value))])
+            return value
+
+    def remember_jti(self, jti: str, expires: int, now: int) -> bool:
+        """Record a DPoP proof's ``jti`` until ``expires``; False if it is already recorded.
+
+        Expired ones are dropped in the same transaction. A replay is told by the
+        insert changing no row, not by the wording of an error.
+        """
+        with self.transaction(), self._using() as conn:
+            try:
+                conn.execute("DELETE FROM dpop_jti WHERE expires < ?", (now,))
+                cur = conn.execute(
+                    "INSERT INTO dpop_jti (jti, expires) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                    (jti, expires),
+                )
+            except sqlite3.Error as exc:
+                raise StorageError(f"writing {self.path}: {exc}") from None
+            return cur.rowcount == 1

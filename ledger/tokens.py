@@ -19,7 +19,7 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from .errors import NotFound, StorageError
+from .errors import NotFound
 from .store import SQLiteStore
 
 __all__ = ["ROLES", "ApiToken", "TokenStore"]
@@ -92,15 +92,4 @@ class TokenStore:
 
     def remember_jti(self, jti: str, expires: int, now: int) -> bool:
         """Record a DPoP proof's jti; False if it was seen before (a replay)."""
-        try:
-            self.store._write(
-                [
-                    ("DELETE FROM dpop_jti WHERE expires < ?", (now,)),
-                    ("INSERT INTO dpop_jti (jti, expires) VALUES (?, ?)", (jti, expires)),
-                ]
-            )
-        except StorageError as exc:
-            if "UNIQUE" in str(exc) or "constraint" in str(exc).lower():
-                return False
-            raise
-        return True
+        return self.store.remember_jti(jti, expires, now)

@@ -69,6 +69,7 @@ def init_ledger(
         sidecar=sidecar_path(db),
         clock=clock,
         keys=ring,
+        key_dir=directory,
         admit=admission(settings or Settings()),
     )
     genesis = sign_entry(
@@ -105,7 +106,8 @@ def open_ledger(
     store = SQLiteStore(db)
     if log_key is not None:
         return Log(store, parse_vkey(log_key), sidecar=sidecar_path(db), clock=clock)
-    ring = KeyRing.load(keys_dir(keys))
+    directory = keys_dir(keys)
+    ring = KeyRing.load(directory)
     return Log(
         store,
         ring.log.verifier,
@@ -113,5 +115,6 @@ def open_ledger(
         sidecar=sidecar_path(db),
         clock=clock,
         keys=ring,
+        key_dir=directory,
         admit=admission(settings or Settings()),
     )

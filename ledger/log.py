@@ -38,6 +38,7 @@ from lineage.verifier.note import Signer, Verifier
 
 from .checkpoints import check_published, publish
 from .errors import NotFound, RejectedEntry, StorageError
+from .keys import KeyRing
 from .refs import Ref, ref_of
 from .store import Store, StoredLeaf
 
@@ -90,7 +91,8 @@ class Log:
         signer: Signer | None = None,
         sidecar: Path | None = None,
         clock: Callable[[], float] = _time.time,
-        keys: object | None = None,
+        keys: KeyRing | None = None,
+        key_dir: Path | None = None,
         admit: Admit | None = None,
     ):
         if signer is not None and signer.verifier != log_key:
@@ -99,7 +101,8 @@ class Log:
         self.log_key = log_key
         self.origin = log_key.name
         self.signer = signer
-        self.keys = keys  # the ledger's KeyRing, when opened with its keys
+        self._keys = keys  # the ledger's KeyRing, when opened with its keys
+        self._key_dir = key_dir  # where rotated keys appear (``keys`` reloads from it)
         self.admit = admit  # the operator's rules on top of the format's (ceilings, policy)
         self.counters: dict[str, int] = {}  # appends, decisions, invalid invocations
         self._counters_lock = threading.Lock()
@@ -114,6 +117,31 @@ class Log:
         self._ticker: threading.Thread | None = None
         self._closed = threading.Event()
         self._check_open()
+
+    @property
+    def keys(self) -> KeyRing | None:
+        """The keys this process signs with: operator and decision keys active in the log.
+
+        ``lineage key rotate`` (in this process or another) retires a key in the log and
+        moves the new key file into place; the next use here notices the retirement and
+        reloads the key directory, so no process goes on signing with a retired key.
+        """
+        ring = self._keys
+        if ring is None or self._key_dir is None:
+            return ring
+        state = self.state()
+        if _usable(state, ring):
+            return ring
+        try:
+            fresh = KeyRing.load(self._key_dir)
+        except LineageError:
+            return ring
+        if fresh.log.verifier != ring.log.verifier:
+            return ring  # never another log's keys
+        if _usable(state, fresh):
+            self._keys = fresh
+            logger.info("reloaded the operator and decision keys from %s", self._key_dir)
+        return self._keys
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -408,3 +436,17 @@ class Log:
         close = getattr(self.store, "close", None)
         if close is not None:
             close()
+
+
+def _usable(state: Replay, ring: KeyRing) -> bool:
+    """Both of ``ring``'s entry keys are active, in their role, for the next entry.
+
+    Before the genesis is replayed no key is active; the ring is taken as it is.
+    """
+    if state.size == 0:
+        return True
+    for role in ("operator", "decision"):
+        rec = state.keys.get(getattr(ring, role).kid)
+        if rec is None or role not in rec.roles or not rec.active(state.size):
+            return False
+    return True

@@ -154,7 +154,10 @@ def check_dpop(
 def caller(request: Request) -> Caller:
     """Authenticate the request (see the module docstring); anonymous if no credentials."""
     svc = service(request)
-    auth = request.headers.get("authorization")
+    given = request.headers.getlist("authorization")
+    if len(given) > 1:  # RFC 6749 §2.3: one way to authenticate per request; no silent pick
+        raise ApiError(400, "invalid_request", "send at most one Authorization header")
+    auth = given[0] if given else None
     if not auth:
         return Caller("anonymous", "anonymous")
     scheme, _, value = auth.partition(" ")

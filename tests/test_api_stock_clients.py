@@ -256,3 +256,13 @@ def test_an_out_of_range_export_parameter_is_a_400_not_a_dropped_stream(
         r = client.get(srv.url(f"/v1/export?{query}"))
         assert (r.status_code, r.json()["error"]) == (400, "invalid_request"), r.text
         assert client.get(srv.url("/v1/export?format=csv")).status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/v1/export?format=csv", "/v1/entries", "/oauth/introspect"])
+def test_two_authorization_headers_are_refused_not_the_first_taken(srv: Server, path: str):
+    """Found from outside: with two, the first won silently (auditor then bogus: 200)."""
+    headers = [("Authorization", f"Bearer {srv.auditor}"), ("Authorization", "Bearer lin_bogus")]
+    method = "POST" if path == "/oauth/introspect" else "GET"
+    data = {"token": "x" * 64} if method == "POST" else None
+    r = httpx.request(method, srv.url(path), headers=headers, data=data, timeout=10)
+    assert (r.status_code, r.json()["error"]) == (400, "invalid_request"), r.text

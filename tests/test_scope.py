@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from lineage.verifier.attenuation import check_covers, covers
 from lineage.verifier.errors import AttenuationError, EntryFormatError
+from lineage.verifier.fields import NOT_IN_TEXT
 from lineage.verifier.request import Request, parse_request, permits, request_to_json
 from lineage.verifier.resource import Resource, parse_resource
 from lineage.verifier.scope import (
@@ -67,6 +68,11 @@ def subset(items, min_size=1) -> st.SearchStrategy[tuple]:
 
 
 # --- generated credentials over a small vocabulary, so that they overlap ---
+
+
+def descriptions(size: int) -> st.SearchStrategy[str]:
+    """Task descriptions the format admits: any text but NOT_IN_TEXT (FORMAT.md §1)."""
+    return st.text(max_size=size).filter(lambda t: NOT_IN_TEXT.search(t) is None)
 
 
 @st.composite
@@ -120,7 +126,7 @@ def limits(draw: st.DrawFn, min_depth: int = 0) -> Limits:
         rate=rate,
         max_depth=draw(st.integers(min_depth, 8)),
         max_children=draw(st.none() | st.integers(0, 10)),
-        task=Task(draw(st.sampled_from(["t1", "t1/s1", "t2"])), draw(st.text(max_size=5))),
+        task=Task(draw(st.sampled_from(["t1", "t1/s1", "t2"])), draw(descriptions(5))),
     )
 
 
@@ -538,7 +544,7 @@ def json_limits(draw: st.DrawFn) -> dict:
     out = {
         "expires_at": draw(st.integers(1, 2**53 - 1)),
         "max_depth": draw(st.integers(0, 2**53 - 1)),
-        "task": {"id": draw(task_ids), "description": draw(st.text(max_size=20))},
+        "task": {"id": draw(task_ids), "description": draw(descriptions(20))},
     }
     if draw(st.booleans()):
         out["not_before"] = draw(st.integers(0, out["expires_at"] - 1))

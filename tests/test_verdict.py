@@ -137,11 +137,21 @@ HOSTILE = [
     "lri\u2066x\u2069",
     "bom\ufeff",
     "iaa\ufff9",
+    # found from outside after the first rule: invisible or look-alike, yet "printable"
+    "bot\U000e0041\U000e0042",  # tag characters
+    "bot\ufe0f",  # variation selector
+    "bot\u034f",  # combining grapheme joiner
+    "bot\u3164",  # Hangul filler
+    "bot\uffff",  # a noncharacter
+    "bot\ue000",  # private use
+    "café-agent",
+    "助手",
+    "agent\u00a0nbsp",
 ]
 
 
 @pytest.mark.parametrize("label", HOSTILE)
-def test_an_agent_label_with_a_control_or_invisible_character_is_refused(label):
+def test_an_agent_label_outside_printable_ascii_is_refused(label):
     with pytest.raises(EntryFormatError) as info:
         g.grant(agent=label)
     assert info.value.field == "agent"
@@ -150,10 +160,8 @@ def test_an_agent_label_with_a_control_or_invisible_character_is_refused(label):
     assert info.value.field == "agent"
 
 
-@pytest.mark.parametrize(
-    "label", ["triage", "Triage Bot 2", "café-agent", "助手", "agent\u00a0nbsp", "x" * 128]
-)
-def test_a_printable_agent_label_is_accepted(label):
+@pytest.mark.parametrize("label", ["triage", "Triage Bot 2", "a-b_c.d:e/f ~!", "x" * 128])
+def test_a_printable_ascii_agent_label_is_accepted(label):
     assert g.grant(agent=label).body.agent == label
 
 
@@ -478,3 +486,22 @@ def test_a_bad_genesis_key_list_is_format(tmp_path, capsys, keys):
     bundle = g.story().bundle()
     bundle["entries"][0]["leaf"]["entry"].update(keys=keys)
     assert _cli_check(tmp_path, bundle, capsys) == "format"
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["\x1b]0;TITLE\x07", "line\nbreak", "rlo\u202eevil", "tag\U000e0041", "nc\uffff", "c1\x85"],
+)
+def test_a_task_description_with_a_control_or_invisible_character_is_refused(text):
+    """Found from outside: the rule closed for ``agent`` was open in ``task.description``."""
+    with pytest.raises(EntryFormatError) as info:
+        g.grant(task={"id": "t", "description": text})
+    assert info.value.field == "task.description"
+
+
+def test_a_task_description_in_any_script_is_accepted():
+    text = "Trier la boîte de réception · 整理收件箱 · ✉️"
+    assert (
+        g.grant(task={"id": "t", "description": text}).body.credential.limits.task.description
+        == text
+    )

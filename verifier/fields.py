@@ -14,11 +14,35 @@ from typing import Any, TypeVar
 from .errors import EntryFormatError, FormatError
 from .jcs import MAX_SAFE_INTEGER
 
-__all__ = ["HEX_ID", "Fields", "expect_int", "expect_str", "join"]
+__all__ = ["HEX_ID", "NOT_IN_TEXT", "Fields", "check_text", "expect_int", "expect_str", "join"]
 
 T = TypeVar("T")
 
 HEX_ID = re.compile(r"[0-9a-f]{64}")
+# FORMAT.md §1: free text for people (a task's description) may hold any Unicode but code
+# points that move a terminal's cursor, start another line, or make text read other than
+# it is stored: C0 controls, DEL and C1 controls; soft hyphen; Arabic letter mark;
+# Mongolian vowel separator; zero-width space, joiners, LRM and RLM; line and paragraph
+# separators and bidi embeddings and overrides (U+2028-U+202E); word joiner, invisible
+# operators and bidi isolates (U+2060-U+206F); the byte order mark; interlinear
+# annotation (U+FFF9-U+FFFB); noncharacters U+FFFE and U+FFFF; the tag characters
+# (U+E0000-U+E007F), which hide text from people but not from a model reading it.
+NOT_IN_TEXT = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u00ad\u061c\u180e\u200b-\u200f\u2028-\u202e"
+    "\u2060-\u206f\ufeff\ufff9-\ufffb\ufffe\uffff\U000e0000-\U000e007f]"
+)
+
+
+def check_text(value: str, path: str) -> str:
+    """``value`` unless it holds a code point of ``NOT_IN_TEXT``."""
+    bad = NOT_IN_TEXT.search(value)
+    if bad is not None:
+        raise EntryFormatError(
+            f"may not hold U+{ord(bad.group()):04X} (a control, separator or invisible "
+            "formatting character)",
+            path,
+        )
+    return value
 
 
 def join(path: str, key: str | int) -> str:

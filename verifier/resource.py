@@ -21,10 +21,12 @@ import re
 from dataclasses import dataclass
 
 from lineage.verifier.errors import ResourceError
+from lineage.verifier.fields import NOT_IN_TEXT
 
 __all__ = [
     "MAX_LENGTH",
     "MAX_SEGMENTS",
+    "NOT_FETCHED",
     "RESERVED_NAMESPACES",
     "Resource",
     "matches",
@@ -55,6 +57,8 @@ RESERVED_NAMESPACES = frozenset(
     {"about", "blob", "data", "file", "filesystem", "ftp", "http", "https", "javascript"}
     | {"vbscript", "ws", "wss"}
 )
+# The reserved schemes a browser runs or shows rather than fetches: not in the URL form either.
+NOT_FETCHED = frozenset({"about", "blob", "data", "file", "filesystem", "javascript", "vbscript"})
 # Servers that drop ";" path parameters (Tomcat, Spring) read a segment only up to its first
 # ";", and some decode "%3B" to ";" first: what is left must still be a proper segment.
 _PARAMETERS = re.compile(r";|%3B")
@@ -143,9 +147,16 @@ def _check_segment(text: str, seg: str) -> None:
         octets.append(ord(c))
         i += 1
     try:
-        octets.decode("utf-8")
+        decoded = octets.decode("utf-8")
     except UnicodeDecodeError:
         raise _fail(text, f"percent-encoded octets of {seg!r} are not UTF-8") from None
+    bad = NOT_IN_TEXT.search(decoded)
+    if bad is not None:
+        raise _fail(
+            text,
+            f"segment {seg!r} encodes U+{ord(bad.group()):04X}, a control, separator or "
+            "invisible character (FORMAT.md §1)",
+        )
     head = _PARAMETERS.split(seg, maxsplit=1)[0]
     if head in ("", ".", ".."):
         shown = "an empty segment" if not head else f"dot-segment {head!r}"
@@ -187,6 +198,8 @@ class Resource:
                 raise _fail(text, "port must be explicit")
             _check_host(text, host)
             _check_port(text, port)
+            if scheme in NOT_FETCHED:
+                raise _fail(text, f"scheme {scheme!r} names nothing fetched over a network")
         elif scheme in RESERVED_NAMESPACES:
             raise _fail(text, f"namespace {scheme!r} is a reserved URL scheme (write {scheme}://)")
         elif not self.segments and not self.wildcard:

@@ -21,6 +21,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 from lineage.verifier.errors import EntryFormatError, ResourceError
+from lineage.verifier.fields import check_text
 from lineage.verifier.resource import Resource, parse_resource
 
 __all__ = [
@@ -239,7 +240,7 @@ class Task:
         _str(self.id, "id", 1, MAX_TASK_ID)
         if not all(_TASK_SEGMENT.fullmatch(s) and s not in (".", "..") for s in self.id.split("/")):
             raise EntryFormatError(f"{self.id!r} is not a '/'-separated segment path", "id")
-        _str(self.description, "description", 0, MAX_DESCRIPTION)
+        check_text(_str(self.description, "description", 0, MAX_DESCRIPTION), "description")
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -61,6 +62,7 @@ __all__ = [
     "read_scope",
     "request",
     "running",
+    "wait_until_serving",
 ]
 
 ORIGIN = "api-test.example/log"
@@ -97,6 +99,22 @@ def key(name: str) -> SigningKey:
 
 def b64u(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def wait_until_serving(base: str, process: subprocess.Popen, timeout: float = 60.0) -> None:
+    """Wait for a ``lineage serve`` started as ``process`` to answer ``/healthz`` at ``base``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(base + "/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited with {process.returncode}")
+        if time.monotonic() > deadline:
+            raise RuntimeError("the server did not start")
+        time.sleep(0.1)
 
 
 def free_port() -> int:

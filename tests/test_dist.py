@@ -24,13 +24,11 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.api_server import free_port
+from tests.api_server import free_port, wait_until_serving
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLES = ROOT / "fixtures" / "bundles"
@@ -196,16 +194,7 @@ def test_client_alone_runs_the_readme_example(tmp_path, wheels, full, empty):
     )
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert server.poll() is None, server.stderr.read()
-            assert time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.2)
+        wait_until_serving(base, server)
 
         code = readme_agent_example()
         assert "lineage-keys/principals/alice@corp.key" in code

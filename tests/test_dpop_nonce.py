@@ -42,10 +42,9 @@ def test_a_nonce_from_one_process_is_accepted_by_another(tmp_path):
     import os
     import subprocess
     import sys
-    import time
     from pathlib import Path
 
-    from tests.api_server import free_port
+    from tests.api_server import free_port, wait_until_serving
 
     settings = Settings(checkpoint_interval=0.2, dpop_nonce_required=True)
     with running(tmp_path, settings) as srv:
@@ -61,15 +60,7 @@ def test_a_nonce_from_one_process_is_accepted_by_another(tmp_path):
         )
         try:
             base = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    if httpx.get(base + "/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert other.poll() is None and time.monotonic() < deadline, "no second server"
-                time.sleep(0.1)
+            wait_until_serving(base, other)
             grant = srv.grant()
             url = srv.url("/oauth/token")
             challenge = httpx.post(

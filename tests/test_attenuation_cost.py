@@ -41,6 +41,7 @@ from lineage.verifier.scope import (
     Task,
     _constraint_to_json,
 )
+from tests.budget import examples
 from tests.test_scope import (
     ATTRS,
     STRINGS,
@@ -161,14 +162,14 @@ def pairs(draw: st.DrawFn) -> tuple[Credential, Credential]:
 
 
 @pytest.mark.slow
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(200), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(pairs())
 def test_the_indexed_check_agrees_with_the_pairwise_reference(pair: tuple) -> None:
     parent, child = pair
     assert fast_widening(parent, child) == reference_widening(parent, child)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.lists(any_constraint(), min_size=1, max_size=4), any_constraint())
 def test_constraint_implication_agrees_with_the_reference(parents: list, c: Constraint) -> None:
     """Several parent details constraining one attribute, against one child constraint."""

@@ -33,6 +33,7 @@ from lineage.verifier.errors import (
 )
 from lineage.verifier.keys import SigningKey
 from lineage.verifier.note import Signer, sign_note
+from tests.budget import examples
 
 T0 = g.T0
 KEY = g.LOG.verifier
@@ -140,7 +141,7 @@ def test_closure_is_dependency_closed():
     assert closure([5]) == [0, 1, 3, 4, 5]
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sets(st.integers(1, N - 1), max_size=N))
 def test_random_closed_subsets_verify(chosen):
     indexes = closure(chosen)
@@ -152,7 +153,7 @@ def test_random_closed_subsets_verify(chosen):
     assert vb.checkpoint.checkpoint.size == N
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(20), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.integers(1, N), st.sets(st.integers(1, N - 1), max_size=6))
 def test_random_subsets_of_earlier_checkpoints_verify(size, chosen):
     indexes = [i for i in closure(chosen) if i < size]

@@ -31,6 +31,7 @@ from lineage.verifier.note import (
     parse_vkey,
     sign_note,
 )
+from tests.budget import examples
 
 DASH = "\u2014"
 DOC = pathlib.Path(__file__).resolve().parent.parent / "docs" / "CHECKPOINT.md"
@@ -284,7 +285,7 @@ signable = st.builds(
 
 
 @given(signable)
-@settings(max_examples=50)
+@settings(max_examples=examples(50))
 def test_sign_open_round_trip(cp):
     signer = Signer(cp.origin, hashlib.sha256(cp.origin.encode()).digest())
     data = sign_checkpoint(cp, signer)
@@ -375,7 +376,7 @@ def test_mutated_texts(text, data):
 SIGNED = sign_checkpoint(Checkpoint(LOG.name, 7, ROOT, ("ext",)), LOG, [WITNESS])
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 @given(st.data())
 def test_mutated_signed_checkpoints(data):
     i = data.draw(st.integers(0, len(SIGNED) - 1))

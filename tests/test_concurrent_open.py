@@ -19,6 +19,8 @@ from lineage.ledger.store import SCHEMA_VERSION, SQLiteStore
 
 PROCESSES = 8
 
+pytestmark = pytest.mark.slow  # spawns processes: make test runs it, make test-fast does not
+
 
 def _open(path: str, start, results) -> None:
     start.wait(30)

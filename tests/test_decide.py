@@ -24,6 +24,7 @@ from lineage.ledger.errors import RejectedEntry
 from lineage.ledger.export import credential_bundle
 from lineage.verifier.bundle import verify_bundle
 from lineage.verifier.jcs import canonical
+from tests.budget import examples
 from tests.issuance_helpers import (
     T0,
     World,
@@ -375,7 +376,7 @@ def test_whatever_the_ledger_decides_replays_offline(tmp_path: Path):
     counts = collections.Counter()
 
     @settings(
-        max_examples=25,
+        max_examples=examples(25),
         deadline=None,
         database=None,
         derandomize=True,

@@ -39,6 +39,7 @@ from lineage.verifier.invocation import (
 from lineage.verifier.jcs import canonical
 from lineage.verifier.keys import ENTRY_CONTEXT, INVOCATION_CONTEXT, b64u_encode
 from lineage.verifier.signed import sign_object
+from tests.budget import examples
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "fixtures" / "examples"
 NAMES = ["genesis", "key", "policy", "grant", "delegation", "access"]
@@ -632,7 +633,7 @@ def test_bad_keys_really_are_bad():
 ALL_RAW = [example(name) for name in NAMES] + [revocation_entry().raw]
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_random_byte_mutations_raise_only_format_errors(data):
     raw = bytearray(data.draw(st.sampled_from(ALL_RAW)))
@@ -685,7 +686,7 @@ def _paths(obj: Any, path: tuple = ()) -> list[tuple]:
     return out
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_random_value_mutations_raise_only_format_errors(data):
     """Structural fuzzing: replace, delete or add one value anywhere (the kind left alone)."""

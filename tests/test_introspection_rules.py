@@ -28,6 +28,7 @@ from lineage.ledger.issuance import bind_principal
 from lineage.verifier.request import parse_request
 from tests import issuance_helpers as ih
 from tests.api_server import ORIGIN, Server, key, running
+from tests.budget import examples
 
 
 @pytest.fixture
@@ -155,7 +156,7 @@ def test_an_unknown_token_of_any_length_is_just_inactive(srv: Server, length: in
 STEP = st.tuples(st.integers(0, 25), st.sampled_from(["grant", "child"]))
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(25), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     max_uses=st.one_of(st.none(), st.integers(1, 3)),
     child_uses=st.one_of(st.none(), st.integers(1, 3)),

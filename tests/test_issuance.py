@@ -22,6 +22,7 @@ from lineage.ledger.export import credential_bundle
 from lineage.verifier.bundle import verify_bundle
 from lineage.verifier.entry import Entry
 from lineage.verifier.errors import ChainError
+from tests.budget import examples
 from tests.issuance_helpers import MAIL, T0, World, forced_bundle, key, world
 
 G = T0 - 86400  # the parent's received_at bound
@@ -444,7 +445,7 @@ def test_ledger_and_verifier_agree_on_every_child(tmp_path: Path):
     seen = {"accepted": 0, "refused": 0}
 
     @settings(
-        max_examples=150,
+        max_examples=examples(150),
         deadline=None,
         derandomize=True,
         suppress_health_check=[HealthCheck.too_slow],

@@ -33,6 +33,7 @@ from lineage.verifier.merkle import (
     verify_inclusion,
 )
 from tests import merkle_reference as ref
+from tests.budget import examples
 
 # --- Published test vectors ---------------------------------------------------------------
 # From transparency-dev/merkle, proof/verify_test.go (commit 02194e9afb6c1d95b5381350007963
@@ -503,7 +504,7 @@ def index_and_size(draw):
     return draw(st.integers(0, size - 1)), size
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(index_and_size())
 def test_random_inclusion_proofs_verify(args):
     index, size = args
@@ -514,7 +515,7 @@ def test_random_inclusion_proofs_verify(args):
     verify_inclusion(index, size, leaf_hash(leaves[index]), proof, root)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(index_and_size())
 def test_random_consistency_proofs_verify(args):
     first, second = args[0] + 1, args[1]
@@ -523,7 +524,7 @@ def test_random_consistency_proofs_verify(args):
     verify_consistency(first, second, tree.root(first), tree.root(second), proof)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(st.integers(0, BIG_SIZE - 1))
 def test_nodes_completed_by_append_match_memory_tree(index):
     leaves, tree = big()

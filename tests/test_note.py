@@ -30,6 +30,7 @@ from lineage.verifier.note import (
     sign_note,
 )
 from lineage.verifier.note_keys import _verify_ed25519
+from tests.budget import examples
 
 DASH = "\u2014"
 
@@ -621,7 +622,7 @@ def mutations(draw, data: bytes) -> bytes:
 SIGNED = sign_note("lineage.example/log\n42\nsome text\n", [LOG, WITNESS])
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 @given(st.data())
 def test_mutated_notes_never_open_as_something_else(data):
     mutated = data.draw(mutations(SIGNED))
@@ -641,7 +642,7 @@ def test_mutated_random_notes(note, data):
 
 
 @given(st.lists(signatures, min_size=MAX_SIGNATURES + 1, max_size=MAX_SIGNATURES + 3))
-@settings(max_examples=10)
+@settings(max_examples=examples(10))
 def test_too_many_signatures(sigs):
     data = b"x\n\n" + "".join(s._line() for s in sigs).encode()
     with pytest.raises(NoteFormatError):

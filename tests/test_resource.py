@@ -21,6 +21,7 @@ from lineage.verifier.resource import (
     parse_resource,
     pattern_within,
 )
+from tests.budget import examples
 
 ACCEPTED = [
     "https://mail.corp:443",
@@ -296,13 +297,13 @@ def _text(prefix: str, segs: list[str], wildcard: bool) -> str:
     return prefix + ":" + "/".join(parts)
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 @given(resources())
 def test_parse_of_str_is_identity(r: Resource) -> None:
     assert parse_resource(str(r)) == r
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 @given(
     st.one_of(url_prefixes, namespaces),
     st.lists(segments, max_size=5),
@@ -317,7 +318,7 @@ def test_str_of_parse_is_identity(prefix: str, segs: list[str], wildcard: bool) 
     assert r.wildcard is wildcard and list(r.segments) == segs
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 @given(resources(), st.sampled_from(["upper", "slash", "dot", "star"]))
 def test_a_single_corruption_is_rejected(r: Resource, how: str) -> None:
     text = str(r)
@@ -341,7 +342,7 @@ INSIDE = ["%5C", "%00", "%0A", "%1F", "%7F", "%252E", "%252F", "%2541", "%C0%AE"
 HEADS = ["..;", ".;", ";", "..%3B", ".%3B", "%3B"]
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 @given(resources(), st.data())
 def test_a_form_that_servers_reinterpret_is_refused_anywhere(r: Resource, data) -> None:
     """Inside any segment, at its start or end: an escape of rule 9 is refused; a segment
@@ -491,13 +492,13 @@ def small_resources(draw: st.DrawFn, wildcard: bool | None = None) -> Resource:
     return Resource(prefix, tuple(segs), w)
 
 
-@settings(max_examples=500)
+@settings(max_examples=examples(500))
 @given(small_resources(), small_resources(wildcard=False))
 def test_matches_agrees_with_the_naive_reference(pattern: Resource, name: Resource) -> None:
     assert matches(pattern, name) == naive_matches(str(pattern), str(name))
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 @given(small_resources(), small_resources(), st.lists(small_resources(wildcard=False), max_size=20))
 def test_pattern_within_is_sound(child: Resource, parent: Resource, names: list[Resource]) -> None:
     if pattern_within(child, parent):

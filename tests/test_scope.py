@@ -35,6 +35,7 @@ from lineage.verifier.scope import (
     parse_scope,
     scope_to_json,
 )
+from tests.budget import examples
 
 replace = dataclasses.replace
 T = 1_700_000_000
@@ -45,7 +46,9 @@ RESOURCE_PREFIXES = ["mailbox", "https://files.corp:443"]
 SEGMENTS = ["a", "b", "c"]
 ATTRS = ["amount", "folder", "received_at", "sender"]
 STRINGS = ["inbox", "x@corp", "y@corp", "z@corp"]
-SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(
+    max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 
 
 def often(p: int = 9) -> st.SearchStrategy[bool]:
@@ -467,7 +470,7 @@ def test_covers_is_transitive_on_chains(root: Credential, data: st.DataObject) -
             assert covers(a, b) is None
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(100), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(credentials(min_depth=1), credentials(), credentials(), st.data())
 def test_covers_is_transitive_on_random_triples(
     a: Credential, b: Credential, c: Credential, data: st.DataObject
@@ -556,7 +559,7 @@ def json_limits(draw: st.DrawFn) -> dict:
     return out
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(st.lists(json_details(), min_size=1, max_size=4), json_limits())
 def test_json_round_trips_both_ways(scope: list, lim: dict) -> None:
     body = {"kind": "grant", "scope": scope, **lim, "sigs": [{"keyid": "00"}]}
@@ -734,7 +737,7 @@ WRONG = st.one_of(
 )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(
     st.sampled_from(["expires_at", "not_before", "max_uses", "max_depth", "max_children"]), WRONG
 )
@@ -744,7 +747,7 @@ def test_any_non_integer_limit_is_refused(field: str, value: object) -> None:
     assert info.value.field == field
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(
     st.sampled_from(["type", "actions", "locations", "resources", "constraints"]),
     WRONG.filter(lambda v: not isinstance(v, str)),  # a short string may be a valid type

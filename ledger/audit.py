@@ -176,8 +176,15 @@ def audit(
     db = Path(db)
     tick = progress or (lambda stage, done, total: None)
     conn = _connect(db)
+    # The sidecar is written after the database commits its checkpoint, so read it before
+    # the snapshot: then it never covers more than the snapshot holds.
+    side = sidecar_path(db)
+    sidecar = side.read_bytes() if side.exists() else None
     try:
-        return _audit(conn, db, log_key, tick, workers, invocation_window)
+        # One read transaction for the whole audit: a ledger being written to is audited
+        # as one consistent snapshot (WAL readers never block, nor are blocked by, writers).
+        conn.execute("BEGIN")
+        return _audit(conn, db, log_key, tick, workers, invocation_window, sidecar)
     except sqlite3.DatabaseError as exc:
         raise AuditFailure("database", f"{db}: {exc}") from None
     finally:
@@ -185,7 +192,13 @@ def audit(
 
 
 def _audit(
-    conn, db: Path, log_key: Verifier, tick: Progress, workers: int | None, window: int
+    conn,
+    db: Path,
+    log_key: Verifier,
+    tick: Progress,
+    workers: int | None,
+    window: int,
+    sidecar: bytes | None,
 ) -> AuditReport:
     size = conn.execute("SELECT COUNT(*), IFNULL(MAX(idx) + 1, 0) FROM leaves").fetchone()
     if size[0] != size[1]:
@@ -251,9 +264,8 @@ def _audit(
             (s, r, n, f"checkpoint of size {s}")
             for s, r, n in conn.execute("SELECT size, root, note FROM checkpoints ORDER BY size")
         ]
-        side = sidecar_path(db)
-        if side.exists():
-            notes.append((None, None, side.read_bytes(), f"sidecar {side.name}"))
+        if sidecar is not None:
+            notes.append((None, None, sidecar, f"sidecar {sidecar_path(db).name}"))
         for stored_size, stored_root, note, what in notes:
             try:
                 cp = open_checkpoint(note, log_key, log_key.name).checkpoint

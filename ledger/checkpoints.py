@@ -42,18 +42,25 @@ def check_published(store: Store, log_key: Verifier, note: bytes, what: str) -> 
 
 
 def publish(store: Store, signer: Signer, sidecar: Path | None, now: int) -> bytes:
-    """Sign, store and publish a checkpoint of the store's size; the latest if unchanged."""
-    size = store.size()
-    latest = store.latest_checkpoint()
-    if latest is not None and latest[0] == size:
-        return latest[1]
-    root = tree_root(size, store)
-    if latest is not None and latest[0] > 0:  # never two inconsistent tree heads
-        old = open_checkpoint(latest[1], signer.verifier, signer.name).checkpoint
-        proof = consistency_proof(old.size, size, store)
-        verify_consistency(old.size, size, old.root_hash, root, proof)
-    note = sign_checkpoint(Checkpoint(signer.name, size, root), signer)
-    store.add_checkpoint(size, root, note, now)
+    """Sign, store and publish a checkpoint of the store's size; the latest if unchanged.
+
+    The size is read, the checkpoint signed and stored in one write transaction, so two
+    processes publishing at once never sign the same size twice nor store a checkpoint
+    older than one already stored. The sidecar is written after the commit: it never
+    names a checkpoint the database does not hold.
+    """
+    with store.transaction():
+        size = store.size()
+        latest = store.latest_checkpoint()
+        if latest is not None and latest[0] >= size:
+            return latest[1]
+        root = tree_root(size, store)
+        if latest is not None and latest[0] > 0:  # never two inconsistent tree heads
+            old = open_checkpoint(latest[1], signer.verifier, signer.name).checkpoint
+            proof = consistency_proof(old.size, size, store)
+            verify_consistency(old.size, size, old.root_hash, root, proof)
+        note = sign_checkpoint(Checkpoint(signer.name, size, root), signer)
+        store.add_checkpoint(size, root, note, now)
     if sidecar is not None:
         write_atomic(sidecar, note)
     return note

@@ -78,3 +78,60 @@ def test_concurrent_sidecar_writes_never_tear(tmp_path: Path):
     assert len(lines) == 50 and len(set(lines)) == 1, "a torn sidecar"
     assert [p.name for p in tmp_path.iterdir()] == [sidecar.name], "a temporary file was left"
     assert oct(sidecar.stat().st_mode & 0o777) == "0o644"
+
+
+def _checkpoints(db: str, keys: str, start, stop, results) -> None:
+    from lineage.ledger.ledger import open_ledger
+
+    log = open_ledger(db, keys)
+    start.wait(30)
+    try:
+        sizes = []
+        while not stop.is_set():
+            sizes.append(open_checkpoint_size(log.checkpoint(), log))
+        results.put(("ok", sizes))
+    except Exception as exc:
+        results.put(("error", f"{type(exc).__name__}: {exc}"))
+    finally:
+        log.close()
+
+
+def open_checkpoint_size(note: bytes, log) -> int:
+    from lineage.verifier.checkpoint import open_checkpoint
+
+    return open_checkpoint(note, log.log_key, log.origin).checkpoint.size
+
+
+def test_processes_publishing_checkpoints_at_once_never_collide(tmp_path: Path):
+    """Regression (chain-state issue): checkpoints were published outside any transaction,
+    so two processes could sign and store the same size, or an older one after a newer."""
+    from lineage.ledger.audit import audit
+    from lineage.ledger.ledger import init_ledger
+    from tests.conftest import key_add
+
+    db, keys = tmp_path / "lineage.db", tmp_path / "keys"
+    log = init_ledger(db, keys, origin="test.example/checkpoints")
+    ctx = mp.get_context("spawn")
+    start, stop, results = ctx.Event(), ctx.Event(), ctx.Queue()
+    procs = [
+        ctx.Process(target=_checkpoints, args=(str(db), str(keys), start, stop, results))
+        for _ in range(4)
+    ]
+    for p in procs:
+        p.start()
+    start.set()
+    for n in range(300):
+        log.append(key_add(log, n))
+    stop.set()
+    outcomes = [results.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(30)
+    assert all(kind == "ok" for kind, _ in outcomes), outcomes
+    for _, sizes in outcomes:
+        assert sizes == sorted(sizes), sizes  # each process saw the log only grow
+    log.checkpoint()
+    stored = [size for size, _, _ in log.store.checkpoints()]
+    assert stored == sorted(set(stored))
+    size = log.size
+    log.close()
+    assert audit(db, log.log_key).size == size

@@ -18,6 +18,7 @@ every open tightens any of these files that group or others may read.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
@@ -197,6 +198,7 @@ MIGRATIONS: list[str] = [
     + _append_only("refs", "idx"),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
+MAX_IDLE = 8  # idle connections a store keeps for the next use; more are closed
 
 
 class SQLiteStore:
@@ -209,9 +211,10 @@ class SQLiteStore:
                 raise StorageError(f"no ledger at {self.path} (run `lineage init`)")
             _create_owner_only(self.path)
         _tighten(self.path)
-        self._local = threading.local()
+        self._local = threading.local()  # .tx: the connection of this thread's transaction
         self._write_lock = threading.Lock()
-        self._conns: list[sqlite3.Connection] = []
+        self._conns: list[sqlite3.Connection] = []  # every open connection
+        self._pool: list[sqlite3.Connection] = []  # the idle ones
         self._conns_lock = threading.Lock()
         self._idle = threading.Condition()
         self._active = 0
@@ -232,38 +235,79 @@ class SQLiteStore:
 
     @property
     def conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._local.conn = self._connect()
-            with self._conns_lock:
-                self._conns.append(conn)
+        """The connection the next statement uses when no other is busy (a peek into the
+        pool, for migrations and tests); inside a transaction, that transaction's."""
+        tx = getattr(self._local, "tx", None)
+        if tx is not None:
+            return tx
+        with self._conns_lock:
+            if not self._pool:
+                self._pool.append(self._open_pooled())
+            return self._pool[-1]
+
+    def _open_pooled(self) -> sqlite3.Connection:
+        conn = self._connect()
+        self._conns.append(conn)  # the caller holds _conns_lock
         return conn
+
+    def _borrow(self) -> sqlite3.Connection:
+        with self._conns_lock:
+            if self._pool:
+                return self._pool.pop()
+            return self._open_pooled()
+
+    def _give_back(self, conn: sqlite3.Connection) -> None:
+        """Return ``conn`` to the pool; past ``MAX_IDLE`` idle ones, close it instead.
+
+        Connections belong to the store, not to threads: a server whose thread pool
+        comes and goes keeps at most ``MAX_IDLE`` idle connections open, not one per
+        thread it ever ran.
+        """
+        if conn.in_transaction:  # never hand on a transaction left open by a failure
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        with self._conns_lock:
+            if not self._closed and len(self._pool) < MAX_IDLE:
+                self._pool.append(conn)
+                return
+            if conn in self._conns:
+                self._conns.remove(conn)
+        conn.close()
 
     @contextmanager
     def _using(self) -> Iterator[sqlite3.Connection]:
-        """This thread's connection, counted so that ``close`` waits for it."""
+        """A connection for one use (this thread's transaction's, if it is in one),
+        counted so that ``close`` waits for it."""
         with self._idle:
             if self._closed:
                 raise StorageError(f"{self.path} is closed")
             self._active += 1
+        tx = getattr(self._local, "tx", None)
+        conn = tx if tx is not None else self._borrow()
         try:
-            yield self.conn
+            yield conn
         finally:
+            if tx is None:
+                self._give_back(conn)
             with self._idle:
                 self._active -= 1
                 self._idle.notify_all()
 
     def close(self, timeout: float = 30.0) -> None:
-        """Refuse new work, wait for work in flight, then close every connection opened
-        in any thread (which checkpoints the WAL into the database file)."""
+        """Refuse new work, wait for work in flight, then close every connection
+        (which checkpoints the WAL into the database file)."""
         with self._idle:
             self._closed = True
             self._idle.wait_for(lambda: self._active == 0, timeout)
             with self._conns_lock:
-                conns, self._conns = self._conns, []
+                conns, self._conns, self._pool = self._conns, [], []
             for conn in conns:
                 conn.close()
-            self._local = threading.local()
+
+    def open_connections(self) -> int:
+        """How many connections the store holds open (idle and in use)."""
+        with self._conns_lock:
+            return len(self._conns)
 
     def _migrate(self) -> None:
         """Bring the schema to ``SCHEMA_VERSION``, safely against other processes.
@@ -379,6 +423,7 @@ class SQLiteStore:
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
                 raise StorageError(f"locking {self.path}: {exc}") from None
+            self._local.tx = conn  # every statement of this thread joins the transaction
             try:
                 yield
                 conn.execute("COMMIT")
@@ -386,14 +431,16 @@ class SQLiteStore:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
+            finally:
+                self._local.tx = None
 
     def _write(self, statements: Sequence[tuple[str, Sequence]]) -> None:
         """Run ``statements`` in the current transaction, or in one of their own."""
+        if getattr(self._local, "tx", None) is None:
+            with self.transaction():
+                self._write(statements)
+            return
         with self._using() as conn:
-            if not conn.in_transaction:
-                with self.transaction():
-                    self._write(statements)
-                return
             try:
                 for sql, params in statements:
                     if not params:

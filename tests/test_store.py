@@ -495,3 +495,22 @@ def test_a_second_process_with_a_permissive_umask_keeps_the_files_owner_only(tmp
         if log is not None:
             _owner_only(db)
             close(log)
+
+
+def test_short_lived_threads_do_not_leak_connections(tmp_path: Path):
+    """Regression (chain-state issue): one connection per thread, never closed, so each
+    idle gap of the server's thread pool leaked about 40. Connections are now pooled."""
+    import threading
+
+    from lineage.ledger.store import MAX_IDLE
+
+    store = SQLiteStore(tmp_path / "s.db", create=True)
+    for _ in range(20):  # twenty generations of eight threads, like a pool that comes and goes
+        threads = [threading.Thread(target=store.size) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert store.open_connections() <= MAX_IDLE
+    store.close()
+    assert store.open_connections() == 0

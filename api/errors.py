@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from lineage.ledger.errors import NotFound, RejectedEntry, StorageError
+from lineage.ledger.errors import Busy, NotFound, RejectedEntry, StorageError
 from lineage.verifier.errors import (
     AttenuationError,
     ChainError,
@@ -81,6 +81,8 @@ def lineage_status(exc: LineageError) -> tuple[int, str, str]:
         return 400, "invalid_grant", str(exc)
     if isinstance(exc, FormatError):
         return 400, "invalid_request", str(exc)
+    if isinstance(exc, Busy):
+        return 503, "temporarily_unavailable", str(exc)
     if isinstance(exc, StorageError):
         return 503, "temporarily_unavailable", "the ledger cannot serve this now"
     return 400, "invalid_request", str(exc)

@@ -47,6 +47,10 @@ class StorageError(LedgerError):
     """The database cannot be used: corrupt, tampered with, or not a Lineage ledger."""
 
 
+class Busy(StorageError):
+    """The writer did not take the entry up in time: it was withdrawn, nothing written."""
+
+
 class RollbackError(StorageError):
     """The database holds fewer leaves than a checkpoint the log already published."""
 

@@ -21,6 +21,7 @@ import threading
 import time as _time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +38,7 @@ from lineage.verifier.merkle import (
 from lineage.verifier.note import Signer, Verifier
 
 from .checkpoints import check_published, publish
-from .errors import NotFound, RejectedEntry, StorageError
+from .errors import Busy, NotFound, RejectedEntry, StorageError
 from .keys import KeyRing
 from .refs import Ref, ref_of
 from .store import Store, StoredLeaf
@@ -217,7 +218,7 @@ class Log:
             return Appended(entry.id, existing, existing=True)
         future: Future[Appended] = Future()
         self._submit(entry, future)
-        return future.result(timeout)
+        return _outcome(future, timeout)
 
     def _submit(self, work: Entry | Builder, future: Future) -> None:
         """Queue work for the writer; refused at once if the log is closed."""
@@ -249,8 +250,10 @@ class Log:
         out: list[Appended | Exception] = []
         for f in futures:
             if isinstance(f, Future):
-                exc = f.exception(timeout)
-                out.append(exc if exc is not None else f.result())
+                try:
+                    out.append(_outcome(f, timeout))
+                except Exception as exc:  # this entry's own refusal, or Busy
+                    out.append(exc)
             else:
                 out.append(f)
         return out
@@ -263,7 +266,7 @@ class Log:
         """
         future: Future[Appended] = Future()
         self._submit(builder, future)
-        return future.result(timeout)
+        return _outcome(future, timeout)
 
     def _run(self) -> None:
         while True:
@@ -280,7 +283,11 @@ class Log:
                     self._queue.put(None)
                     break
                 batch.append(nxt)
-            self._commit(batch)
+            # Work whose caller gave up waiting is dropped here, before it is written;
+            # from here on a caller waits for the outcome (see ``_outcome``).
+            batch = [(work, f) for work, f in batch if f.set_running_or_notify_cancel()]
+            if batch:
+                self._commit(batch)
 
     def index_refs(self) -> None:
         """Bring the query index up to the log (a ledger from before it existed)."""
@@ -450,3 +457,20 @@ def _usable(state: Replay, ring: KeyRing) -> bool:
         if rec is None or role not in rec.roles or not rec.active(state.size):
             return False
     return True
+
+
+def _outcome(future: Future, timeout: float | None) -> Appended:
+    """The append's result: never "failed" for an entry that is, or will be, in the log.
+
+    If the writer has not taken the work up within ``timeout``, it is withdrawn (the
+    writer skips cancelled work) and ``Busy`` says nothing was written. If the writer
+    has taken it up, its outcome is decided within one transaction: wait for it.
+    """
+    try:
+        return future.result(timeout)
+    except FutureTimeout:
+        if future.cancel():
+            raise Busy(
+                f"the ledger did not take the entry up within {timeout} s; nothing was written"
+            ) from None
+        return future.result()

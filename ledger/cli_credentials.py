@@ -21,6 +21,7 @@ file; the ledger only checks and appends.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -58,8 +59,11 @@ policy_app = typer.Typer(no_args_is_help=True, help="The organisation's logged p
 app.add_typer(policy_app, name="policy")
 
 
+RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})")
+
+
 def _time(value: str | None, option: str) -> int | None:
-    """Unix seconds, or an ISO 8601 time with an explicit offset (``Z`` or ``+HH:MM``).
+    """Unix seconds, or an RFC 3339 time: an explicit offset, ``Z`` or ``±HH:MM``.
 
     A time without an offset is refused rather than read in this machine's time zone,
     which would move the moment by up to 14 hours from one machine to another.
@@ -69,23 +73,24 @@ def _time(value: str | None, option: str) -> int | None:
     try:
         if value.isascii() and value.isdigit():
             return int(value)
-        moment = datetime.fromisoformat(value)
-        naive = moment.utcoffset() is None
-        seconds = int(moment.timestamp()) if not naive else 0
+        if RFC3339.fullmatch(value):  # RFC 3339 §5.6: T and Z in either case
+            moment = datetime.fromisoformat(value.upper().replace("Z", "+00:00"))
+            return int(moment.timestamp())
+        naive = datetime.fromisoformat(value).utcoffset() is None
+        if not naive:  # an offset, but not RFC 3339's (+0200, +02): refuse, do not guess
+            raise ValueError(value)
     except (ValueError, OverflowError):
         raise fail(
-            f"{option}: {value!r} is neither Unix seconds nor an ISO 8601 time with an "
-            "offset (e.g. 2026-11-01T09:00:00Z)",
+            f"{option}: {value!r} is neither Unix seconds nor an RFC 3339 time "
+            "(e.g. 2026-11-01T09:00:00Z or 2026-11-01T10:00:00+01:00)",
             2,
         ) from None
-    if naive:
-        example = value + ("Z" if "T" in value or " " in value else "T00:00:00Z")
-        raise fail(
-            f"{option}: {value!r} has no UTC offset; give one (e.g. {example} for UTC) "
-            "so that it names the same moment on every machine",
-            2,
-        )
-    return seconds
+    example = value + ("Z" if "T" in value or " " in value else "T00:00:00Z")
+    raise fail(
+        f"{option}: {value!r} has no UTC offset; give one (e.g. {example} for UTC) "
+        "so that it names the same moment on every machine",
+        2,
+    )
 
 
 def _json(value: str) -> Any:

@@ -347,3 +347,25 @@ def _grant_one(cli: Cli, tmp_path: Path) -> str:
         *("grant", "--principal", "alice@corp", "--principal-key", "alice.key"),
         *("--holder", AGENT, "--task", "inbox-triage", "--scope", SCOPE),
     ).stdout.strip()
+
+
+@pytest.mark.parametrize(
+    "value, seconds",
+    [("2026-12-01t10:00:00z", 1796119200), ("2026-12-01 10:00:00.5-05:30", 1796139000)],
+)
+def test_rfc3339_times_are_read_in_either_case_and_with_fractions(value, seconds):
+    """Found from outside: lower-case z (RFC 3339 §5.6 allows it) was refused."""
+    from lineage.ledger.cli_credentials import _time
+
+    assert _time(value, "--expires-at") == seconds
+
+
+@pytest.mark.parametrize("value", ["2026-12-01T10:00:00+0200", "2026-12-01T10:00:00+02"])
+def test_an_offset_not_written_hh_mm_is_refused_not_guessed(value):
+    """Found from outside: +0200 was accepted though the docs say ±HH:MM."""
+    import typer
+
+    from lineage.ledger.cli_credentials import _time
+
+    with pytest.raises(typer.Exit):
+        _time(value, "--expires-at")

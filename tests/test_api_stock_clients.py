@@ -266,3 +266,22 @@ def test_two_authorization_headers_are_refused_not_the_first_taken(srv: Server, 
     data = {"token": "x" * 64} if method == "POST" else None
     r = httpx.request(method, srv.url(path), headers=headers, data=data, timeout=10)
     assert (r.status_code, r.json()["error"]) == (400, "invalid_request"), r.text
+
+
+LOOSE = ["since=%2B12", "since=%2012%20", "since=12.0", "since=1_000", "since=1e3", "cursor=-0"]
+
+
+@pytest.mark.parametrize("query", LOOSE)
+def test_an_integer_parameter_is_decimal_digits_only(srv: Server, query: str) -> None:
+    """Found from outside: '+12', ' 12 ', '12.0' and '1_000' were read as numbers."""
+    r = httpx.get(srv.url(f"/v1/entries?{query}"), headers=srv.bearer(srv.auditor), timeout=10)
+    assert (r.status_code, r.json()["error"]) == (400, "invalid_request"), r.text
+
+
+@pytest.mark.parametrize(
+    "path", ["/v1/log/entries/-1", "/v1/log/entries/+1", "/v1/log/entries/1.0"]
+)
+def test_a_leaf_index_in_the_path_is_decimal_digits_only(srv: Server, path: str) -> None:
+    r = httpx.get(srv.url(path), timeout=10)
+    assert (r.status_code, r.json()["error"]) == (400, "invalid_request"), r.text
+    assert httpx.get(srv.url("/v1/log/entries/0"), timeout=10).status_code == 200

@@ -20,8 +20,8 @@ from lineage.ledger.query import Filter
 from lineage.verifier.fields import HEX_ID
 
 from ..errors import ApiError
+from ..params import OptionalIndex, Time
 from ..service import Caller, Service, caller, may_read, service
-from .entries import MAX_INT, Time
 
 __all__ = ["router"]
 
@@ -63,7 +63,7 @@ def export(
     since: Time = None,
     until: Time = None,
     format: Annotated[str, Query(pattern="^(bundle|jsonl|csv|dot)$")] = "bundle",
-    from_size: Annotated[int | None, Query(ge=0, le=MAX_INT)] = None,
+    from_size: OptionalIndex = None,
 ) -> StreamingResponse:
     """Everything about ``principal`` in [since, until), as a bundle or rows, streamed.
 

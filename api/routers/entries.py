@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -15,6 +15,7 @@ from lineage.verifier.jcs import canonical, parse
 
 from ..errors import CHALLENGE, ApiError
 from ..models import AppendResult, EntryPage, LeafView
+from ..params import Count, Index, Time
 from ..service import Caller, Service, caller, service
 from .log import leaf_json
 
@@ -23,8 +24,7 @@ __all__ = ["router"]
 router = APIRouter(prefix="/v1/entries", tags=["entries"])
 MAX_PAGE = 500
 MAX_SCAN = 5000  # leaves examined per request, whatever the filters
-MAX_INT = 2**53  # every integer parameter is bounded: no number reaches SQLite's 64-bit limit
-Time = Annotated[int | None, Query(ge=0, le=MAX_INT, description="Unix seconds")]
+Page = Count(MAX_PAGE)
 
 
 @router.post(
@@ -70,8 +70,8 @@ def query(
     kind: str | None = None,
     since: Time = None,
     until: Time = None,
-    cursor: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
-    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+    cursor: Index = 0,
+    limit: Page = 100,
 ) -> dict[str, Any]:
     """Entries matching every filter given, from ``cursor`` (a leaf index), a page at a time.
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends
 from fastapi.responses import PlainTextResponse
 
 from lineage.ledger.refs import credential_of
@@ -18,14 +18,13 @@ from lineage.verifier.entry import Leaf
 
 from ..errors import ApiError
 from ..models import ConsistencyProof, InclusionProof, LeafPage, LeafView
+from ..params import Index, OptionalSize, PathIndex, Size
 from ..service import Caller, Service, caller, may_read, service
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/v1/log", tags=["log"])
 MAX_PAGE = 1000
-Index = Annotated[int, Query(ge=0, le=2**53)]
-Size = Annotated[int, Query(ge=1, le=2**53)]
 
 
 def _b64(hashes: list[bytes]) -> list[str]:
@@ -63,7 +62,9 @@ def leaf_json(
 
 @router.get("/entries/{index}", responses={200: {"model": LeafView}})
 def entry(
-    index: int, svc: Annotated[Service, Depends(service)], who: Annotated[Caller, Depends(caller)]
+    index: PathIndex,
+    svc: Annotated[Service, Depends(service)],
+    who: Annotated[Caller, Depends(caller)],
 ) -> dict[str, Any]:
     if not 0 <= index < svc.log.size:
         raise ApiError(404, "not_found", f"no leaf at index {index}")
@@ -75,7 +76,7 @@ def entries(
     svc: Annotated[Service, Depends(service)],
     who: Annotated[Caller, Depends(caller)],
     start: Index,
-    end: Annotated[int | None, Query(ge=1, le=2**53)] = None,
+    end: OptionalSize = None,
 ) -> dict[str, Any]:
     """Leaves ``start <= index < end``, at most 1000 at a time."""
     size = svc.log.size

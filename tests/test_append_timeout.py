@@ -19,14 +19,20 @@ from tests.conftest import key_add
 def test_an_append_that_times_out_is_never_written_later(log):
     taken, withdrawn = key_add(log, 1), key_add(log, 2)
     results = []
-    with log._state_lock:  # the writer blocks on the first batch it takes up
-        first = threading.Thread(target=lambda: results.append(log.append(taken, timeout=0.2)))
+    with log._state_lock:  # the writer (started by the genesis) blocks on its next batch
+        started = time.monotonic()
+        first = threading.Thread(target=lambda: results.append(log.append(taken, timeout=1.0)))
         first.start()
-        time.sleep(0.5)  # the writer has taken `taken` up, and waits
+        deadline = time.monotonic() + 30
+        while not (log._writer is not None and log._queue.empty()):  # `taken` was taken up
+            assert time.monotonic() < deadline, "the writer never took the entry up"
+            time.sleep(0.01)
+        time.sleep(0.2)  # and the writer is past forming its batch, waiting for the lock
         with pytest.raises(Busy, match="nothing was written"):
             log.append(withdrawn, timeout=0.2)
+        time.sleep(max(0.0, started + 1.5 - time.monotonic()))  # past `taken`'s own timeout
     first.join(30)
-    assert results and results[0].index == 1  # taken up: its caller waited for it
+    assert results and results[0].index == 1  # taken up: its caller waited past its timeout
     time.sleep(0.3)
     assert log.store.find(withdrawn.id) is None  # withdrawn: never written, not even later
     assert log.append(withdrawn).index == 2  # and it can be sent again

@@ -8,6 +8,7 @@ one snapshot, and takes the sidecar before it.
 from __future__ import annotations
 
 import threading
+import time
 
 from lineage.ledger.audit import audit
 from tests.conftest import key_add
@@ -34,6 +35,8 @@ def test_the_audit_passes_on_a_ledger_being_written_to(log, db):
     writer = threading.Thread(target=write)
     writer.start()
     try:
+        while log.size < 205 and writer.is_alive():  # the log is growing before the first audit
+            time.sleep(0.01)
         sizes = [audit(db, log.log_key).size for _ in range(8)]
     finally:
         stop.set()

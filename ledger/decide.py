@@ -119,7 +119,7 @@ def decide(
     window: int = 60,
     upstream_status: int | None = None,
 ) -> Decision:
-    if log.keys is None:
+    if not log.has_keys:
         raise LedgerError("deciding needs the ledger's decision key")
     if not isinstance(invocation, SignedInvocation):
         invocation = parse_signed_invocation(invocation)
@@ -173,7 +173,7 @@ def decide(
         if upstream_status is not None:
             body["upstream_status"] = upstream_status
         outcome.update(check=check, reason=body["reason"], policy=state.policy_version)
-        return sign_entry(body, [log.keys.decision])
+        return sign_entry(body, [log.keys_for(state).decision])
 
     try:
         appended = log.build(build)

@@ -120,18 +120,25 @@ class Log:
         self._check_open()
 
     @property
+    def has_keys(self) -> bool:
+        """Whether this log was opened with its keys (it can sign), without reading state."""
+        return self._keys is not None
+
+    @property
     def keys(self) -> KeyRing | None:
-        """The keys this process signs with: operator and decision keys active in the log.
+        """The keys this process signs with, checked against the log as it is now."""
+        return self.keys_for(self.state()) if self._keys is not None else None
+
+    def keys_for(self, state: Replay) -> KeyRing | None:
+        """The keys to sign with against ``state``: operator and decision keys active in it.
 
         ``lineage key rotate`` (in this process or another) retires a key in the log and
         moves the new key file into place; the next use here notices the retirement and
-        reloads the key directory, so no process goes on signing with a retired key.
+        reloads the key directory, so no process goes on signing with a retired key. The
+        writer passes its own state (``decide``), which spares a second read of the log.
         """
         ring = self._keys
-        if ring is None or self._key_dir is None:
-            return ring
-        state = self.state()
-        if _usable(state, ring):
+        if ring is None or self._key_dir is None or _usable(state, ring):
             return ring
         try:
             fresh = KeyRing.load(self._key_dir)

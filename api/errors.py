@@ -110,10 +110,6 @@ def install_handlers(app: FastAPI) -> None:
             request, exc.status_code, codes.get(exc.status_code, "invalid_request"), str(exc.detail)
         )
 
-    @app.exception_handler(OverflowError)
-    async def _overflow(request: Request, exc: OverflowError):  # a number SQLite cannot hold
-        return render(request, 400, "invalid_request", "a number in the request is out of range")
-
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):  # never a stack trace out
         return render(request, 500, "server_error", "unexpected error; see the server log")

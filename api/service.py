@@ -31,7 +31,7 @@ from lineage.verifier.keys import PublicKey
 from lineage.verifier.kinds import PRINCIPAL_NAME
 
 from .dpop import DPoPError, NonceSource, verify_dpop
-from .errors import CHALLENGE, ApiError
+from .errors import ApiError
 
 __all__ = ["Caller", "Metrics", "Service", "caller", "service"]
 
@@ -206,8 +206,7 @@ def caller(request: Request) -> Caller:
         401,
         "invalid_client",
         f"the {shown} authorization scheme is not supported here: use Bearer or DPoP",
-        {"WWW-Authenticate": CHALLENGE},
-    )
+    )  # render() adds the Bearer and DPoP challenge to every 401
 
 
 def require(who: Caller, *roles: str) -> None:
@@ -217,7 +216,6 @@ def require(who: Caller, *roles: str) -> None:
             status,
             "unauthorized_client" if status == 403 else "invalid_client",
             f"this needs one of: {', '.join(roles)}",
-            {"WWW-Authenticate": CHALLENGE} if status == 401 else None,
         )
 
 

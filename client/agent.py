@@ -29,7 +29,7 @@ from lineage.verifier.checkpoint import SignedCheckpoint, open_checkpoint
 from lineage.verifier.entry import Entry, sign_entry
 from lineage.verifier.errors import FormatError
 from lineage.verifier.invocation import SignedInvocation, sign_invocation
-from lineage.verifier.keys import SigningKey
+from lineage.verifier.keys import SigningKey, b64u_encode
 from lineage.verifier.merkle import verify_consistency
 from lineage.verifier.note import parse_vkey
 
@@ -170,7 +170,7 @@ class _Flows:
         data = {
             "grant_type": TOKEN_EXCHANGE,
             "subject_token_type": SIGNED_ENTRY,
-            "subject_token": base64.urlsafe_b64encode(entry.raw).rstrip(b"=").decode(),
+            "subject_token": b64u_encode(entry.raw),
         }
         return _check((yield from self._dpop("POST", "/oauth/token", holder.key, data=data)))
 
@@ -291,7 +291,7 @@ class _Flows:
         entry = sign_entry(
             revocation_body(origin, credential=credential, reason=reason), [holder.key]
         )
-        data["revocation"] = base64.urlsafe_b64encode(entry.raw).rstrip(b"=").decode()
+        data["revocation"] = b64u_encode(entry.raw)
         return _check((yield from self._dpop("POST", path, holder.key, credential, data=data)))
 
     def lineage(self, holder: Agent, credential: str) -> Flow:
@@ -329,8 +329,8 @@ class _Flows:
         ProofError if the log did not only grow since."""
         new = yield from self.checkpoint(log_key)
         first, second = old.checkpoint.size, new.checkpoint.size
-        proof = [] if first == 0 else (yield from self.consistency_proof(first, second))
-        if first:
+        if first:  # every tree extends the empty one
+            proof = yield from self.consistency_proof(first, second)
             verify_consistency(
                 first, second, old.checkpoint.root_hash, new.checkpoint.root_hash, proof
             )

@@ -11,7 +11,7 @@
                    [--credential ID] [--since-checkpoint OLD]
     lineage demo [--db PATH]
 
-Scopes are JSON (inline, or ``@file``). Times are Unix seconds or ISO 8601 with
+Scopes are JSON (inline, or ``@file``). Times are Unix seconds or RFC 3339 with
 an explicit offset (``2026-11-01T09:00:00Z``, ``...+02:00``): a time without one
 is refused, naming the option, since it would mean another moment on a machine
 in another time zone. Signing happens here, with the signing party's own key
@@ -218,9 +218,8 @@ def principal_add(
     try:
         log = open_ledger(db, keys)
         try:
-            signing = SigningKey.generate() if key is None else None
-            if signing is not None:
-                key = signing.public
+            signing = SigningKey.generate() if generate_key else None
+            key = signing.public if signing is not None else key
             entry = bind_principal(log.origin, log.keys.operator, name, key, role or ())
             if signing is not None:
                 path = key_file or principal_key_file(keys_dir(keys), name)
@@ -441,7 +440,7 @@ def export(
     principal: str | None = None,
     credential: Annotated[str | None, typer.Option(help="one credential's evidence")] = None,
     since: Annotated[
-        str | None, typer.Option(help="entries from this time (Unix, or ISO 8601 with offset)")
+        str | None, typer.Option(help="entries from this time (Unix, or RFC 3339 with an offset)")
     ] = None,
     until: Annotated[str | None, typer.Option(help="entries before this time")] = None,
     since_checkpoint: Annotated[

@@ -6,7 +6,7 @@ a malformed key). Needs nothing but this package and pynacl.
 
 Everything printed that came from the bundle (labels, names, error messages that
 quote it) is escaped: text through ``errors.printable``, JSON with every
-non-ASCII and control character as ``\\uXXXX`` (FORMAT.md §4.4).
+non-ASCII and control character as a ``\\u`` escape of four hex digits (FORMAT.md §4.4).
 """
 
 from __future__ import annotations

@@ -52,15 +52,10 @@ def printable(text: str) -> str:
             out.append("\\\\")
         elif ch.isprintable():
             out.append(ch)
+        elif ord(ch) < 0x100:
+            out.append(f"\\x{ord(ch):02x}")
         else:
-            code = ord(ch)
-            out.append(
-                f"\\x{code:02x}"
-                if code < 0x100
-                else f"\\u{code:04x}"
-                if code < 0x10000
-                else f"\\U{code:08x}"
-            )
+            out.append(ascii(ch)[1:-1])  # \\uNNNN or \\UNNNNNNNN
     return "".join(out)
 
 

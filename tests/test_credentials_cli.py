@@ -22,12 +22,11 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from lineage.ledger.cli import app
 from lineage.ledger.ledger import open_ledger
 from lineage.verifier.keys import SigningKey
 from tests.conftest import close
+from tests.test_ledger_cli import Cli
 
 DB, KEYS = "lineage.db", "keys"
 A_KEY = SigningKey(bytes(32)).public.b64  # some principal's public key
@@ -35,19 +34,6 @@ AGENT = SigningKey(bytes(range(32))).public.b64
 SCOPE = json.dumps(
     [{"type": "email", "actions": ["read"], "locations": ["https://mail.example.com:443"]}]
 )
-
-
-class Cli:
-    def __init__(self) -> None:
-        self.runner = CliRunner()
-
-    def __call__(self, *args: object, code: int = 0):
-        result = self.runner.invoke(app, [str(a) for a in args])
-        assert "Traceback" not in result.stdout + result.stderr
-        if result.exception is not None:
-            assert isinstance(result.exception, SystemExit), repr(result.exception)
-        assert result.exit_code == code, (args, result.exit_code, result.stdout, result.stderr)
-        return result
 
 
 @pytest.fixture

@@ -40,8 +40,8 @@ class Cli:
         self.runner = CliRunner()
         self.outputs: list[str] = []
 
-    def __call__(self, *args: str, code: int = 0):
-        result = self.runner.invoke(app, list(args))
+    def __call__(self, *args: object, code: int = 0):
+        result = self.runner.invoke(app, [str(a) for a in args])
         self.outputs += [result.stdout, result.stderr]
         assert "Traceback" not in result.stdout + result.stderr
         if result.exception is not None:

@@ -21,7 +21,8 @@ proofs) and ``lineage-verifier``, never the ledger or the server.
 
 from lineage.verifier.keys import load_key_file
 
-from .agent import Agent, AsyncLineageClient, LineageClient, LineageHTTPError, LogKeyError
+from .clients import AsyncLineageClient, LineageClient
+from .flows import Agent, LineageHTTPError, LogKeyError
 
 __all__ = [
     "Agent",

@@ -1,6 +1,8 @@
-"""The agent client's protocol, written once as request generators (sans-I/O),
-and the two drivers over it: ``LineageClient`` (httpx.Client) and
-``AsyncLineageClient`` (httpx.AsyncClient), so the two cannot drift.
+"""The agent client's protocol, written once as request generators (sans-I/O):
+each method of ``_Flows`` yields ``httpx.Request`` objects and is sent back the
+responses. The two drivers over it (``clients.py``: ``LineageClient`` on
+httpx.Client, ``AsyncLineageClient`` on httpx.AsyncClient) only send, so the two
+cannot drift.
 
 Trust in the log is pinned, never taken from the server being checked: pass the
 log's verifier key (``lineage log key`` prints it) as ``log_key=``, or choose
@@ -24,7 +26,7 @@ from typing import Any
 import httpx
 
 from lineage.verifier.bodies import delegation_body, grant_body, revocation_body
-from lineage.verifier.bundle import VerifiedBundle, verify_bundle
+from lineage.verifier.bundle import verify_bundle
 from lineage.verifier.checkpoint import SignedCheckpoint, open_checkpoint
 from lineage.verifier.entry import Entry, sign_entry
 from lineage.verifier.errors import FormatError
@@ -35,7 +37,7 @@ from lineage.verifier.note import parse_vkey
 
 from .dpop import make_proof
 
-__all__ = ["Agent", "AsyncLineageClient", "LineageClient", "LineageHTTPError", "LogKeyError"]
+__all__ = ["Agent", "Flow", "LineageHTTPError", "LogKeyError"]
 
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 SIGNED_ENTRY = "urn:lineage:params:oauth:token-type:signed-entry"
@@ -357,171 +359,3 @@ def _hashes(body: Any, field: str) -> list[bytes]:
         return [base64.b64decode(h, validate=True) for h in body[field]]
     except (KeyError, TypeError, ValueError, binascii.Error):
         raise FormatError(f"the server's {field} is not a list of base64 hashes") from None
-
-
-class LineageClient:
-    """Synchronous client (httpx.Client).
-
-    ``log_key`` pins the log's verifier key (``lineage log key`` prints it);
-    ``trust_on_first_use=True`` pins the first one the server shows instead.
-    """
-
-    def __init__(
-        self,
-        base_url: str,
-        *,
-        token: str | None = None,
-        log_key: str | None = None,
-        trust_on_first_use: bool = False,
-        client: httpx.Client | None = None,
-    ):
-        self._flows = _Flows(base_url, token, log_key, trust_on_first_use)
-        self._http = client or httpx.Client(timeout=10.0)
-
-    def _run(self, flow: Flow) -> Any:
-        try:
-            request = next(flow)
-            while True:
-                request = flow.send(self._http.send(request))
-        except StopIteration as done:
-            return done.value
-
-    def close(self) -> None:
-        self._http.close()
-
-    def __enter__(self) -> LineageClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    @property
-    def pinned_log_key(self) -> str | None:
-        """The log key every verification uses (given, or pinned on first use)."""
-        return self._flows.pinned
-
-    def log_key(self) -> str:
-        return self._run(self._flows.log_key())
-
-    def grant(self, principal_key: SigningKey, principal: str, holder: Agent, **kw: Any) -> str:
-        return self._run(self._flows.grant(principal_key, principal, holder, **kw))
-
-    def delegate(self, parent_holder: Agent, parent: str, holder: Agent, **kw: Any) -> str:
-        return self._run(self._flows.delegate(parent_holder, parent, holder, **kw))
-
-    def exchange(self, entry: Entry, holder: Agent) -> dict[str, Any]:
-        return self._run(self._flows.exchange(entry, holder))
-
-    def access(self, invocation: SignedInvocation, context: Mapping[str, Any]) -> dict:
-        return self._run(self._flows.access(invocation, context))
-
-    def introspect(self, credential: str, **as_who: Any) -> dict[str, Any]:
-        """``holder=Agent`` or ``principal=name, principal_key=key``; else the token's."""
-        return self._run(self._flows.introspect(credential, **as_who))
-
-    def revoke(self, credential: str, *, holder: Agent | None = None, reason: str = "") -> None:
-        self._run(self._flows.revoke(credential, holder=holder, reason=reason))
-
-    def lineage(self, holder: Agent, credential: str) -> dict[str, Any]:
-        return self._run(self._flows.lineage(holder, credential))
-
-    def verify_lineage(
-        self, holder: Agent, credential: str, log_key: str | None = None
-    ) -> VerifiedBundle:
-        return self._run(self._flows.verify_lineage(holder, credential, log_key))
-
-    def checkpoint(self, log_key: str | None = None) -> SignedCheckpoint:
-        return self._run(self._flows.checkpoint(log_key))
-
-    def inclusion_proof(self, index: int, tree_size: int) -> list[bytes]:
-        return self._run(self._flows.inclusion_proof(index, tree_size))
-
-    def consistency_proof(self, first: int, second: int) -> list[bytes]:
-        return self._run(self._flows.consistency_proof(first, second))
-
-    def grew_from(self, old: SignedCheckpoint, log_key: str | None = None) -> SignedCheckpoint:
-        return self._run(self._flows.grew_from(old, log_key))
-
-
-class AsyncLineageClient:
-    """Asynchronous client (httpx.AsyncClient); the same methods, awaited."""
-
-    def __init__(
-        self,
-        base_url: str,
-        *,
-        token: str | None = None,
-        log_key: str | None = None,
-        trust_on_first_use: bool = False,
-        client: httpx.AsyncClient | None = None,
-    ):
-        self._flows = _Flows(base_url, token, log_key, trust_on_first_use)
-        self._http = client or httpx.AsyncClient(timeout=10.0)
-
-    async def _run(self, flow: Flow) -> Any:
-        try:
-            request = next(flow)
-            while True:
-                request = flow.send(await self._http.send(request))
-        except StopIteration as done:
-            return done.value
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
-
-    async def __aenter__(self) -> AsyncLineageClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    @property
-    def pinned_log_key(self) -> str | None:
-        return self._flows.pinned
-
-    async def log_key(self) -> str:
-        return await self._run(self._flows.log_key())
-
-    async def grant(
-        self, principal_key: SigningKey, principal: str, holder: Agent, **kw: Any
-    ) -> str:
-        return await self._run(self._flows.grant(principal_key, principal, holder, **kw))
-
-    async def delegate(self, parent_holder: Agent, parent: str, holder: Agent, **kw: Any) -> str:
-        return await self._run(self._flows.delegate(parent_holder, parent, holder, **kw))
-
-    async def exchange(self, entry: Entry, holder: Agent) -> dict[str, Any]:
-        return await self._run(self._flows.exchange(entry, holder))
-
-    async def access(self, invocation: SignedInvocation, context: Mapping[str, Any]) -> dict:
-        return await self._run(self._flows.access(invocation, context))
-
-    async def introspect(self, credential: str, **as_who: Any) -> dict[str, Any]:
-        return await self._run(self._flows.introspect(credential, **as_who))
-
-    async def revoke(
-        self, credential: str, *, holder: Agent | None = None, reason: str = ""
-    ) -> None:
-        await self._run(self._flows.revoke(credential, holder=holder, reason=reason))
-
-    async def lineage(self, holder: Agent, credential: str) -> dict[str, Any]:
-        return await self._run(self._flows.lineage(holder, credential))
-
-    async def verify_lineage(
-        self, holder: Agent, credential: str, log_key: str | None = None
-    ) -> VerifiedBundle:
-        return await self._run(self._flows.verify_lineage(holder, credential, log_key))
-
-    async def checkpoint(self, log_key: str | None = None) -> SignedCheckpoint:
-        return await self._run(self._flows.checkpoint(log_key))
-
-    async def inclusion_proof(self, index: int, tree_size: int) -> list[bytes]:
-        return await self._run(self._flows.inclusion_proof(index, tree_size))
-
-    async def consistency_proof(self, first: int, second: int) -> list[bytes]:
-        return await self._run(self._flows.consistency_proof(first, second))
-
-    async def grew_from(
-        self, old: SignedCheckpoint, log_key: str | None = None
-    ) -> SignedCheckpoint:
-        return await self._run(self._flows.grew_from(old, log_key))

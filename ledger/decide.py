@@ -135,7 +135,7 @@ def decide(
 
     def build(state: Replay, index: int, time: int) -> Entry:
         inv = invocation
-        rec = state.credentials.get(inv.credential)
+        rec = state.credential(inv.credential)
         if rec is None:
             raise InvalidInvocation(f"no credential {inv.credential[:16]}", "unknown-credential")
         try:
@@ -144,7 +144,7 @@ def decide(
             raise InvalidInvocation(str(exc), "signature") from None
         if abs(time - inv.iat) > window:
             raise InvalidInvocation(f"iat {inv.iat} is not within {window} s of {time}", "stale")
-        if (inv.credential, inv.nonce) in state.invocations:
+        if state.nonce_seen(inv.credential, inv.nonce, allowed_only=False):
             raise InvalidInvocation("the invocation nonce was used before", "replayed")
         check, reason = None, "permitted by every credential in the chain"
         now = standing(state, rec, index, time)  # the rules introspection answers from

@@ -78,7 +78,7 @@ def admission(settings: Settings) -> Admit:
                     "freshness",
                     "invocation.iat",
                 )
-            if (inv.credential, inv.nonce) in state.invocations:
+            if state.nonce_seen(inv.credential, inv.nonce, allowed_only=False):
                 raise RejectedEntry(
                     "the invocation nonce was in an earlier access of this log",
                     "replay",

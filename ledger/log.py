@@ -460,7 +460,7 @@ def _usable(state: Replay, ring: KeyRing) -> bool:
     if state.size == 0:
         return True
     for role in ("operator", "decision"):
-        rec = state.keys.get(getattr(ring, role).kid)
+        rec = state.key(getattr(ring, role).kid)
         if rec is None or role not in rec.roles or not rec.active(state.size):
             return False
     return True

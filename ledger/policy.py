@@ -85,22 +85,14 @@ class PolicyDocument:
                     f"rule {rule.id}: the grant is {time - chain[0].time} s old, more than "
                     f"{rule.max_grant_age} s"
                 )
-            if rule.require_role is not None and rule.require_role not in principal_roles(
-                state, chain[0].principal, index
+            if rule.require_role is not None and rule.require_role not in state.principal_roles(
+                chain[0].principal, index
             ):
                 return (
                     f"rule {rule.id}: principal {chain[0].principal} lacks role "
                     f"{rule.require_role!r}"
                 )
         return None
-
-
-def principal_roles(state: Replay, principal: str, index: int) -> set[str]:
-    roles: set[str] = set()
-    for rec in state.keys.values():
-        if rec.principal == principal and rec.active(index):
-            roles.update(rec.roles)
-    return roles
 
 
 def _names(value: Any, path: str) -> tuple[str, ...]:

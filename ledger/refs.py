@@ -46,11 +46,11 @@ def credential_of(state: Replay, leaf: Leaf) -> CredentialRecord | None:
     """The credential a leaf is about: its own, or the one it uses or revokes."""
     body = leaf.entry.body
     if isinstance(body, Grant | Delegation):
-        return state.credentials.get(leaf.entry.id)
+        return state.credential(leaf.entry.id)
     if isinstance(body, Access):
-        return state.credentials.get(body.invocation.credential)
+        return state.credential(body.invocation.credential)
     if isinstance(body, Revocation) and body.credential is not None:
-        return state.credentials.get(body.credential)
+        return state.credential(body.credential)
     return None
 
 

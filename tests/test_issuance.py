@@ -224,7 +224,7 @@ def test_the_default_child_is_accepted_and_its_bundle_verifies(w: World, parent:
 @pytest.mark.parametrize(("name", "value"), NARROWINGS)
 def test_each_narrowing_is_accepted(w: World, parent: Entry, name: str, value: Any):
     child = w.append(_child(w, parent, default_choice(**{name: value})))
-    assert w.log.state().credentials[child.id].parent.id == parent.id
+    assert w.log.state().credential(child.id).parent.id == parent.id
 
 
 @pytest.mark.parametrize(("name", "value", "fieldname"), WIDENINGS)
@@ -269,7 +269,7 @@ def test_depth_runs_out_down_a_chain(w: World):
             )
         )
     assert info.value.field == "max_depth"
-    assert len(w.log.state().credentials[d2.id].chain()) == 3
+    assert len(w.log.state().credential(d2.id).chain()) == 3
 
 
 def test_the_children_budget_refuses_the_next_child(w: World):
@@ -284,7 +284,7 @@ def test_the_children_budget_refuses_the_next_child(w: World):
     assert "max_children" in str(info.value)
     assert w.log.size == size
     # a grandchild does not spend the grant's budget on direct children
-    assert w.log.state().credentials[g.id].children == 2
+    assert w.log.state().children(g.id) == 2
 
 
 def test_the_children_budget_names_the_field(w: World):

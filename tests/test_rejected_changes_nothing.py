@@ -30,7 +30,7 @@ LOG_KEY = parse_vkey((BUNDLES.parent / "log.vkey").read_text().strip())
 
 
 def state(replay: Replay) -> dict:
-    return copy.deepcopy({k: v for k, v in vars(replay).items() if k != "verified"})
+    return copy.deepcopy({k: v for k, v in vars(replay).items() if k != "rules"})
 
 
 def leaves(name: str) -> list[tuple[int, Leaf]]:

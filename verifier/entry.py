@@ -17,6 +17,7 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from .errors import EntryFormatError
@@ -57,8 +58,8 @@ class Entry:
     body: Body
     sigs: tuple[Sig, ...]
 
-    @property
-    def id(self) -> str:
+    @cached_property
+    def id(self) -> str:  # hashed once per entry: replay, the writer and queries all ask
         return hashlib.sha256(self.raw).hexdigest()
 
     @property
@@ -66,11 +67,15 @@ class Entry:
         return self.obj["kind"]
 
     def signed_message(self) -> bytes:
+        return self._message
+
+    @cached_property
+    def _message(self) -> bytes:
         return signed_message(ENTRY_CONTEXT, self.obj)
 
     def signed_by(self, key: PublicKey) -> bool:
         """True iff one of the signatures names ``key`` by kid and verifies under it."""
-        message = self.signed_message()
+        message = self._message
         return any(s.kid == key.kid and key.verify(b"", message, s.sig) for s in self.sigs)
 
 

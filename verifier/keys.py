@@ -28,6 +28,7 @@ import hashlib
 import os
 import stat
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import nacl.bindings
@@ -104,8 +105,8 @@ class PublicKey:
     def b64(self) -> str:
         return b64u_encode(self.raw)
 
-    @property
-    def kid(self) -> str:
+    @cached_property
+    def kid(self) -> str:  # computed once per key object
         return jwk_thumbprint(self.raw)
 
     def verify(self, context: bytes, message: bytes, signature: bytes) -> bool:

@@ -25,7 +25,7 @@ from lineage.ledger.config import Settings
 from lineage.ledger.decide import Standing, standing
 from lineage.ledger.log import Log
 from lineage.ledger.tokens import TokenStore
-from lineage.verifier.chain import CredentialRecord, Replay
+from lineage.verifier.chain import ChainView, CredentialRecord
 from lineage.verifier.fields import HEX_ID
 from lineage.verifier.keys import PublicKey
 from lineage.verifier.kinds import PRINCIPAL_NAME
@@ -70,7 +70,7 @@ class Service:
     require_dpop_nonce: bool = False
 
     def credential(self, handle: str) -> CredentialRecord | None:
-        return self.log.state().credentials.get(handle)
+        return self.log.state().credential(handle)
 
     def valid_now(self, rec: CredentialRecord) -> bool:
         """Within its window and unrevoked, with its whole chain, at the log's time now."""
@@ -182,7 +182,7 @@ def caller(request: Request) -> Caller:
                     {"WWW-Authenticate": 'DPoP error="invalid_token"'},
                 )
             key = check_dpop(request, svc, handle)
-            bound = svc.log.state().keys.get(key.kid)
+            bound = svc.log.state().key(key.kid)
             if bound is None or bound.principal != handle or bound.retired is not None:
                 raise ApiError(
                     401,
@@ -225,7 +225,7 @@ def may_read(
     rec: CredentialRecord | None,
     *,
     used: bool = False,
-    state: Replay | None = None,
+    state: ChainView | None = None,
 ) -> bool:
     """Entry bodies: operators and auditors; a principal for the lineages it authorised;
     a holder for the credentials of its own chain and what was derived from its
@@ -237,7 +237,7 @@ def may_read(
         return rec is not None and rec.principal == who.name
     if who.role != "holder" or rec is None:
         return False
-    mine = (state or svc.log.state()).credentials.get(who.credential or "")
+    mine = (state or svc.log.state()).credential(who.credential or "")
     if mine is None:
         return False
     below_or_me = mine.id in {r.id for r in rec.chain()}

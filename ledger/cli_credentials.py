@@ -391,7 +391,7 @@ def _issue(
         signing = read_seed_file(signer)
         log = open_ledger(db, keys, settings=settings)
         fields = _credential(**limits, now=int(log.clock()), ttl_default=settings.ttl_default)
-        parent_rec = log.state().credentials.get(parent) if parent else None
+        parent_rec = log.state().credential(parent) if parent else None
         if parent_rec is not None and limits["ttl"] is None and limits["expires_at"] is None:
             # by default a child lives as long as it may: never past its parent
             fields["expires_at"] = min(

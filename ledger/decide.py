@@ -24,14 +24,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from lineage.verifier.chain import CredentialRecord, Replay
+from lineage.verifier.chain import ChainView, CredentialRecord
 from lineage.verifier.entry import Entry, sign_entry
 from lineage.verifier.errors import FormatError, SignatureError
 from lineage.verifier.invocation import SignedInvocation, effective_request, parse_signed_invocation
 from lineage.verifier.jcs import canonical
 
 from .errors import LedgerError, RejectedEntry
-from .log import Log
+from .log import Built, Log
 from .policy import parse_policy
 
 __all__ = ["Decision", "InvalidInvocation", "Standing", "decide", "standing"]
@@ -90,11 +90,11 @@ class Standing:
 ACTIVE = Standing("active", None, "within its window, unrevoked, with budget left", None)
 
 
-def standing(state: Replay, rec: CredentialRecord, index: int, time: int) -> Standing:
+def standing(state: ChainView, rec: CredentialRecord, index: int, time: int) -> Standing:
     """The rules every decision applies before it looks at the request: every credential
     from the grant down to ``rec`` within its window and unrevoked (``validity_fault``),
     and with use and rate budget left for one more use (subtree totals, as
-    ``Replay.access_fault`` counts them). ``decide`` denies on these first, and
+    ``ChainView.access_fault`` counts them). ``decide`` denies on these first, and
     ``/oauth/introspect`` answers from them, so the two cannot disagree.
     """
     fault = state.validity_fault(rec, index, time, "credential")
@@ -132,16 +132,29 @@ def decide(
     except FormatError as exc:
         raise RejectedEntry(f"context: {exc}", "format", "context") from None
     outcome: dict[str, Any] = {}
+    # The invocation's signature is checked here, in the caller's thread, against the
+    # holder of the credential as committed (a credential's holder never changes); the
+    # writer checks only what depends on the state at the decision's index.
+    known = log.state().credential(invocation.credential)
+    holder_checked = None
+    if known is not None:
+        try:
+            invocation.verify(known.holder)
+        except SignatureError as exc:
+            log.count("invalid_invocations")
+            raise InvalidInvocation(str(exc), "signature") from None
+        holder_checked = known.holder.kid
 
-    def build(state: Replay, index: int, time: int) -> Entry:
+    def build(state: ChainView, index: int, time: int) -> Built:
         inv = invocation
         rec = state.credential(inv.credential)
         if rec is None:
             raise InvalidInvocation(f"no credential {inv.credential[:16]}", "unknown-credential")
-        try:
-            inv.verify(rec.holder)
-        except SignatureError as exc:
-            raise InvalidInvocation(str(exc), "signature") from None
+        if rec.holder.kid != holder_checked:
+            try:
+                inv.verify(rec.holder)
+            except SignatureError as exc:
+                raise InvalidInvocation(str(exc), "signature") from None
         if abs(time - inv.iat) > window:
             raise InvalidInvocation(f"iat {inv.iat} is not within {window} s of {time}", "stale")
         if state.nonce_seen(inv.credential, inv.nonce, allowed_only=False):
@@ -173,7 +186,9 @@ def decide(
         if upstream_status is not None:
             body["upstream_status"] = upstream_status
         outcome.update(check=check, reason=body["reason"], policy=state.policy_version)
-        return sign_entry(body, [log.keys_for(state).decision])
+        key = log.keys_for(state).decision
+        entry = sign_entry(body, [key])  # signed here, so verified here
+        return Built(entry, frozenset({(entry.id, key.kid), (entry.id, "inv:" + rec.holder.kid)}))
 
     try:
         appended = log.build(build)

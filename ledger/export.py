@@ -126,11 +126,19 @@ def principal_bundle(
     entry, and the whole chain, up to the grant, of every credential they are about, even
     when the grant is older than ``start``. With no principal: every entry in the window.
     """
+    log.index_refs()
+    with log.store.snapshot():  # one committed state throughout
+        wanted = _principal_indexes(log, principal, start, end)
+    return bundle(log, wanted, since)
+
+
+def _principal_indexes(
+    log: Log, principal: str | None, start: int | None, end: int | None
+) -> list[int]:
     state = log.state()
-    creds = dict(state.credentials)  # a copy: the writer may be adding
-    known = state.size  # leaves the state has replayed; later ones are not looked at
+    known = state.size  # leaves the state has applied; later ones are not looked at
     window = Filter(principal=principal, since=start, until=end)
-    wanted: set[int] = {0, *state.anchors}
+    wanted: set[int] = {0, *log.store.anchor_indexes(known)}
     about: set[str] = set()  # credentials whose chains the bundle must hold
     holder_revocations: list[tuple[int, str]] = []
 
@@ -146,7 +154,7 @@ def principal_bundle(
         if rec is not None:
             about.add(rec.id)
     if principal is not None:  # a holder revocation is about a key, not a principal
-        theirs = {rec.holder.kid for rec in creds.values() if rec.principal == principal}
+        theirs = {rec.holder.kid for rec in state.credentials_where(principal=principal)}
         revocations = Filter(kind="revocation", since=start, until=end)
         for index, leaf in entries(log, revocations, 0, known):
             body = leaf.entry.body
@@ -154,14 +162,16 @@ def principal_bundle(
                 take(index, leaf)
     for index, kid in holder_revocations:
         # a holder revoking its own key must be shown to hold an earlier credential
-        held = [r for r in creds.values() if r.holder.kid == kid and r.index < index]
+        held = state.credentials_where(holder=kid, before=index)
         if principal is not None:
             held = [r for r in held if r.principal == principal] or held
         if held:
             about.add(min(held, key=lambda r: r.index).id)
     for cid in about:
-        wanted.update(rec.index for rec in creds[cid].chain())
-    return bundle(log, sorted(wanted), since)
+        rec = state.credential(cid)
+        if rec is not None:
+            wanted.update(node.index for node in rec.chain())
+    return sorted(wanted)
 
 
 def _row(index: int, leaf: Any) -> dict[str, Any]:
@@ -231,7 +241,7 @@ def rows_dot(log: Log, f: Filter) -> Iterable[str]:
     yield "digraph lineage {\n  rankdir=LR;\n"
     seen_principals = set()
     for index, leaf in entries(log, f):
-        rec = state.credentials.get(leaf.entry.id)
+        rec = state.credential(leaf.entry.id)
         if rec is None:
             continue
         label = _dot_escape(leaf.entry.obj.get("agent") or rec.holder.kid[:8])

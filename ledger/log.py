@@ -25,9 +25,10 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
 
-from lineage.verifier.chain import Replay
+from lineage.verifier.chain import ChainView, Rules
 from lineage.verifier.entry import Entry, Leaf, parse_entry
-from lineage.verifier.errors import ChainError, FormatError, LineageError
+from lineage.verifier.errors import ChainError, FormatError, LineageError, SignatureError
+from lineage.verifier.kinds import Access
 from lineage.verifier.merkle import (
     Coord,
     consistency_proof,
@@ -41,6 +42,7 @@ from .checkpoints import check_published, publish
 from .errors import Busy, NotFound, RejectedEntry, StorageError
 from .keys import KeyRing
 from .refs import Ref, ref_of
+from .state import RecordCache, SQLiteState
 from .store import Store, StoredLeaf
 
 __all__ = ["MAX_BATCH", "Appended", "Log"]
@@ -48,13 +50,25 @@ __all__ = ["MAX_BATCH", "Appended", "Log"]
 logger = logging.getLogger("lineage")
 
 MAX_BATCH = 512
+CATCH_UP = 2000  # leaves replayed into the chain state per transaction after an upgrade
 
-# Called inside the write transaction with (entry, replayed state, index, time) before the
-# entry is applied; raises RejectedEntry to refuse it.
-Admit = Callable[[Entry, Replay, int, int], None]
+# Called inside the write transaction with (entry, chain state, index, time) before the
+# entry is checked; raises RejectedEntry to refuse it.
+Admit = Callable[[Entry, ChainView, int, int], None]
+
+
+@dataclass(frozen=True)
+class Built:
+    """What a ``Builder`` returns: the entry, and the (entry id, kid) signature pairs it
+    already checked (its own signature; ``"inv:" + kid`` for an invocation it verified)."""
+
+    entry: Entry
+    verified: frozenset[tuple[str, str]] = frozenset()
+
+
 # Builds an entry inside the write transaction from the state at (index, time): how a
 # decision sees every earlier use of a credential, whichever process appended it.
-Builder = Callable[[Replay, int, int], Entry]
+Builder = Callable[[ChainView, int, int], "Entry | Built"]
 
 
 @dataclass(frozen=True)
@@ -109,7 +123,8 @@ class Log:
         self._counters_lock = threading.Lock()
         self.sidecar = sidecar
         self.clock = clock
-        self._state: Replay | None = None
+        self._cache = RecordCache()  # parsed credential records, shared by every view
+        self._caught_up = False  # the chain state has applied every leaf (once per process)
         self._state_lock = threading.RLock()  # the writer holds it across a commit
         self._checkpoint_lock = threading.Lock()
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
@@ -129,7 +144,7 @@ class Log:
         """The keys this process signs with, checked against the log as it is now."""
         return self.keys_for(self.state()) if self._keys is not None else None
 
-    def keys_for(self, state: Replay) -> KeyRing | None:
+    def keys_for(self, state: ChainView) -> KeyRing | None:
         """The keys to sign with against ``state``: operator and decision keys active in it.
 
         ``lineage key rotate`` (in this process or another) retires a key in the log and
@@ -224,10 +239,46 @@ class Log:
         if existing is not None:
             return Appended(entry.id, existing, existing=True)
         future: Future[Appended] = Future()
-        self._submit(entry, future)
+        self._submit(entry, future, self.presign(entry))
         return _outcome(future, timeout)
 
-    def _submit(self, work: Entry | Builder, future: Future) -> None:
+    def presign(self, entry: Entry) -> frozenset[tuple[str, str]]:
+        """Check ``entry``'s signatures in the caller's thread, against the keys the
+        committed state knows by their kids: the (entry id, kid) pairs that verify.
+
+        The writer then checks only what depends on the state at the entry's index (is
+        the key active, in the right role, ...); a signature by a key the state does not
+        know yet is checked by the writer itself. A kid is its key's hash, so a pair
+        stays true whatever the state.
+        """
+        state = self.state()
+        out: set[tuple[str, str]] = set()
+        body = entry.body
+        for sig in entry.sigs:
+            key = None
+            rec = state.key(sig.kid)
+            if rec is not None:
+                key = rec.key
+            elif getattr(body, "holder", None) is not None and body.holder.kid == sig.kid:
+                key = body.holder  # a holder revoking its own key
+            else:
+                held = state.credentials_where(holder=sig.kid, limit=1)
+                key = held[0].holder if held else None
+            if key is not None and entry.signed_by(key):
+                out.add((entry.id, sig.kid))
+        if isinstance(body, Access):
+            rec = state.credential(body.invocation.credential)
+            if rec is not None:
+                try:
+                    body.invocation.verify(rec.holder)
+                    out.add((entry.id, "inv:" + rec.holder.kid))
+                except SignatureError:
+                    pass  # the writer refuses it, naming the check
+        return frozenset(out)
+
+    def _submit(
+        self, work: Entry | Builder, future: Future, pre: frozenset[tuple[str, str]] = frozenset()
+    ) -> None:
         """Queue work for the writer; refused at once if the log is closed."""
         with self._writer_lock:
             if self._closed.is_set():
@@ -237,7 +288,7 @@ class Log:
                     target=self._run, name="lineage-writer", daemon=True
                 )
                 self._writer.start()
-            self._queue.put((work, future))
+            self._queue.put((work, future, pre))
 
     def append_many(
         self, entries: Sequence[Entry], timeout: float | None = 300.0
@@ -247,12 +298,13 @@ class Log:
         Each result is the ``Appended`` or the exception that entry raised.
         """
         futures: list[Future | Appended | Exception] = []
-        for entry in entries:
+        pres = [self.presign(entry) for entry in entries]  # first, so the batches stay whole
+        for entry, pre in zip(entries, pres, strict=True):
             if entry.body.log != self.origin:
                 futures.append(RejectedEntry(f"entry is for log {entry.body.log!r}", "origin"))
                 continue
             future: Future[Appended] = Future()
-            self._submit(entry, future)
+            self._submit(entry, future, pre)
             futures.append(future)
         out: list[Appended | Exception] = []
         for f in futures:
@@ -292,7 +344,7 @@ class Log:
                 batch.append(nxt)
             # Work whose caller gave up waiting is dropped here, before it is written;
             # from here on a caller waits for the outcome (see ``_outcome``).
-            batch = [(work, f) for work, f in batch if f.set_running_or_notify_cancel()]
+            batch = [item for item in batch if item[1].set_running_or_notify_cancel()]
             if batch:
                 self._commit(batch)
 
@@ -301,75 +353,95 @@ class Log:
         state = self.state()
         if self.store.refs_size() < state.size:
             with self._state_lock, self.store.transaction():
-                self._backfill_refs(self.state())
+                self._backfill_refs(self.store.state(self._cache))
 
-    def _backfill_refs(self, state: Replay) -> None:
+    def _backfill_refs(self, state: ChainView) -> None:
         """Index leaves appended before the refs table existed (inside the write lock)."""
-        have = self.store.refs_size()
-        if have < state.size:
-            missing = [ref_of(state, i, leaf) for i, leaf in self.leaves(have, state.size)]
+        have, size = self.store.refs_size(), state.size
+        if have < size:
+            missing = [ref_of(state, i, leaf) for i, leaf in self.leaves(have, size)]
             self.store.add_refs(missing)
 
-    def state(self) -> Replay:
-        """The replayed state of the log, up to date with the database.
+    def state(self) -> SQLiteState:
+        """The chain state as committed (ledger/state.py): loads nothing, reads on demand.
 
-        Built by replaying the log on first use (O(n) once), then caught up with
-        whatever was appended since, by this process or another.
+        A ledger written before the state was kept in the database replays its leaves
+        into it once, on first use, in transactions of ``CATCH_UP`` leaves.
         """
-        with self._state_lock:
-            state = self._state if self._state is not None else Replay(self.log_key)
-            size = self.store.size()
-            try:
-                if state.size < size:
-                    state.apply_all(self.leaves(state.size, size))
-            except ChainError as exc:
-                self._state = None
-                raise StorageError(f"the stored log does not replay: {exc}") from None
-            self._state = state
-            return state
+        if not self._caught_up:
+            with self._state_lock:
+                while not self._caught_up:
+                    with self.store.transaction():
+                        view = self.store.state(self._cache)
+                        self._caught_up = self._replay_tail(view, CATCH_UP)
+                    view.committed()
+        return self.store.state(self._cache)
 
-    def _commit(self, batch: list[tuple[Entry | Builder, Future]]) -> None:
+    def _replay_tail(self, view: SQLiteState, limit: int | None = None) -> bool:
+        """Inside a write transaction: apply up to ``limit`` leaves the state has not
+        (none, unless the ledger predates it). True when the state is up to date."""
+        have, size = view.size, self.store.size()
+        if have > size:
+            raise StorageError(f"the chain state has {have} leaves but the log {size}")
+        end = size if limit is None else min(size, have + limit)
+        rules = Rules(self.log_key)
+        for index, leaf in self.leaves(have, end):
+            try:
+                view.apply(rules.check(view, index, leaf))
+            except ChainError as exc:
+                raise StorageError(f"the stored log does not replay: {exc}") from None
+        return end == size
+
+    def _commit(self, batch: list[tuple[Entry | Builder, Future, frozenset]]) -> None:
         with self._state_lock:
             try:
                 with self.store.transaction():
-                    done = self._commit_locked(batch)
+                    view = self.store.state(self._cache)
+                    done = self._commit_locked(view, batch)
             except BaseException as exc:  # nothing was written; the futures must never hang
-                self._state = None
                 err = (
                     exc if isinstance(exc, StorageError) else StorageError(f"append failed: {exc}")
                 )
-                for _, future in batch:
+                for _, future, _ in batch:
                     if not future.done():
                         future.set_exception(err)
                 return
+            view.committed()
         self.count("appends", sum(1 for _, r in done if not r.existing))
         for future, result in done:  # acknowledged only once durable
             future.set_result(result)
 
     def _commit_locked(
-        self, batch: list[tuple[Entry | Builder, Future]]
+        self, view: SQLiteState, batch: list[tuple[Entry | Builder, Future, frozenset]]
     ) -> list[tuple[Future, Appended]]:
-        """Inside the write transaction: validate, sequence and write one batch."""
+        """Inside the write transaction: check, sequence and write one batch."""
         size = self.store.size()
-        state = self.state()  # caught up with what other processes appended
-        last_time = self.store.leaf(size - 1).time if size else 0
+        if view.size != size:  # only after an upgrade, if ``state()`` was not asked first
+            self._replay_tail(view)
+        self._backfill_refs(view)
+        last_time = view.time
+        rules = Rules(self.log_key, set().union(*(pre for _, _, pre in batch)))
         overlay = _Overlay(self.store)
         rows: list[StoredLeaf] = []
         refs: list[Ref] = []
-        self._backfill_refs(state)
         nodes: list[tuple[Coord, bytes]] = []
         done: list[tuple[Future, Appended]] = []
         seen: dict[str, int] = {}
-        for work, future in batch:
+        for work, future, _ in batch:
             now = max(int(self.clock()), last_time)
             if isinstance(work, Entry):
                 entry = work
             else:
                 try:
-                    entry = work(state, size, now)
+                    built = work(view, size, now)
                 except LineageError as exc:
                     future.set_exception(exc)
                     continue
+                if isinstance(built, Built):
+                    entry = built.entry
+                    rules.verified |= built.verified
+                else:
+                    entry = built
             index = seen.get(entry.id)
             if index is None:
                 index = self.store.find(entry.id)
@@ -379,8 +451,8 @@ class Log:
             try:
                 leaf = Leaf.build(entry, now)
                 if self.admit is not None:
-                    self.admit(entry, state, size, now)
-                state.apply(size, leaf)
+                    self.admit(entry, view, size, now)
+                effects = rules.check(view, size, leaf)
             except ChainError as exc:
                 future.set_exception(RejectedEntry(str(exc), exc.check or "chain", exc.field))
                 continue
@@ -390,11 +462,12 @@ class Log:
             except RejectedEntry as exc:
                 future.set_exception(exc)
                 continue
+            view.apply(effects)  # a refused entry never gets here: it changed nothing
             new = nodes_completed_by_append(size, leaf.hash, overlay)
             overlay.pending.update(new)
             nodes.extend(new)
             rows.append(StoredLeaf(size, entry.id, entry.kind, leaf.time, entry.raw))
-            refs.append(ref_of(state, size, leaf))
+            refs.append(ref_of(view, size, leaf))
             seen[entry.id] = size
             done.append((future, Appended(entry.id, size, entry=entry)))
             last_time = leaf.time
@@ -452,7 +525,7 @@ class Log:
             close()
 
 
-def _usable(state: Replay, ring: KeyRing) -> bool:
+def _usable(state: ChainView, ring: KeyRing) -> bool:
     """Both of ``ring``'s entry keys are active, in their role, for the next entry.
 
     Before the genesis is replayed no key is active; the ring is taken as it is.

@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from lineage.verifier.chain import CredentialRecord, Replay
+from lineage.verifier.chain import ChainView, CredentialRecord
 from lineage.verifier.errors import EntryFormatError
 from lineage.verifier.fields import Fields, expect_str
 from lineage.verifier.request import Request
@@ -68,7 +68,7 @@ class PolicyDocument:
         return None
 
     def fault(
-        self, state: Replay, rec: CredentialRecord, request: Request, index: int, time: int
+        self, state: ChainView, rec: CredentialRecord, request: Request, index: int, time: int
     ) -> str | None:
         """The first rule this access breaks, as a reason naming the rule, or None."""
         chain = rec.chain()

@@ -1,8 +1,9 @@
 """Queries over the log: lineages, subtrees, and entries by principal, holder, task, kind, time.
 
-Answers come from the replayed state of the log (``Log.state()``), which knows
-every credential's parent, principal and holder, and from the leaves
-themselves; every answer names leaf indexes, so it can be proved.
+Answers come from the chain state (``Log.state()``, ledger/state.py), which
+indexes every credential's parent, principal and holder, from the query index
+(ledger/refs.py), and from the leaves themselves; every answer names leaf
+indexes, so it can be proved.
 """
 
 from __future__ import annotations
@@ -11,13 +12,14 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from lineage.verifier.chain import CredentialRecord, Replay
+from lineage.verifier.chain import CredentialRecord
 from lineage.verifier.entry import Leaf
 from lineage.verifier.errors import FormatError
 from lineage.verifier.keys import PublicKey
 
 from .errors import NotFound
 from .log import Log
+from .state import SQLiteState
 
 __all__ = ["Filter", "entries", "lineage", "related", "subtree"]
 
@@ -26,23 +28,17 @@ PAGE = 500
 
 def lineage(log: Log, credential: str) -> list[CredentialRecord]:
     """The chain of ``credential``, human first."""
-    rec = log.state().credentials.get(credential)
+    rec = log.state().credential(credential)
     if rec is None:
         raise NotFound(f"no credential {credential}")
     return rec.chain()
 
 
-def subtree(state: Replay, credential: str) -> list[CredentialRecord]:
+def subtree(state: SQLiteState, credential: str) -> list[CredentialRecord]:
     """``credential`` and every credential derived from it, in log order."""
-    root = state.credentials.get(credential)
-    if root is None:
+    out = state.subtree(credential)
+    if not out:
         raise NotFound(f"no credential {credential}")
-    inside = {root.id}
-    out = [root]
-    for rec in sorted(list(state.credentials.values()), key=lambda r: r.index):
-        if rec.parent is not None and rec.parent.id in inside and rec.id not in inside:
-            inside.add(rec.id)
-            out.append(rec)
     return out
 
 
@@ -53,27 +49,30 @@ def related(log: Log, credentials: list[str], within: str | None = None) -> list
     each credential's chain, its subtree, revocations touching them, and their accesses.
     With ``within`` (a holder's own credential), only what that holder may see: its
     chain, its subtree, and the accesses and revocations of its subtree.
+
+    Read from one snapshot, through the parent and query indexes: the cost follows
+    the size of the answer, not of the log.
     """
-    state = log.state()
-    wanted: set[str] = set()
-    for cid in credentials:
-        wanted.update(rec.id for rec in lineage(log, cid))
-        wanted.update(rec.id for rec in subtree(state, cid))
-    acting = set(wanted)
-    if within is not None:
-        below = {rec.id for rec in subtree(state, within)}
-        wanted &= below | {rec.id for rec in lineage(log, within)}
-        acting &= below
-    creds = dict(state.credentials)  # a copy: the writer may be adding to it
-    indexes = {0, *state.anchors, *(creds[c].index for c in wanted)}
-    holders = {creds[c].holder.kid for c in acting}
-    for index, entry in list(state.revocations):
-        body = entry.body
-        if body.credential in wanted or (body.holder is not None and body.holder.kid in holders):
-            indexes.add(index)
-    for index, entry in list(state.accesses):
-        if entry.body.invocation.credential in acting:
-            indexes.add(index)
+    log.index_refs()
+    store = log.store
+    with store.snapshot():
+        state = log.state()
+        recs: dict[str, CredentialRecord] = {}
+        for cid in credentials:
+            recs.update((rec.id, rec) for rec in lineage(log, cid))
+            recs.update((rec.id, rec) for rec in subtree(state, cid))
+        acting = set(recs)
+        wanted = set(recs)
+        if within is not None:
+            below = {rec.id for rec in subtree(state, within)}
+            wanted &= below | {rec.id for rec in lineage(log, within)}
+            acting &= below
+        size = state.size
+        indexes = {0, *store.anchor_indexes(size), *(recs[c].index for c in wanted)}
+        holders = sorted({recs[c].holder.kid for c in acting})
+        indexes.update(store.ref_indexes(size, "revocation", credentials=sorted(wanted)))
+        indexes.update(store.ref_indexes(size, "revocation", holders=holders, credential=None))
+        indexes.update(store.ref_indexes(size, "access", credentials=sorted(acting)))
     return sorted(indexes)
 
 

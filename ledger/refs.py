@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lineage.verifier.chain import CredentialRecord, Replay
+from lineage.verifier.chain import ChainView, CredentialRecord
 from lineage.verifier.entry import Leaf
 from lineage.verifier.kinds import Access, Delegation, Grant, KeyChange, Revocation
 
@@ -42,7 +42,7 @@ def _about(index: int, leaf: Leaf, rec: CredentialRecord | None) -> Ref:
     )
 
 
-def credential_of(state: Replay, leaf: Leaf) -> CredentialRecord | None:
+def credential_of(state: ChainView, leaf: Leaf) -> CredentialRecord | None:
     """The credential a leaf is about: its own, or the one it uses or revokes."""
     body = leaf.entry.body
     if isinstance(body, Grant | Delegation):
@@ -54,7 +54,7 @@ def credential_of(state: Replay, leaf: Leaf) -> CredentialRecord | None:
     return None
 
 
-def ref_of(state: Replay, index: int, leaf: Leaf) -> Ref:
+def ref_of(state: ChainView, index: int, leaf: Leaf) -> Ref:
     """The index row of the leaf at ``index``, once ``state`` has applied it."""
     body = leaf.entry.body
     if isinstance(body, Revocation) and body.holder is not None:

@@ -34,6 +34,8 @@ from lineage.verifier.merkle import Coord
 
 from .errors import NotFound, StorageError
 from .refs import Ref
+from .state import MIGRATION as STATE_MIGRATION
+from .state import RecordCache, SQLiteState
 
 __all__ = ["FILE_MODE", "SCHEMA_VERSION", "SQLiteStore", "Store", "StoredLeaf", "db_files"]
 
@@ -103,6 +105,41 @@ class Store(Protocol):
     def add_refs(self, refs: Sequence[Ref]) -> None: ...
     def refs_size(self) -> int: ...
     def find_refs(self, start: int, end: int, limit: int, **match: object) -> list[int]: ...
+    def anchor_indexes(self, size: int) -> list[int]:
+        """Indexes below ``size`` of the genesis, key and policy entries."""
+        return [
+            row[0]
+            for row in self._query(
+                "SELECT idx FROM refs WHERE kind IN ('genesis', 'key', 'policy') AND idx < ?",
+                (size,),
+            )
+        ]
+
+    def ref_indexes(
+        self,
+        size: int,
+        kind: str,
+        *,
+        credentials: Sequence[str] = (),
+        holders: Sequence[str] = (),
+        credential: object = ...,
+    ) -> list[int]:
+        """Indexes below ``size`` of leaves of ``kind`` about any of ``credentials``, or
+        (with ``holders``) whose holder is one of these kids; ``credential=None`` keeps
+        only leaves about no credential (a holder key's revocation)."""
+        column, values = ("credential", credentials) if credentials else ("holder", holders)
+        out: list[int] = []
+        for chunk in range(0, len(values), 400):
+            part = list(values[chunk : chunk + 400])
+            sql = (
+                f"SELECT idx FROM refs WHERE kind = ? AND idx < ? AND {column} IN "
+                f"({', '.join('?' for _ in part)})"
+            )
+            if credential is None:
+                sql += " AND credential IS NULL"
+            out += [row[0] for row in self._query(sql, (kind, size, *part))]
+        return out
+
     def add_checkpoint(self, size: int, root: bytes, note: bytes, created: int) -> None: ...
     def latest_checkpoint(self) -> tuple[int, bytes] | None: ...
     def checkpoints(self) -> Iterator[tuple[int, bytes, bytes]]: ...
@@ -196,6 +233,8 @@ MIGRATIONS: list[str] = [
     CREATE INDEX refs_time ON refs (time, idx);
     """
     + _append_only("refs", "idx"),
+    # 4: the chain state the format's rules read, written with each leaf (ledger/state.py)
+    STATE_MIGRATION,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 MAX_IDLE = 8  # idle connections a store keeps for the next use; more are closed
@@ -282,7 +321,7 @@ class SQLiteStore:
             if self._closed:
                 raise StorageError(f"{self.path} is closed")
             self._active += 1
-        tx = getattr(self._local, "tx", None)
+        tx = getattr(self._local, "tx", None) or getattr(self._local, "snap", None)
         conn = tx if tx is not None else self._borrow()
         try:
             yield conn
@@ -434,6 +473,51 @@ class SQLiteStore:
             finally:
                 self._local.tx = None
 
+    def in_transaction(self) -> bool:
+        """Is this thread inside one of this store's write transactions?"""
+        return getattr(self._local, "tx", None) is not None
+
+    def _write_each(self, statements: Sequence[tuple[str, Sequence]]) -> None:
+        """Run each statement once, in this thread's write transaction."""
+        if not self.in_transaction():
+            raise StorageError("the chain state is written only with its leaf")
+        with self._using() as conn:
+            try:
+                for sql, params in statements:
+                    conn.execute(sql, params)
+            except sqlite3.Error as exc:
+                raise StorageError(f"writing {self.path}: {exc}") from None
+
+    def state(self, cache: RecordCache) -> SQLiteState:
+        """The chain state (ledger/state.py): this thread's transaction's, or committed."""
+        return SQLiteState(self, cache)
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Every read of this thread inside sees one committed snapshot of the file.
+
+        A WAL read transaction: writers go on, and none of their later commits is seen
+        until it ends. Inside a write transaction, that transaction is the snapshot.
+        """
+        if self.in_transaction() or getattr(self._local, "snap", None) is not None:
+            yield
+            return
+        with self._using() as conn:
+            try:
+                conn.execute("BEGIN DEFERRED")
+                conn.execute("SELECT 1 FROM leaves LIMIT 1").fetchall()  # the snapshot starts
+            except sqlite3.Error as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise StorageError(f"reading {self.path}: {exc}") from None
+            self._local.snap = conn
+            try:
+                yield
+            finally:
+                self._local.snap = None
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+
     def _write(self, statements: Sequence[tuple[str, Sequence]]) -> None:
         """Run ``statements`` in the current transaction, or in one of their own."""
         if getattr(self._local, "tx", None) is None:
@@ -512,6 +596,41 @@ class SQLiteStore:
             params.append(match["until"])
         sql = f"SELECT idx FROM refs WHERE {' AND '.join(where)} ORDER BY idx LIMIT ?"
         return [row[0] for row in self._query(sql, [*params, limit])]
+
+    def anchor_indexes(self, size: int) -> list[int]:
+        """Indexes below ``size`` of the genesis, key and policy entries."""
+        return [
+            row[0]
+            for row in self._query(
+                "SELECT idx FROM refs WHERE kind IN ('genesis', 'key', 'policy') AND idx < ?",
+                (size,),
+            )
+        ]
+
+    def ref_indexes(
+        self,
+        size: int,
+        kind: str,
+        *,
+        credentials: Sequence[str] = (),
+        holders: Sequence[str] = (),
+        credential: object = ...,
+    ) -> list[int]:
+        """Indexes below ``size`` of leaves of ``kind`` about any of ``credentials``, or
+        (with ``holders``) whose holder is one of these kids; ``credential=None`` keeps
+        only leaves about no credential (a holder key's revocation)."""
+        column, values = ("credential", credentials) if credentials else ("holder", holders)
+        out: list[int] = []
+        for chunk in range(0, len(values), 400):
+            part = list(values[chunk : chunk + 400])
+            sql = (
+                f"SELECT idx FROM refs WHERE kind = ? AND idx < ? AND {column} IN "
+                f"({', '.join('?' for _ in part)})"
+            )
+            if credential is None:
+                sql += " AND credential IS NULL"
+            out += [row[0] for row in self._query(sql, (kind, size, *part))]
+        return out
 
     def add_checkpoint(self, size: int, root: bytes, note: bytes, created: int) -> None:
         self._write(

@@ -19,6 +19,7 @@ from lineage.verifier.entry import Entry, entry_from_json, sign_entry
 from lineage.verifier.errors import ChainError, EntryFormatError
 from lineage.verifier.keys import ENTRY_CONTEXT, SigningKey, b64u_encode
 from lineage.verifier.signed import signed_message
+from tests.state_twin import assert_agree, twin_replay
 
 T0 = g.T0
 OP2 = SigningKey(g.seed("operator-2"))
@@ -70,13 +71,24 @@ def deleg(parent: Entry, signer: SigningKey, holder: SigningKey, **over: Any) ->
 
 
 def replay(log: g.Log) -> Replay:
+    """Replay ``log`` in memory, and into the ledger's SQLite chain state: they agree."""
     r = Replay(g.LOG.verifier)
-    r.apply_all(enumerate(log.leaves))
+    try:
+        r.apply_all(enumerate(log.leaves))
+    except ChainError as exc:
+        view, twin, _ = twin_replay(g.LOG.verifier, log.leaves)
+        assert twin is not None and (twin.check, twin.entry_id) == (exc.check, exc.entry_id)
+        assert_agree(r, view)
+        raise
+    view, twin, _ = twin_replay(g.LOG.verifier, log.leaves)
+    assert twin is None, twin
+    assert_agree(r, view)
     return r
 
 
 def refused(log: g.Log, check: str, index: int | None = None) -> ChainError:
-    """Replay ``log``: it must fail ``check`` at ``index`` (default: its last leaf)."""
+    """Replay ``log``: it must fail ``check`` at ``index`` (default: its last leaf), in
+    memory and in the ledger's chain state alike."""
     index = len(log.leaves) - 1 if index is None else index
     with pytest.raises(ChainError) as info:
         replay(log)

@@ -148,7 +148,7 @@ def test_the_demo_ledger_answers_queries(demo: dict[str, Any]):
     log = open_ledger(demo["db"], demo["root"] / "keys")
     try:
         state = log.state()
-        deepest = max(state.credentials.values(), key=lambda r: len(r.chain()))
+        deepest = max(state.credentials_where(), key=lambda r: len(r.chain()))
         chain = lineage(log, deepest.id)
         assert chain[0].parent is None and chain[0].principal == "alice@corp"
         assert len(subtree(state, chain[0].id)) == 3  # the grant and its two delegations

@@ -181,7 +181,7 @@ def test_introspection_and_decisions_apply_the_same_rules(max_uses, child_uses, 
                 holder, cid = holders[who]
                 state = w.log.state()
                 time = max(w.now, state.time)
-                rec = state.credentials[cid]
+                rec = state.credential(cid)
                 said = standing(state, rec, state.size, time)
                 replay = state.access_fault(
                     rec, parse_request(ih.request()), ih.nonce(), state.size, time

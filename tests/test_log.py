@@ -21,6 +21,7 @@ from lineage.ledger.errors import ConfigError, LedgerError, RejectedEntry, Stora
 from lineage.ledger.keys import KeyRing
 from lineage.ledger.ledger import init_ledger, open_ledger, sidecar_path
 from lineage.ledger.log import Appended, Log
+from lineage.verifier.chain import Replay
 from lineage.verifier.checkpoint import open_checkpoint
 from lineage.verifier.entry import sign_entry
 from lineage.verifier.errors import FormatError
@@ -382,7 +383,10 @@ def test_concurrent_appends(log: Log, db: Path, keys: Path):
         for entry_id, index in index_of.items():
             assert reopened.find(entry_id) == index
             assert reopened.leaf(index).entry.id == entry_id
-        assert len(reopened.state().keys) == 2 + distinct  # and the log replays
+        assert reopened.state().size == size  # the chain state is the log's
+        replay = Replay(reopened.log_key)
+        replay.apply_all(reopened.leaves())
+        assert len(replay.keys) == 2 + distinct  # and the log replays
     finally:
         close(reopened)
 

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import PlainTextResponse
 
 from lineage.ledger.refs import credential_of
-from lineage.verifier.chain import Replay
+from lineage.verifier.chain import ChainView
 from lineage.verifier.entry import Leaf
 
 from ..errors import ApiError
@@ -47,7 +47,7 @@ def key(svc: Annotated[Service, Depends(service)]) -> PlainTextResponse:
 
 
 def leaf_json(
-    svc: Service, who: Caller, index: int, leaf: Leaf, state: Replay | None = None
+    svc: Service, who: Caller, index: int, leaf: Leaf, state: ChainView | None = None
 ) -> dict[str, Any]:
     """A leaf as the caller may see it; pass ``state`` when rendering many (one lookup)."""
     state = state or svc.log.state()

@@ -1,0 +1,419 @@
+"""The chain state in the database: what the format's rules ask, indexed, always current.
+
+``Rules.check`` (``lineage.verifier.chain``) reads the state through a read-only
+``ChainView`` and returns an entry's ``Effects``. ``SQLiteState`` is that view
+over the ledger's own tables, and ``apply`` writes the effects into them in the
+same transaction as the leaf, so the state is never behind the log and a
+process that opens the ledger loads nothing (docs/LEDGER.md, "The chain
+state"):
+
+- ``chain_state``: the size and time the state has applied, and the policy in force.
+- ``chain_keys``: every key the log added, its roles or principal, when it was
+  added and retired.
+- ``credentials``: each grant and delegation by id: its leaf, parent,
+  principal, holder kid, rate window, and the counters the rules ask about
+  (children, uses over its subtree, the index of its first revocation).
+- ``revoked_holders``: holder keys revoked, by kid.
+- ``recent_uses``: times of the uses still inside a rate-limited credential's
+  window (older ones are pruned as the next use is written), so a rate check
+  reads at most ``rate.count`` rows whatever the credential's history.
+- ``nonces``: the invocation nonces of every access, per credential (kept: the
+  format refuses a repeated nonce however old).
+
+A ``CredentialRecord`` is immutable, so parsed records are kept in a bounded
+cache shared by the process's views (only committed ones: a record created in a
+transaction joins the cache once it commits). Every read goes through the
+store, so inside the writer's transaction the view sees that transaction's
+writes, and anywhere else it sees committed state only.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from lineage.verifier.chain import ChainView, CredentialRecord, Effects, KeyRecord
+from lineage.verifier.entry import parse_entry
+from lineage.verifier.keys import PublicKey
+from lineage.verifier.kinds import Delegation, Grant, Policy
+
+from .errors import StorageError
+
+if TYPE_CHECKING:
+    from .store import SQLiteStore
+
+__all__ = ["MIGRATION", "RecordCache", "SQLiteState"]
+
+# Schema migration 4 (ledger/store.py): the state tables, empty; a ledger from before them
+# fills them by replaying its leaves once (``Log.catch_up``), in bounded transactions.
+MIGRATION = """
+CREATE TABLE chain_state (
+    one            INTEGER PRIMARY KEY CHECK (one = 1),
+    size           INTEGER NOT NULL,
+    time           INTEGER NOT NULL,
+    policy_version INTEGER NOT NULL,
+    policy_idx     INTEGER
+);
+INSERT INTO chain_state (one, size, time, policy_version) VALUES (1, 0, 0, 0);
+CREATE TABLE chain_keys (
+    kid       TEXT PRIMARY KEY,
+    key       BLOB NOT NULL CHECK (length(key) = 32),
+    roles     TEXT NOT NULL,
+    principal TEXT,
+    added     INTEGER NOT NULL,
+    retired   INTEGER
+) WITHOUT ROWID;
+CREATE INDEX chain_keys_principal ON chain_keys (principal);
+CREATE TABLE credentials (
+    id          TEXT PRIMARY KEY,
+    idx         INTEGER NOT NULL UNIQUE,
+    parent      TEXT,
+    principal   TEXT NOT NULL,
+    holder      TEXT NOT NULL,
+    rate_window INTEGER,
+    children    INTEGER NOT NULL DEFAULT 0,
+    uses        INTEGER NOT NULL DEFAULT 0,
+    revoked     INTEGER
+) WITHOUT ROWID;
+CREATE INDEX credentials_parent ON credentials (parent, idx);
+CREATE INDEX credentials_holder ON credentials (holder, idx);
+CREATE INDEX credentials_principal ON credentials (principal, idx);
+CREATE TABLE revoked_holders (kid TEXT PRIMARY KEY, idx INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE recent_uses (credential TEXT NOT NULL, time INTEGER NOT NULL);
+CREATE INDEX recent_uses_by ON recent_uses (credential, time);
+CREATE TABLE nonces (
+    credential TEXT NOT NULL,
+    nonce      TEXT NOT NULL,
+    allowed    INTEGER NOT NULL,
+    PRIMARY KEY (credential, nonce)
+) WITHOUT ROWID;
+"""
+
+CACHE_SIZE = 4096  # parsed credential records a process keeps (each a few KB)
+
+
+class RecordCache:
+    """A bounded, thread-safe LRU of committed credential records, by id."""
+
+    def __init__(self, size: int = CACHE_SIZE):
+        self.size = size
+        self._items: OrderedDict[str, CredentialRecord] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, cid: str) -> CredentialRecord | None:
+        with self._lock:
+            rec = self._items.get(cid)
+            if rec is not None:
+                self._items.move_to_end(cid)
+            return rec
+
+    def put(self, records: Iterable[CredentialRecord]) -> None:
+        with self._lock:
+            for rec in records:
+                self._items[rec.id] = rec
+                self._items.move_to_end(rec.id)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class SQLiteState(ChainView):
+    """The chain state in a ``SQLiteStore``'s tables: a ``ChainView`` and its writer.
+
+    Made per use (it holds no rows): in the writer's transaction it reads what that
+    transaction wrote; elsewhere, what is committed.
+    """
+
+    def __init__(self, store: SQLiteStore, cache: RecordCache):
+        self.store = store
+        self.cache = cache
+        self.fresh: dict[str, CredentialRecord] = {}  # created here, not yet committed
+        self._policy: tuple[int, Policy] | None = None
+
+    def _one(self, sql: str, params: tuple = ()) -> tuple | None:
+        rows = self.store._query(sql, params)
+        return rows[0] if rows else None
+
+    # -- where the state is ------------------------------------------------------------------
+
+    def _head(self) -> tuple[int, int, int, int | None]:
+        row = self._one("SELECT size, time, policy_version, policy_idx FROM chain_state")
+        if row is None:
+            raise StorageError(f"{self.store.path} has no chain state")
+        return row
+
+    @property
+    def size(self) -> int:  # type: ignore[override]
+        return self._head()[0]
+
+    @property
+    def time(self) -> int:  # type: ignore[override]
+        return self._head()[1]
+
+    @property
+    def policy_version(self) -> int:  # type: ignore[override]
+        return self._head()[2]
+
+    @property
+    def policy(self) -> Policy | None:  # type: ignore[override]
+        at = self._head()[3]
+        if at is None:
+            return None
+        if self._policy is None or self._policy[0] != at:
+            body = parse_entry(self.store.leaf(at).entry).body
+            if not isinstance(body, Policy):
+                raise StorageError(f"the chain state's policy at {at} is a {type(body).__name__}")
+            self._policy = (at, body)
+        return self._policy[1]
+
+    # -- the view ------------------------------------------------------------------------------
+
+    def index_of(self, entry_id: str) -> int | None:
+        """Index of an applied leaf with this id (a leaf the state has not applied yet,
+        as when it catches up with an older ledger, is not "earlier")."""
+        index = self.store.find(entry_id)
+        return index if index is not None and index < self.size else None
+
+    @staticmethod
+    def _key(row: tuple) -> KeyRecord:
+        key, roles, principal, added, retired = row
+        return KeyRecord(PublicKey(bytes(key)), tuple(json.loads(roles)), principal, added, retired)
+
+    def key(self, kid: str) -> KeyRecord | None:
+        row = self._one(
+            "SELECT key, roles, principal, added, retired FROM chain_keys WHERE kid = ?", (kid,)
+        )
+        return self._key(row) if row else None
+
+    def other_operator_active(self, kid: str, index: int) -> bool:
+        rows = self.store._query(
+            "SELECT key, roles, principal, added, retired FROM chain_keys "
+            "WHERE kid != ? AND principal IS NULL",
+            (kid,),
+        )
+        return any("operator" in r.roles and r.active(index) for r in map(self._key, rows))
+
+    def principal_keys(self, principal: str) -> list[KeyRecord]:
+        rows = self.store._query(
+            "SELECT key, roles, principal, added, retired FROM chain_keys WHERE principal = ?",
+            (principal,),
+        )
+        return [self._key(r) for r in rows]
+
+    def credential(self, cid: str) -> CredentialRecord | None:
+        rec = self.fresh.get(cid) or self.cache.get(cid)
+        if rec is not None:
+            return rec
+        row = self._one(
+            "SELECT c.idx, c.parent, c.principal, l.time, l.entry FROM credentials c "
+            "JOIN leaves l ON l.idx = c.idx WHERE c.id = ?",
+            (cid,),
+        )
+        if row is None:
+            return None
+        index, parent_id, principal, time, raw = row
+        parent = None
+        if parent_id is not None:
+            parent = self.credential(parent_id)
+            if parent is None:
+                raise StorageError(f"credential {cid[:16]}'s parent {parent_id[:16]} is missing")
+        entry = parse_entry(raw)
+        body = entry.body
+        if not isinstance(body, Grant | Delegation) or entry.id != cid:
+            raise StorageError(f"the chain state's credential {cid[:16]} is not its leaf")
+        rec = CredentialRecord(entry, index, time, principal, body.holder, body.credential, parent)
+        if self.store.in_transaction():
+            self.fresh[cid] = rec  # joins the cache if the transaction commits
+        else:
+            self.cache.put([rec])
+        return rec
+
+    def revoked_at(self, cid: str) -> int | None:
+        row = self._one("SELECT revoked FROM credentials WHERE id = ?", (cid,))
+        return row[0] if row else None
+
+    def holder_revoked_at(self, kid: str) -> int | None:
+        row = self._one("SELECT idx FROM revoked_holders WHERE kid = ?", (kid,))
+        return row[0] if row else None
+
+    def is_revoked(self, rec: CredentialRecord, index: int) -> bool:
+        row = self._one(
+            "SELECT c.revoked, h.idx FROM credentials c "
+            "LEFT JOIN revoked_holders h ON h.kid = c.holder WHERE c.id = ?",
+            (rec.id,),
+        )
+        if row is None:
+            return False
+        return any(at is not None and at < index for at in row)
+
+    def holds(self, kid: str) -> bool:
+        return self._one("SELECT 1 FROM credentials WHERE holder = ? LIMIT 1", (kid,)) is not None
+
+    def children(self, cid: str) -> int:
+        row = self._one("SELECT children FROM credentials WHERE id = ?", (cid,))
+        return row[0] if row else 0
+
+    def use_count(self, cid: str) -> int:
+        row = self._one("SELECT uses FROM credentials WHERE id = ?", (cid,))
+        return row[0] if row else 0
+
+    def uses_after(self, cid: str, time: int) -> int:
+        row = self._one(
+            "SELECT COUNT(*) FROM recent_uses WHERE credential = ? AND time > ?", (cid, time)
+        )
+        return row[0] if row else 0
+
+    def nonce_seen(self, cid: str, nonce: str, *, allowed_only: bool) -> bool:
+        row = self._one(
+            "SELECT allowed FROM nonces WHERE credential = ? AND nonce = ?", (cid, nonce)
+        )
+        return row is not None and (bool(row[0]) or not allowed_only)
+
+    # -- what queries ask (not the rules) ------------------------------------------------------
+
+    def subtree(self, cid: str) -> list[CredentialRecord]:
+        """``cid`` and every credential derived from it, in log order (the parent index)."""
+        rows = self.store._query(
+            "WITH RECURSIVE below(id, idx) AS ("
+            " SELECT id, idx FROM credentials WHERE id = ?"
+            " UNION ALL SELECT c.id, c.idx FROM credentials c JOIN below b ON c.parent = b.id"
+            ") SELECT id FROM below ORDER BY idx",
+            (cid,),
+        )
+        out = [self.credential(row[0]) for row in rows]
+        return [rec for rec in out if rec is not None]
+
+    def credentials_where(
+        self,
+        *,
+        principal: str | None = None,
+        holder: str | None = None,
+        before: int | None = None,
+        limit: int = -1,
+    ) -> list[CredentialRecord]:
+        """Credentials of ``principal`` or held by kid ``holder`` (at index < ``before``)."""
+        where, params = [], []
+        for column, value in (("principal", principal), ("holder", holder)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if before is not None:
+            where.append("idx < ?")
+            params.append(before)
+        sql = "SELECT id FROM credentials"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        rows = self.store._query(sql + " ORDER BY idx LIMIT ?", (*params, limit))
+        return [rec for rec in (self.credential(r[0]) for r in rows) if rec is not None]
+
+    def count_credentials(self) -> int:
+        row = self._one("SELECT COUNT(*) FROM credentials")
+        return row[0] if row else 0
+
+    # -- writing effects -------------------------------------------------------------------------
+
+    def apply(self, fx: Effects) -> None:
+        """Write ``fx`` into the state tables (inside the transaction writing its leaf)."""
+        statements: list[tuple[str, tuple | list]] = []
+        for k in fx.keys:
+            statements.append(
+                (
+                    "INSERT INTO chain_keys (kid, key, roles, principal, added, retired) "
+                    "VALUES (?, ?, ?, ?, ?, NULL) ON CONFLICT (kid) DO UPDATE SET key = "
+                    "excluded.key, roles = excluded.roles, principal = excluded.principal, "
+                    "added = excluded.added, retired = NULL",
+                    (k.key.kid, k.key.raw, json.dumps(list(k.roles)), k.principal, k.added),
+                )
+            )
+        if fx.retired is not None:
+            statements.append(
+                ("UPDATE chain_keys SET retired = ? WHERE kid = ?", (fx.index, fx.retired))
+            )
+        policy_idx = None
+        if fx.policy is not None:
+            policy_idx = fx.index
+            self._policy = (fx.index, fx.policy)
+        if fx.credential is not None:
+            rec = fx.credential
+            rate = rec.credential.limits.rate
+            statements.append(
+                (
+                    "INSERT INTO credentials (id, idx, parent, principal, holder, rate_window) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        rec.id,
+                        rec.index,
+                        rec.parent.id if rec.parent else None,
+                        rec.principal,
+                        rec.holder.kid,
+                        rate.window if rate is not None else None,
+                    ),
+                )
+            )
+            if rec.parent is not None:
+                statements.append(
+                    (
+                        "UPDATE credentials SET children = children + 1 WHERE id = ?",
+                        (rec.parent.id,),
+                    )
+                )
+            self.fresh[rec.id] = rec
+        if fx.revoked is not None:
+            statements.append(
+                (
+                    "UPDATE credentials SET revoked = ? WHERE id = ? AND revoked IS NULL",
+                    (fx.index, fx.revoked),
+                )
+            )
+        if fx.revoked_holder is not None:
+            statements.append(
+                (
+                    "INSERT INTO revoked_holders (kid, idx) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                    (fx.revoked_holder, fx.index),
+                )
+            )
+        for cid in fx.uses:
+            statements += [
+                ("UPDATE credentials SET uses = uses + 1 WHERE id = ?", (cid,)),
+                (  # a use older than the window is never counted again
+                    "DELETE FROM recent_uses WHERE credential = ?1 AND time <= ?2 - "
+                    "(SELECT rate_window FROM credentials WHERE id = ?1)",
+                    (cid, fx.time),
+                ),
+                (
+                    "INSERT INTO recent_uses (credential, time) SELECT id, ? FROM credentials "
+                    "WHERE id = ? AND rate_window IS NOT NULL",
+                    (fx.time, cid),
+                ),
+            ]
+        if fx.invocation is not None:
+            statements.append(
+                (
+                    "INSERT INTO nonces (credential, nonce, allowed) VALUES (?, ?, ?) "
+                    "ON CONFLICT DO UPDATE SET allowed = MAX(allowed, excluded.allowed)",
+                    (*fx.invocation, int(fx.allowed)),
+                )
+            )
+        statements.append(
+            (
+                "UPDATE chain_state SET size = ?, time = ?, policy_version = "
+                "IFNULL(?, policy_version), policy_idx = IFNULL(?, policy_idx)",
+                (
+                    fx.index + 1,
+                    fx.time,
+                    fx.policy.version if fx.policy is not None else None,
+                    policy_idx,
+                ),
+            )
+        )
+        self.store._write_each(statements)
+
+    def committed(self) -> None:
+        """The transaction this view wrote in has committed: its records may be cached."""
+        self.cache.put(self.fresh.values())
+        self.fresh.clear()

@@ -1,0 +1,242 @@
+"""The chain state in the database (ledger/state.py): what the rules read, kept with the log.
+
+- The SQLite state answers every fixture log exactly as the in-memory replay does.
+- Reopening a ledger loads nothing: no leaf is replayed, and the first decision is right.
+- A ledger from before the state tables replays into them once, and decides as before.
+- Readers see committed state only, never the writer's transaction in flight.
+- A budget check reads the same rows after many uses as after one.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from lineage.ledger.errors import RejectedEntry
+from lineage.ledger.ledger import open_ledger
+from lineage.ledger.log import Log
+from lineage.ledger.store import SQLiteStore
+from lineage.verifier.bundle import parse_bundle
+from lineage.verifier.chain import Replay, Rules
+from lineage.verifier.errors import ChainError, LineageError
+from lineage.verifier.note import parse_vkey
+from tests import issuance_helpers as ih
+from tests.state_twin import assert_agree, twin_replay
+
+BUNDLES = Path(__file__).resolve().parent.parent / "fixtures" / "bundles"
+LOG_KEY = parse_vkey((BUNDLES.parent / "log.vkey").read_text().strip())
+
+
+def _whole_logs() -> list[str]:
+    """Fixture bundles holding a whole log from its genesis (indexes 0, 1, 2, ...)."""
+    out = []
+    for path in sorted(BUNDLES.glob("*.json")):
+        if path.name == "expected.json":
+            continue
+        try:
+            bundle = parse_bundle(path.read_bytes())
+        except LineageError:
+            continue
+        if [e.index for e in bundle.entries] == list(range(len(bundle.entries))):
+            out.append(path.name)
+    return out
+
+
+@pytest.mark.parametrize("name", _whole_logs())
+def test_the_sqlite_state_agrees_with_replay_on_every_fixture_log(name):
+    leaves = [e.leaf for e in parse_bundle((BUNDLES / name).read_bytes()).entries]
+    memory = Replay(LOG_KEY)
+    refusal = None
+    try:
+        memory.apply_all(enumerate(leaves))
+    except ChainError as exc:
+        refusal = exc
+    view, twin, _ = twin_replay(LOG_KEY, leaves)
+    if refusal is None:
+        assert twin is None, twin
+    else:
+        assert twin is not None and (twin.check, twin.entry_id) == (
+            refusal.check,
+            refusal.entry_id,
+        )
+    assert_agree(memory, view)
+
+
+def _spend(w: ih.World, n: int) -> tuple[str, list]:
+    """A grant with a rate limit, used ``n`` times (one second apart)."""
+    g = w.append(w.grant(max_uses=10_000, rate={"count": 5, "window": 3}))
+    out = []
+    for _ in range(n):
+        w.clock.advance(1)
+        out.append(w.decide(w.invoke(w.agent, g.id)))
+    return g.id, out
+
+
+def test_reopening_a_ledger_replays_nothing(tmp_path: Path, monkeypatch):
+    w = ih.world(tmp_path)
+    cid, decisions = _spend(w, 4)
+    assert all(d.allowed for d in decisions)
+    size = w.log.size
+    w.close()
+
+    applied: list[int] = []
+    check = Rules.check
+
+    def counting(self, view, index, leaf):
+        applied.append(index)
+        return check(self, view, index, leaf)
+
+    monkeypatch.setattr(Rules, "check", counting)
+    log = ih.reopen(w)
+    try:
+        state = log.state()
+        assert (state.size, state.use_count(cid)) == (size, 4)
+        w.log = log
+        w.clock.advance(1)
+        assert w.decide(w.invoke(w.agent, cid)).allowed
+        assert applied == [size]  # only the new decision was checked; nothing replayed
+    finally:
+        log.close()
+
+
+def _as_schema_3(db: Path) -> None:
+    """What a ledger written before the chain state looks like: no state tables."""
+    conn = sqlite3.connect(db)
+    for table in ("chain_state", "chain_keys", "credentials", "revoked_holders"):
+        conn.execute(f"DROP TABLE {table}")
+    conn.execute("DROP TABLE recent_uses")
+    conn.execute("DROP TABLE nonces")
+    conn.execute("PRAGMA user_version = 3")
+    conn.commit()
+    conn.close()
+
+
+def test_a_ledger_from_before_the_state_tables_replays_into_them_once(tmp_path: Path):
+    w = ih.world(tmp_path)
+    cid, _ = _spend(w, 5)  # the rate limit (5 in 3 s) is what the state must remember
+    g2 = w.append(w.grant(max_uses=2))
+    w.clock.advance(1)
+    assert w.decide(w.invoke(w.agent, g2.id)).allowed
+    w.close()
+    _as_schema_3(w.db)
+
+    log = ih.reopen(w)
+    try:
+        w.log = log
+        state = log.state()
+        assert (state.size, state.use_count(cid), state.use_count(g2.id)) == (log.size, 5, 1)
+        assert w.decide(w.invoke(w.agent, g2.id)).allowed
+        assert not w.decide(w.invoke(w.agent, g2.id)).allowed  # max_uses 2, as before
+    finally:
+        log.close()
+    conn = sqlite3.connect(w.db)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 4
+    conn.close()
+
+
+def test_readers_see_committed_state_only(tmp_path: Path):
+    """A grant applied in the writer's open transaction is not seen by a reader until
+    the transaction commits."""
+    w = ih.world(tmp_path)
+    log: Log = w.log
+    release_first, release_second = threading.Event(), threading.Event()
+    inside = threading.Event()
+
+    def hold(event: threading.Event, entered: threading.Event | None = None):
+        def build(state, index, time):
+            if entered is not None:
+                entered.set()
+            event.wait(10)
+            raise RejectedEntry("nothing to append", "test")
+
+        return build
+
+    grant = w.grant()
+    outcomes: list[object] = []
+
+    def run(fn):
+        try:
+            outcomes.append(fn())
+        except LineageError as exc:
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=run, args=(lambda: log.build(hold(release_first)),))]
+    threads[0].start()
+    while log._writer is None or not log._queue.empty():  # the writer is in batch 1
+        threading.Event().wait(0.001)
+    # Batch 2 is the grant, then a builder that waits inside the same transaction.
+    threads.append(threading.Thread(target=run, args=(lambda: log.append(grant),)))
+    threads[-1].start()
+    while log._queue.empty():
+        threading.Event().wait(0.001)
+    threads.append(
+        threading.Thread(target=run, args=(lambda: log.build(hold(release_second, inside)),))
+    )
+    threads[-1].start()
+    while log._queue.qsize() < 2:
+        threading.Event().wait(0.001)
+    size = log.size
+    release_first.set()
+    assert inside.wait(10)  # the grant is applied; its transaction is open
+    state = log.state()
+    assert state.credential(grant.id) is None
+    assert (state.size, log.size) == (size, size)
+    release_second.set()
+    for t in threads:
+        t.join(10)
+    assert log.state().credential(grant.id) is not None and log.size == size + 1
+    w.close()
+
+
+def test_a_rate_check_reads_only_the_window(tmp_path: Path):
+    """After many uses, the rows a rate check reads are those inside the window."""
+    w = ih.world(tmp_path)
+    cid, decisions = _spend(w, 40)
+    assert sum(d.allowed for d in decisions) == 40  # 1 a second, 5 in 3 s allowed
+    conn = sqlite3.connect(w.db)
+    rows = conn.execute("SELECT COUNT(*) FROM recent_uses WHERE credential = ?", (cid,))
+    assert rows.fetchone()[0] <= 5
+    plan = " ".join(
+        str(r)
+        for r in conn.execute(
+            "EXPLAIN QUERY PLAN SELECT COUNT(*) FROM recent_uses WHERE credential = ? AND time > ?",
+            (cid, 0),
+        )
+    )
+    assert "recent_uses_by" in plan
+    conn.close()
+    assert w.log.state().use_count(cid) == 40
+    w.close()
+
+
+def test_the_store_refuses_state_writes_outside_a_transaction(tmp_path: Path):
+    w = ih.world(tmp_path)
+    with pytest.raises(LineageError, match="only with its leaf"):
+        w.log.store._write_each([("UPDATE chain_state SET size = 0", ())])
+    assert w.log.state().size == w.log.size
+    w.close()
+
+
+def test_a_reopened_ledger_keeps_keys_roles_and_policy(tmp_path: Path):
+    w = ih.world(tmp_path)
+    w.append(w.policy(1, {"rules": []}))
+    w.close()
+    log = open_ledger(w.db, w.keys, clock=w.clock)
+    try:
+        state = log.state()
+        assert state.policy_version == 1 and state.policy is not None
+        assert state.principal_roles("alice@corp", state.size) == {"finance"}
+        memory = Replay(log.log_key)
+        memory.apply_all(log.leaves())
+        assert_agree(memory, state)
+    finally:
+        log.close()
+    store = SQLiteStore(w.db)
+    assert json.loads(
+        store._query("SELECT roles FROM chain_keys WHERE principal IS NOT NULL")[0][0]
+    )
+    store.close()

@@ -32,7 +32,7 @@ from lineage.verifier.jcs import canonical
 
 from .errors import LedgerError, RejectedEntry
 from .log import Built, Log
-from .policy import parse_policy
+from .policy import PolicyDocument, parse_policy
 
 __all__ = ["Decision", "InvalidInvocation", "Standing", "decide", "standing"]
 
@@ -110,6 +110,21 @@ def standing(state: ChainView, rec: CredentialRecord, index: int, time: int) -> 
     return ACTIVE
 
 
+def _policy(entry: Any) -> PolicyDocument:
+    """The parsed document of a policy entry, parsed once per version."""
+    key = (entry.version, canonical(entry.document))
+    found = _POLICIES.get(key)
+    if found is None:
+        found = parse_policy(entry.document)
+        if len(_POLICIES) > 64:
+            _POLICIES.clear()
+        _POLICIES[key] = found
+    return found
+
+
+_POLICIES: dict[tuple[int, bytes], PolicyDocument] = {}
+
+
 def decide(
     log: Log,
     invocation: SignedInvocation | Mapping[str, Any],
@@ -145,7 +160,9 @@ def decide(
             raise InvalidInvocation(str(exc), "signature") from None
         holder_checked = known.holder.kid
 
-    def build(state: ChainView, index: int, time: int) -> Built:
+    def judge(state: ChainView, index: int, time: int) -> tuple[str | None, str, int, Any]:
+        """(check or None, the reason logged, policy version, decision key) at (index, time);
+        raises ``InvalidInvocation`` for what is never logged."""
         inv = invocation
         rec = state.credential(inv.credential)
         if rec is None:
@@ -166,29 +183,38 @@ def decide(
         if fault is not None:
             check, reason = fault
         elif state.policy is not None:
-            policy = parse_policy(state.policy.document)
+            policy = _policy(state.policy)
             denial = policy.asserting_fault(enforcement, context) or policy.fault(
                 state, rec, request, index, time
             )
             if denial is not None:
                 check, reason = "policy", denial
+        logged = reason if check is None else f"{check}: {reason}"[:512]
+        return check, logged, state.policy_version, log.keys_for(state).decision
+
+    def sign(verdict: tuple[str | None, str, int, Any]) -> Built:
+        check, reason, version, key = verdict
         body: dict[str, Any] = {
             "kind": "access",
             "v": 1,
             "log": log.origin,
-            "invocation": dict(inv.obj),
+            "invocation": dict(invocation.obj),
             "context": dict(context),
             "enforcement": enforcement,
             "decision": "allow" if check is None else "deny",
-            "reason": reason if check is None else f"{check}: {reason}"[:512],
-            "policy": state.policy_version,
+            "reason": reason,
+            "policy": version,
         }
         if upstream_status is not None:
             body["upstream_status"] = upstream_status
-        outcome.update(check=check, reason=body["reason"], policy=state.policy_version)
-        key = log.keys_for(state).decision
         entry = sign_entry(body, [key])  # signed here, so verified here
-        return Built(entry, frozenset({(entry.id, key.kid), (entry.id, "inv:" + rec.holder.kid)}))
+        holder = "inv:" + invocation.sig.kid  # verified against the holder by judge()
+        return Built(entry, frozenset({(entry.id, key.kid), (entry.id, holder)}))
+
+    def build(state: ChainView, index: int, time: int) -> Built:
+        verdict = judge(state, index, time)
+        outcome.update(check=verdict[0], reason=verdict[1], policy=verdict[2])
+        return sign(verdict)
 
     try:
         appended = log.build(build)

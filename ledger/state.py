@@ -33,6 +33,7 @@ import json
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from lineage.verifier.chain import ChainView, CredentialRecord, Effects, KeyRecord
@@ -134,10 +135,18 @@ class SQLiteState(ChainView):
         self.cache = cache
         self.fresh: dict[str, CredentialRecord] = {}  # created here, not yet committed
         self._policy: tuple[int, Policy] | None = None
+        # Rows read since the last write through this view: a decision and the rules
+        # that check it ask the same questions, and only ``apply`` changes the answers.
+        self._memo: dict[tuple, object] = {}
 
     def _one(self, sql: str, params: tuple = ()) -> tuple | None:
+        key = (sql, params)
+        if key in self._memo:
+            return self._memo[key]  # type: ignore[return-value]
         rows = self.store._query(sql, params)
-        return rows[0] if rows else None
+        row = rows[0] if rows else None
+        self._memo[key] = row
+        return row
 
     # -- where the state is ------------------------------------------------------------------
 
@@ -180,6 +189,7 @@ class SQLiteState(ChainView):
         return index if index is not None and index < self.size else None
 
     @staticmethod
+    @lru_cache(maxsize=1024)
     def _key(row: tuple) -> KeyRecord:
         key, roles, principal, added, retired = row
         return KeyRecord(PublicKey(bytes(key)), tuple(json.loads(roles)), principal, added, retired)
@@ -411,6 +421,7 @@ class SQLiteState(ChainView):
                 ),
             )
         )
+        self._memo.clear()
         self.store._write_each(statements)
 
     def committed(self) -> None:

@@ -100,8 +100,11 @@ def parse_entry(data: bytes) -> Entry:
 
 
 def sign_entry(body: Mapping[str, Any], signers: Sequence[SigningKey]) -> Entry:
-    """Sign a body (an entry object without ``sigs``) and return the parsed entry."""
-    parse_body(body)  # refuse to sign what no verifier would accept
+    """Sign a body (an entry object without ``sigs``) and return the parsed entry.
+
+    The signed object is parsed as any verifier parses it, once: a body no verifier
+    would accept raises, and its signatures are never returned.
+    """
     return entry_from_json(sign_object(ENTRY_CONTEXT, body, signers))
 
 

@@ -13,25 +13,31 @@
    entry twice; each access naming the policy version in force, its invocation's
    ``iat`` within ``invocation_window`` of the leaf's time and its nonce new; and the
    query index (``refs``) says of each leaf what the leaf itself says.
+5. State: the chain state tables the ledger decides from (ledger/state.py) hold
+   exactly what the replay gives: keys, credentials and their counters, revocations,
+   nonces and the uses inside each rate window.
 
 The first fault found raises ``AuditFailure`` naming what broke; its message is
 escaped (``printable``), as it may quote what the file holds. On large
 logs the parsing, hashing and Ed25519 verification run in a process pool (all
-cores); the replay itself is sequential, with signatures already checked.
+cores); the replay itself is sequential, with each chunk's signatures checked
+in the pool while the chunk before it is replayed.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from lineage.verifier.chain import DEFAULT_INVOCATION_WINDOW, Replay
 from lineage.verifier.checkpoint import open_checkpoint
-from lineage.verifier.entry import Entry, Leaf, parse_entry
+from lineage.verifier.entry import Entry, Leaf, parse_checked_entry, parse_entry
 from lineage.verifier.errors import ChainError, FormatError, SignatureError, printable
 from lineage.verifier.keys import PublicKey
 from lineage.verifier.kinds import Access, Delegation, Genesis, Grant, KeyChange
@@ -286,14 +292,15 @@ def _audit(
                     f"{what} has root {cp.root_hash.hex()}, the leaves give {root.hex()}",
                 )
             count += 1
-        # 4. replay, with signatures checked in parallel first
-        verified: set = set()
+        # 4. replay, with each chunk's signatures checked in parallel ahead of it
+        replay = Replay(log_key, complete=True, invocation_window=window, keep_entries=False)
         jobs = ((rows, keys) for rows in _chunks(conn, size, "idx, time, entry"))
-        for ok in pool.map(_verify, jobs) if pool else map(_verify, jobs):
-            verified |= ok
-        replay = Replay(log_key, verified, complete=True, invocation_window=window)
-        done = 0
-        for rows in _chunks(conn, size, "idx, time, entry"):
+        done, policy_at = 0, None
+        for ok, rows in zip(
+            _ahead(pool, _verify, jobs), _chunks(conn, size, "idx, time, entry"), strict=True
+        ):
+            replay.verified.clear()  # pairs are per entry: keep only this chunk's
+            replay.verified.update(ok)
             stored = {
                 r[0]: r[1:]
                 for r in conn.execute(
@@ -303,11 +310,13 @@ def _audit(
                 )
             }
             for index, time, raw in rows:
-                leaf = Leaf(parse_entry(raw), time)
+                leaf = Leaf(parse_checked_entry(raw), time)  # pass 1 parsed it strictly
                 try:
                     replay.apply(index, leaf)
                 except ChainError as exc:
                     raise AuditFailure("replay", f"index {index}: {exc}", index) from None
+                if leaf.entry.kind == "policy":
+                    policy_at = index
                 ref = ref_of(replay, index, leaf)
                 want = (ref.kind, ref.time, ref.principal, ref.holder, ref.task, ref.credential)
                 if stored.get(index) != want:  # the query index must say what the leaf says
@@ -319,12 +328,99 @@ def _audit(
                     )
             done += len(rows)
             tick("replay", done, size)
+        # 5. the chain state the ledger decides from must be the replay's
+        check_state(conn, replay, policy_at)
         return AuditReport(
-            size, tree_root(size, tree), count, len(replay.credentials), len(replay.accesses)
+            size, tree_root(size, tree), count, len(replay.credentials), replay.access_count
         )
     finally:
         if pool is not None:
             pool.shutdown()
+
+
+def _ahead(pool, fn, jobs: Iterable, depth: int = 4) -> Iterator:
+    """``map(fn, jobs)`` in order, with up to ``depth`` jobs running ahead in ``pool``
+    (all of them would hold the whole log in memory at once)."""
+    if pool is None:
+        yield from map(fn, jobs)
+        return
+    pending: deque = deque()
+    for job in jobs:
+        pending.append(pool.submit(fn, job))
+        if len(pending) > depth:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+def check_state(conn: sqlite3.Connection, replay: Replay, policy_at: int | None) -> None:
+    """The ledger's chain state tables (ledger/state.py) hold exactly what the replay
+    gives: a counter edited in the file (a use forgotten, a revocation dropped) would
+    change what the ledger allows next, so it fails the audit like a bad leaf."""
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if "chain_state" not in tables:
+        return  # a ledger from before the state tables: nothing to compare yet
+    head = conn.execute("SELECT size, time, policy_version, policy_idx FROM chain_state")
+    want = (replay.size, replay.time, replay.policy_version, policy_at)
+    _same("chain_state", head.fetchall(), [want])
+    keys = conn.execute("SELECT kid, key, roles, principal, added, retired FROM chain_keys")
+    _same(
+        "chain_keys",
+        [(k, bytes(raw), tuple(json.loads(roles)), p, a, r) for k, raw, roles, p, a, r in keys],
+        [
+            (kid, k.key.raw, k.roles, k.principal, k.added, k.retired)
+            for kid, k in replay.keys.items()
+        ],
+    )
+    _same(
+        "credentials",
+        conn.execute(
+            "SELECT id, idx, parent, principal, holder, rate_window, children, uses, revoked "
+            "FROM credentials"
+        ),
+        [
+            (
+                cid,
+                rec.index,
+                rec.parent.id if rec.parent else None,
+                rec.principal,
+                rec.holder.kid,
+                rec.credential.limits.rate.window if rec.credential.limits.rate else None,
+                replay.children(cid),
+                replay.use_count(cid),
+                replay.revoked_at(cid),
+            )
+            for cid, rec in replay.credentials.items()
+        ],
+    )
+    _same(
+        "revoked_holders",
+        conn.execute("SELECT kid, idx FROM revoked_holders"),
+        list(replay.revoked_holders.items()),
+    )
+    _same(
+        "nonces",
+        conn.execute("SELECT credential, nonce, allowed FROM nonces"),
+        [(c, n, int((c, n) in replay.nonces)) for c, n in replay.invocations],
+    )
+    recent = []
+    for cid, times in replay.use_times.items():
+        rate = replay.credentials[cid].credential.limits.rate
+        if rate is not None and times:  # kept: uses inside the window of the latest one
+            recent += [(cid, t) for t in times if t > times[-1] - rate.window]
+    _same("recent_uses", conn.execute("SELECT credential, time FROM recent_uses"), recent)
+
+
+def _same(table: str, stored: Iterable[tuple], replayed: list[tuple]) -> None:
+    got, want = Counter(map(tuple, stored)), Counter(replayed)
+    if got != want:
+        extra = next(iter(got - want), None)
+        missing = next(iter(want - got), None)
+        raise AuditFailure(
+            "state",
+            f"the {table} table disagrees with the replay: it holds {extra} "
+            f"where the log gives {missing}",
+        )
 
 
 def log_key_kid(log_key: Verifier) -> str:

@@ -10,15 +10,18 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 import threading
 from pathlib import Path
 
 import pytest
 
+from lineage.ledger.audit import AuditFailure, audit
 from lineage.ledger.errors import RejectedEntry
 from lineage.ledger.ledger import open_ledger
 from lineage.ledger.log import Log
+from lineage.ledger.rotation import rotate_key
 from lineage.ledger.store import SQLiteStore
 from lineage.verifier.bundle import parse_bundle
 from lineage.verifier.chain import Replay, Rules
@@ -240,3 +243,65 @@ def test_a_reopened_ledger_keeps_keys_roles_and_policy(tmp_path: Path):
         store._query("SELECT roles FROM chain_keys WHERE principal IS NOT NULL")[0][0]
     )
     store.close()
+
+
+# -- the audit compares the state tables with its replay ----------------------------------------
+
+TAMPER = {
+    "a use forgotten": "UPDATE credentials SET uses = uses - 1 WHERE uses > 0",
+    "a child forgotten": "UPDATE credentials SET children = 0 WHERE children > 0",
+    "a revocation dropped": "UPDATE credentials SET revoked = NULL WHERE revoked IS NOT NULL",
+    "a holder revocation dropped": "DELETE FROM revoked_holders",
+    "a nonce forgotten": "DELETE FROM nonces "
+    "WHERE (credential, nonce) IN (SELECT credential, nonce FROM nonces LIMIT 1)",
+    "a recent use dropped": "DELETE FROM recent_uses "
+    "WHERE rowid = (SELECT MIN(rowid) FROM recent_uses)",
+    "a key unretired": "UPDATE chain_keys SET retired = NULL WHERE retired IS NOT NULL",
+    "a key's roles widened": 'UPDATE chain_keys SET roles = \'["finance", "admin"]\' '
+    "WHERE principal IS NOT NULL",
+    "the state behind the log": "UPDATE chain_state SET size = size - 1",
+    "an older policy in force": "UPDATE chain_state SET policy_version = policy_version - 1",
+}
+
+
+@pytest.fixture(scope="module")
+def audited(tmp_path_factory) -> tuple[Path, object]:
+    """A ledger with a row in every state table, audited clean; and its log key."""
+    tmp = tmp_path_factory.mktemp("audited")
+    w = ih.world(tmp)
+    w.append(w.policy(1, {"rules": []}))
+    cid, _ = _spend(w, 3)
+    child = w.append(
+        w.delegate(
+            cid,
+            w.agent,
+            expires_at=w.now + 60,
+            max_depth=0,
+            max_uses=10,
+            rate={"count": 5, "window": 3},
+        )
+    )
+    w.append(w.revoke(w.alice, credential=child.id))
+    w.append(w.grant(w.helper))
+    w.append(w.revoke(w.helper, holder=w.helper.public))
+    rotate_key(w.log, w.keys, "decision")  # a retired key
+    w.log.checkpoint()
+    log_key = w.log.log_key
+    w.close()
+    assert audit(w.db, log_key).size > 10
+    return w.db, log_key
+
+
+@pytest.mark.parametrize("what", sorted(TAMPER))
+def test_the_audit_refuses_state_tables_that_disagree_with_the_log(audited, tmp_path, what):
+    db, log_key = audited
+    copy = tmp_path / "l.db"
+    shutil.copy(db, copy)
+    conn = sqlite3.connect(copy)
+    changed = conn.execute(TAMPER[what]).rowcount
+    conn.commit()
+    conn.close()
+    assert changed >= 1, f"{what}: the fixture has no row to tamper with"
+    with pytest.raises(AuditFailure) as info:
+        audit(copy, log_key)
+    assert info.value.what == "state", str(info.value)

@@ -542,8 +542,15 @@ class Replay(ChainView):
         *,
         complete: bool = False,
         invocation_window: int = DEFAULT_INVOCATION_WINDOW,
+        keep_entries: bool = True,
     ):
-        """``verified``, ``complete`` and ``invocation_window``: see ``Rules``."""
+        """``verified``, ``complete`` and ``invocation_window``: see ``Rules``.
+
+        ``keep_entries``: keep every access and revocation entry (``accesses``,
+        ``revocations``), as a bundle's reader wants; an audit of a whole log only
+        counts them (``access_count``), so its memory follows the credentials, not
+        the accesses.
+        """
         self.rules = Rules(
             log_key, verified, complete=complete, invocation_window=invocation_window
         )
@@ -562,6 +569,8 @@ class Replay(ChainView):
         self.use_times: dict[str, list[int]] = {}  # credential -> times of its uses, in order
         self.nonces: set[tuple[str, str]] = set()  # (credential, nonce) of allowed accesses
         self.invocations: set[tuple[str, str]] = set()  # (credential, nonce) of every access
+        self.keep_entries = keep_entries
+        self.access_count = 0
         self.accesses: list[tuple[int, Entry]] = []
         self.revocations: list[tuple[int, Entry]] = []
         self.anchors: list[int] = []  # indexes of genesis, key and policy entries
@@ -652,7 +661,7 @@ class Replay(ChainView):
             self.revoked.setdefault(fx.revoked, fx.index)
         if fx.revoked_holder is not None:
             self.revoked_holders.setdefault(fx.revoked_holder, fx.index)
-        if fx.revoked is not None or fx.revoked_holder is not None:
+        if self.keep_entries and (fx.revoked is not None or fx.revoked_holder is not None):
             self.revocations.append((fx.index, entry))
         for cid in fx.uses:
             self.use_times.setdefault(cid, []).append(fx.time)
@@ -660,7 +669,9 @@ class Replay(ChainView):
             if fx.allowed:
                 self.nonces.add(fx.invocation)
             self.invocations.add(fx.invocation)
-            self.accesses.append((fx.index, entry))
+            self.access_count += 1
+            if self.keep_entries:
+                self.accesses.append((fx.index, entry))
         if entry.kind in ("genesis", "key", "policy"):
             self.anchors.append(fx.index)
         self.ids[entry.id] = fx.index

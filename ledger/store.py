@@ -91,7 +91,12 @@ class StoredLeaf:
 
 
 class Store(Protocol):
-    """What the log asks of a database. Writes happen only through ``append``."""
+    """What the log asks of a database. Leaves are written only through ``append``; the
+    chain state (``state``) only through its ``apply``, in the same transaction.
+
+    Nothing above this interface assumes SQLite: a PostgreSQL store implements these,
+    and a ``ChainView`` with ``apply``/``committed`` over its own tables.
+    """
 
     def size(self) -> int: ...
     def read_nodes(self, coords: Sequence[Coord]) -> list[bytes]: ...
@@ -105,41 +110,6 @@ class Store(Protocol):
     def add_refs(self, refs: Sequence[Ref]) -> None: ...
     def refs_size(self) -> int: ...
     def find_refs(self, start: int, end: int, limit: int, **match: object) -> list[int]: ...
-    def anchor_indexes(self, size: int) -> list[int]:
-        """Indexes below ``size`` of the genesis, key and policy entries."""
-        return [
-            row[0]
-            for row in self._query(
-                "SELECT idx FROM refs WHERE kind IN ('genesis', 'key', 'policy') AND idx < ?",
-                (size,),
-            )
-        ]
-
-    def ref_indexes(
-        self,
-        size: int,
-        kind: str,
-        *,
-        credentials: Sequence[str] = (),
-        holders: Sequence[str] = (),
-        credential: object = ...,
-    ) -> list[int]:
-        """Indexes below ``size`` of leaves of ``kind`` about any of ``credentials``, or
-        (with ``holders``) whose holder is one of these kids; ``credential=None`` keeps
-        only leaves about no credential (a holder key's revocation)."""
-        column, values = ("credential", credentials) if credentials else ("holder", holders)
-        out: list[int] = []
-        for chunk in range(0, len(values), 400):
-            part = list(values[chunk : chunk + 400])
-            sql = (
-                f"SELECT idx FROM refs WHERE kind = ? AND idx < ? AND {column} IN "
-                f"({', '.join('?' for _ in part)})"
-            )
-            if credential is None:
-                sql += " AND credential IS NULL"
-            out += [row[0] for row in self._query(sql, (kind, size, *part))]
-        return out
-
     def add_checkpoint(self, size: int, root: bytes, note: bytes, created: int) -> None: ...
     def latest_checkpoint(self) -> tuple[int, bytes] | None: ...
     def checkpoints(self) -> Iterator[tuple[int, bytes, bytes]]: ...
@@ -147,6 +117,11 @@ class Store(Protocol):
     def set_meta(self, key: str, value: str) -> None: ...
     def meta_once(self, key: str, value: str) -> str: ...
     def remember_jti(self, jti: str, expires: int, now: int) -> bool: ...
+    def in_transaction(self) -> bool: ...
+    def state(self, cache: RecordCache) -> SQLiteState: ...
+    def snapshot(self) -> AbstractContextManager[None]: ...
+    def anchor_indexes(self, size: int) -> list[int]: ...
+    def ref_indexes(self, size: int, kind: str, **about: object) -> list[int]: ...
 
 
 def _append_only(table: str, key: str) -> str:

@@ -26,16 +26,20 @@ from __future__ import annotations
 
 import base64
 import binascii
+import os
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from .chain import CredentialRecord, Replay
 from .checkpoint import SignedCheckpoint, open_checkpoint
-from .entry import Leaf, leaf_from_json
+from .entry import Entry, Leaf, leaf_from_json
 from .errors import ChainError, EntryFormatError, FormatError, ProofError, SignatureError
 from .fields import Fields
 from .jcs import MAX_DEPTH, parse
+from .keys import PublicKey
+from .kinds import Access, Delegation, Genesis, Grant, KeyChange, Revocation
 from .merkle import consistency_proof_size, verify_consistency, verify_inclusion
 from .note import Verifier, parse_vkey
 
@@ -155,6 +159,43 @@ class VerifiedBundle:
         return [r.chain() for r in recs if r.id not in parents]
 
 
+def presign(entries: Sequence[Entry], log_key: Verifier) -> set[tuple[str, str]]:
+    """The (entry id, kid) pairs (``"inv:" + kid`` for an access's invocation) whose
+    signatures verify under a key these entries introduce, checked in threads.
+
+    A kid is its key's hash, so a verified pair is a fact whatever the replay then
+    decides about the key's authority; ``Replay`` checks anything not in the set
+    itself. Ed25519 verification releases the GIL, so the threads use every core.
+    """
+    keys: dict[str, PublicKey] = {}
+    log = PublicKey(log_key.public_key)
+    keys[log.kid] = log
+    for entry in entries:
+        body = entry.body
+        if isinstance(body, Genesis):
+            keys.update((k.key.kid, k.key) for k in body.keys)
+        elif isinstance(body, KeyChange):
+            keys[body.key.kid] = body.key
+        elif isinstance(body, Grant | Delegation | Revocation) and body.holder is not None:
+            keys[body.holder.kid] = body.holder  # a holder key, or one revoked
+    jobs: list[tuple[tuple[str, str], PublicKey, bytes, bytes]] = []
+    for entry in entries:
+        message = entry.signed_message()
+        for sig in entry.sigs:
+            if sig.kid in keys:
+                jobs.append(((entry.id, sig.kid), keys[sig.kid], message, sig.sig))
+        if isinstance(entry.body, Access):
+            inv = entry.body.invocation
+            if inv.sig.kid in keys:
+                pair = (entry.id, "inv:" + inv.sig.kid)
+                jobs.append((pair, keys[inv.sig.kid], inv.message(), inv.sig.sig))
+    if len(jobs) < 64:
+        return {pair for pair, key, msg, sig in jobs if key.verify(b"", msg, sig)}
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        ok = pool.map(lambda job: job[1].verify(b"", job[2], job[3]), jobs, chunksize=64)
+        return {job[0] for job, good in zip(jobs, ok, strict=True) if good}
+
+
 def _trusted(log_key: Verifier | str) -> Verifier:
     return log_key if isinstance(log_key, Verifier) else parse_vkey(log_key)
 
@@ -198,8 +239,8 @@ def verify_bundle(
             err = ProofError(f"entry {e.index}: inclusion proof: {exc}")
             err.expected, err.computed = exc.expected, exc.computed
             raise err from None
-    # 4. the chains
-    replay = Replay(trusted)
+    # 4. the chains, with the signatures checked first on every core
+    replay = Replay(trusted, presign([e.leaf.entry for e in bundle.entries], trusted))
     replay.apply_all((e.index, e.leaf) for e in bundle.entries)
     # 5. consistency: its shape against this checkpoint, then with an older checkpoint
     if bundle.consistency is not None:

@@ -22,11 +22,11 @@ from typing import Any
 
 from .errors import EntryFormatError
 from .fields import Fields
-from .jcs import MAX_DEPTH, MAX_SAFE_INTEGER, canonical, parse_canonical
+from .jcs import MAX_DEPTH, MAX_SAFE_INTEGER, canonical, checked_canonical, parse_canonical
 from .keys import ENTRY_CONTEXT, PublicKey, SigningKey
 from .kinds import Body, parse_body
 from .merkle import leaf_hash
-from .signed import Sig, parse_sigs, sign_object, signed_message
+from .signed import Sig, parse_sigs, sign_object
 
 __all__ = [
     "LEAF_DEPTH",
@@ -70,8 +70,8 @@ class Entry:
         return self._message
 
     @cached_property
-    def _message(self) -> bytes:
-        return signed_message(ENTRY_CONTEXT, self.obj)
+    def _message(self) -> bytes:  # ``obj`` came from a checked parse or ``canonical``
+        return ENTRY_CONTEXT + checked_canonical({k: v for k, v in self.obj.items() if k != "sigs"})
 
     def signed_by(self, key: PublicKey) -> bool:
         """True iff one of the signatures names ``key`` by kid and verifies under it."""
@@ -96,7 +96,14 @@ def parse_entry(data: bytes) -> Entry:
     """Parse an entry's canonical bytes; anything not canonical is rejected, not re-encoded."""
     if isinstance(data, bytes | bytearray) and len(data) > MAX_ENTRY_SIZE:
         raise EntryFormatError(f"entry is {len(data)} bytes, more than {MAX_ENTRY_SIZE}")
-    return entry_from_json(parse_canonical(data, max_size=MAX_ENTRY_SIZE))
+    obj = parse_canonical(data, max_size=MAX_ENTRY_SIZE)
+    if not isinstance(obj, Mapping):
+        raise EntryFormatError("an entry must be an object")
+    # ``data`` is the canonical encoding of ``obj`` (checked), and ``obj`` is a private
+    # value just parsed: what ``entry_from_json`` would re-encode and copy.
+    sigs = parse_sigs(obj.get("sigs"))
+    body = parse_body({k: v for k, v in obj.items() if k != "sigs"})
+    return Entry(bytes(data), obj, body, sigs)
 
 
 def parse_checked_entry(data: bytes) -> Entry:

@@ -59,8 +59,12 @@ class SignedInvocation:
             raise SignatureError(
                 f"invocation signed by {self.sig.kid}, not the holder {holder.kid}"
             )
-        if not holder.verify(b"", signed_message(INVOCATION_CONTEXT, self.obj), self.sig.sig):
+        if not holder.verify(b"", self.message(), self.sig.sig):
             raise SignatureError("invocation signature does not verify under the holder key")
+
+    def message(self) -> bytes:
+        """The bytes the holder signed: context || JCS(the invocation without ``sigs``)."""
+        return signed_message(INVOCATION_CONTEXT, self.obj)
 
 
 def _nonce(value: Any) -> str:

@@ -73,6 +73,12 @@ def _check(value: Any, depth: int, max_depth: int = MAX_DEPTH) -> None:
 def canonical(value: Any, *, max_depth: int = MAX_DEPTH) -> bytes:
     """The canonical (RFC 8785) bytes of ``value``; EncodingError outside the subset."""
     _check(value, 0, max_depth)
+    return checked_canonical(value)
+
+
+def checked_canonical(value: Any) -> bytes:
+    """``canonical`` of a value already checked to lie in the subset (one that ``parse``
+    returned, or a part of one): the encoding, without walking the value again."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
@@ -141,6 +147,6 @@ def parse_canonical(data: bytes, *, max_size: int | None = None, max_depth: int 
     and one id; anything else is rejected rather than re-encoded.
     """
     value = parse(data, max_size=max_size, max_depth=max_depth)
-    if canonical(value, max_depth=max_depth) != bytes(data):
+    if checked_canonical(value) != bytes(data):  # ``parse`` checked the subset
         raise EncodingError("not in canonical form (RFC 8785)")
     return value

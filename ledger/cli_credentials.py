@@ -46,7 +46,7 @@ from .export import (
     rows_dot,
     rows_jsonl,
 )
-from .issuance import bind_principal
+from .issuance import binding_body
 from .keys import check_principal_name, keys_dir, principal_key_file, read_seed_file, write_secret
 from .ledger import DEFAULT_DB, open_ledger
 from .query import Filter
@@ -127,7 +127,7 @@ def policy_set(
             "version": version,
             "document": _json(document),
         }
-        result = log.append(sign_entry(body, [log.keys.operator]))
+        result = log.append_as("operator", body)
         log.close()
     except LineageError as exc:
         raise fail(str(exc)) from None
@@ -220,13 +220,13 @@ def principal_add(
         try:
             signing = SigningKey.generate() if generate_key else None
             key = signing.public if signing is not None else key
-            entry = bind_principal(log.origin, log.keys.operator, name, key, role or ())
+            binding = binding_body(log.origin, name, key, role or ())
             if signing is not None:
                 path = key_file or principal_key_file(keys_dir(keys), name)
                 write_secret(path, key_file_text(signing))
                 created = path
             try:
-                result = log.append(entry)
+                result = log.append_as("operator", binding)
             except (RejectedEntry, FormatError):  # refused: nothing is bound to that key
                 if created is not None:
                     created.unlink(missing_ok=True)
@@ -420,14 +420,16 @@ def revoke(
         raise fail("give a CREDENTIAL or --holder, and --key FILE or --operator", 2)
     try:
         log = open_ledger(db, keys)
-        signer = log.keys.operator if operator else read_seed_file(key)
         body = revocation_body(
             log.origin,
             credential=credential,
             holder=PublicKey.from_b64(holder) if holder else None,
             reason=reason,
         )
-        result = log.append(sign_entry(body, [signer]))
+        if operator:  # signed by the writer, with the operator key active then
+            result = log.append_as("operator", body)
+        else:
+            result = log.append(sign_entry(body, [read_seed_file(key)]))
         log.close()
     except LineageError as exc:
         raise fail(str(exc)) from None

@@ -97,6 +97,11 @@ def bind_principal(
     log: str, operator: SigningKey, name: str, key: PublicKey, roles: Sequence[str] = ()
 ) -> Entry:
     """The operator's ``key`` entry binding ``name`` to ``key``."""
+    return sign_entry(binding_body(log, name, key, roles), [operator])
+
+
+def binding_body(log: str, name: str, key: PublicKey, roles: Sequence[str] = ()) -> dict[str, Any]:
+    """The body of a ``key`` entry binding principal ``name`` to ``key``."""
     body: dict[str, Any] = {
         "kind": "key",
         "v": 1,
@@ -107,4 +112,4 @@ def bind_principal(
     }
     if roles:
         body["roles"] = sorted(set(roles))
-    return sign_entry(body, [operator])
+    return body

@@ -19,14 +19,15 @@ import logging
 import queue
 import threading
 import time as _time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lineage.verifier.chain import ChainView, Rules
-from lineage.verifier.entry import Entry, Leaf, parse_entry
+from lineage.verifier.entry import Entry, Leaf, parse_entry, sign_entry
 from lineage.verifier.errors import ChainError, FormatError, LineageError, SignatureError
 from lineage.verifier.kinds import Access
 from lineage.verifier.merkle import (
@@ -327,6 +328,25 @@ class Log:
         self._submit(builder, future)
         return _outcome(future, timeout)
 
+    def append_as(
+        self, role: str, body: Mapping[str, Any], timeout: float | None = 30.0
+    ) -> Appended:
+        """Sign ``body`` with this process's ``role`` key (``operator`` or ``decision``) in
+        the writer, against the state at the entry's own index, and append it.
+
+        Signed there, an entry is never made with a key that a rotation (in this process
+        or another) retired between signing and appending.
+        """
+        if role not in ("operator", "decision") or self._keys is None:
+            raise StorageError(f"this log cannot sign as {role}")
+
+        def build(state: ChainView, index: int, time: int) -> Built:
+            key = getattr(self.keys_for(state), role)
+            entry = sign_entry(body, [key])
+            return Built(entry, frozenset({(entry.id, key.kid)}))
+
+        return self.build(build, timeout)
+
     def _run(self) -> None:
         while True:
             item = self._queue.get()
@@ -368,6 +388,9 @@ class Log:
         A ledger written before the state was kept in the database replays its leaves
         into it once, on first use, in transactions of ``CATCH_UP`` leaves.
         """
+        if not self._caught_up:
+            view = self.store.state(self._cache)
+            self._caught_up = view.size == self.store.size()  # a read: no write lock
         if not self._caught_up:
             with self._state_lock:
                 while not self._caught_up:

@@ -406,9 +406,16 @@ def check_state(conn: sqlite3.Connection, replay: Replay, policy_at: int | None)
     recent = []
     for cid, times in replay.use_times.items():
         rate = replay.credentials[cid].credential.limits.rate
-        if rate is not None and times:  # kept: uses inside the window of the latest one
-            recent += [(cid, t) for t in times if t > times[-1] - rate.window]
-    _same("recent_uses", conn.execute("SELECT credential, time FROM recent_uses"), recent)
+        if rate is None or not times:
+            continue
+        # kept: the uses inside the latest one's window, and the last use before it
+        boundary = times[-1] - rate.window
+        seqs = list(enumerate(times, start=1))
+        before = [(seq, t) for seq, t in seqs if t <= boundary]
+        recent += [(cid, t, seq) for seq, t in seqs if t > boundary]
+        if before:
+            recent.append((cid, before[-1][1], before[-1][0]))
+    _same("recent_uses", conn.execute("SELECT credential, time, seq FROM recent_uses"), recent)
 
 
 def _same(table: str, stored: Iterable[tuple], replayed: list[tuple]) -> None:

@@ -14,9 +14,11 @@ state"):
   principal, holder kid, rate window, and the counters the rules ask about
   (children, uses over its subtree, the index of its first revocation).
 - ``revoked_holders``: holder keys revoked, by kid.
-- ``recent_uses``: times of the uses still inside a rate-limited credential's
-  window (older ones are pruned as the next use is written), so a rate check
-  reads at most ``rate.count`` rows whatever the credential's history.
+- ``recent_uses``: for a rate-limited credential, each use's time and ``seq``, the
+  credential's use count just after it. Uses after time t are then ``uses``
+  minus the ``seq`` of the last use at or before t: one index lookup, whatever
+  the window holds or the credential's history. As each use is written, the
+  rows older than its window go, but for the last of them.
 - ``nonces``: the invocation nonces of every access, per credential (kept: the
   format refuses a repeated nonce however old).
 
@@ -83,8 +85,12 @@ CREATE INDEX credentials_parent ON credentials (parent, idx);
 CREATE INDEX credentials_holder ON credentials (holder, idx);
 CREATE INDEX credentials_principal ON credentials (principal, idx);
 CREATE TABLE revoked_holders (kid TEXT PRIMARY KEY, idx INTEGER NOT NULL) WITHOUT ROWID;
-CREATE TABLE recent_uses (credential TEXT NOT NULL, time INTEGER NOT NULL);
-CREATE INDEX recent_uses_by ON recent_uses (credential, time);
+CREATE TABLE recent_uses (
+    credential TEXT    NOT NULL,
+    time       INTEGER NOT NULL,
+    seq        INTEGER NOT NULL
+);
+CREATE INDEX recent_uses_by ON recent_uses (credential, time, seq);
 CREATE TABLE nonces (
     credential TEXT NOT NULL,
     nonce      TEXT NOT NULL,
@@ -274,7 +280,10 @@ class SQLiteState(ChainView):
 
     def uses_after(self, cid: str, time: int) -> int:
         row = self._one(
-            "SELECT COUNT(*) FROM recent_uses WHERE credential = ? AND time > ?", (cid, time)
+            "SELECT c.uses - IFNULL((SELECT seq FROM recent_uses WHERE credential = ?1 "
+            "AND time <= ?2 ORDER BY time DESC, seq DESC LIMIT 1), 0) "
+            "FROM credentials c WHERE c.id = ?1",
+            (cid, time),
         )
         return row[0] if row else 0
 
@@ -390,15 +399,17 @@ class SQLiteState(ChainView):
         for cid in fx.uses:
             statements += [
                 ("UPDATE credentials SET uses = uses + 1 WHERE id = ?", (cid,)),
-                (  # a use older than the window is never counted again
-                    "DELETE FROM recent_uses WHERE credential = ?1 AND time <= ?2 - "
-                    "(SELECT rate_window FROM credentials WHERE id = ?1)",
-                    (cid, fx.time),
-                ),
                 (
-                    "INSERT INTO recent_uses (credential, time) SELECT id, ? FROM credentials "
-                    "WHERE id = ? AND rate_window IS NOT NULL",
+                    "INSERT INTO recent_uses (credential, time, seq) SELECT id, ?, uses "
+                    "FROM credentials WHERE id = ? AND rate_window IS NOT NULL",
                     (fx.time, cid),
+                ),
+                (  # rows before this use's window go, but the last of them (its seq counts)
+                    "DELETE FROM recent_uses WHERE credential = ?1 AND seq < (SELECT seq "
+                    "FROM recent_uses WHERE credential = ?1 AND time <= ?2 - (SELECT "
+                    "rate_window FROM credentials WHERE id = ?1) ORDER BY time DESC, seq DESC "
+                    "LIMIT 1)",
+                    (cid, fx.time),
                 ),
             ]
         if fx.invocation is not None:

@@ -569,7 +569,19 @@ class SQLiteStore:
         if match.get("until") is not None:
             where.append("time < ?")
             params.append(match["until"])
-        sql = f"SELECT idx FROM refs WHERE {' AND '.join(where)} ORDER BY idx LIMIT ?"
+        # The most selective equality's (column, idx) index reads matches in index order;
+        # left to itself, with no statistics, SQLite may walk a far larger one.
+        chosen = next(
+            (
+                column
+                for column in ("credential", "principal", "holder", "task", "kind")
+                if (match.get("holders") if column == "holder" else match.get(column))
+                and not (column == "task" and str(task).endswith("/"))
+            ),
+            None,
+        )
+        table = f"refs INDEXED BY refs_{chosen}" if chosen else "refs"
+        sql = f"SELECT idx FROM {table} WHERE {' AND '.join(where)} ORDER BY idx LIMIT ?"
         return [row[0] for row in self._query(sql, [*params, limit])]
 
     def anchor_indexes(self, size: int) -> list[int]:
@@ -598,13 +610,15 @@ class SQLiteStore:
         out: list[int] = []
         for chunk in range(0, len(values), 400):
             part = list(values[chunk : chunk + 400])
+            # Without table statistics SQLite would walk the kind index (every access of
+            # the log); the credential or holder index reads only the answer's rows.
             sql = (
-                f"SELECT idx FROM refs WHERE kind = ? AND idx < ? AND {column} IN "
-                f"({', '.join('?' for _ in part)})"
+                f"SELECT idx FROM refs INDEXED BY refs_{column} WHERE {column} IN "
+                f"({', '.join('?' for _ in part)}) AND kind = ? AND idx < ?"
             )
             if credential is None:
                 sql += " AND credential IS NULL"
-            out += [row[0] for row in self._query(sql, (kind, size, *part))]
+            out += [row[0] for row in self._query(sql, (*part, kind, size))]
         return out
 
     def add_checkpoint(self, size: int, root: bytes, note: bytes, created: int) -> None:

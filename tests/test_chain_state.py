@@ -195,24 +195,26 @@ def test_readers_see_committed_state_only(tmp_path: Path):
     w.close()
 
 
-def test_a_rate_check_reads_only_the_window(tmp_path: Path):
-    """After many uses, the rows a rate check reads are those inside the window."""
+def test_a_rate_check_is_one_index_lookup(tmp_path: Path):
+    """Regression: a rate check counted every use inside the window (8.6 ms with 20k uses
+    against 2.1 ms with none). Now it reads the one row before the window, through the
+    (credential, time, seq) index, and rows older than the window are pruned."""
     w = ih.world(tmp_path)
     cid, decisions = _spend(w, 40)
     assert sum(d.allowed for d in decisions) == 40  # 1 a second, 5 in 3 s allowed
+    state = w.log.state()
+    assert state.use_count(cid) == 40
+    assert [state.uses_after(cid, w.now - back) for back in (0, 1, 2, 3)] == [0, 1, 2, 3]
     conn = sqlite3.connect(w.db)
-    rows = conn.execute("SELECT COUNT(*) FROM recent_uses WHERE credential = ?", (cid,))
-    assert rows.fetchone()[0] <= 5
-    plan = " ".join(
-        str(r)
-        for r in conn.execute(
-            "EXPLAIN QUERY PLAN SELECT COUNT(*) FROM recent_uses WHERE credential = ? AND time > ?",
-            (cid, 0),
-        )
+    kept = conn.execute("SELECT COUNT(*) FROM recent_uses WHERE credential = ?", (cid,))
+    assert kept.fetchone()[0] <= 5  # the window's uses, and the last one before it
+    sql = (
+        "SELECT seq FROM recent_uses WHERE credential = ?1 AND time <= ?2 "
+        "ORDER BY time DESC, seq DESC LIMIT 1"
     )
-    assert "recent_uses_by" in plan
+    plan = " ".join(r[-1] for r in conn.execute("EXPLAIN QUERY PLAN " + sql, (cid, w.now)))
+    assert "recent_uses_by" in plan and "TEMP B-TREE" not in plan, plan
     conn.close()
-    assert w.log.state().use_count(cid) == 40
     w.close()
 
 
@@ -305,3 +307,46 @@ def test_the_audit_refuses_state_tables_that_disagree_with_the_log(audited, tmp_
     with pytest.raises(AuditFailure) as info:
         audit(copy, log_key)
     assert info.value.what == "state", str(info.value)
+
+
+def test_lineage_queries_read_indexes_not_the_log(tmp_path: Path):
+    """Regression: a lineage's accesses were found by walking the kind index, every access
+    in the log (1.6 ms at 10k leaves, ~160 ms at 1M). Every statement a lineage, a bundle
+    and a principal's entries run must be an index search, never a scan."""
+    from lineage.ledger.query import Filter, entries, related
+
+    w = ih.world(tmp_path)
+    cid, _ = _spend(w, 3)
+    other = w.append(w.grant(w.helper))
+    w.clock.advance(1)
+    w.decide(w.invoke(w.helper, other.id))
+    statements: list[tuple[str, tuple]] = []
+    store = w.log.store
+    query = store._query
+
+    def recording(sql, params=()):
+        statements.append((sql, tuple(params)))
+        return query(sql, params)
+
+    store._query = recording
+    try:
+        assert related(w.log, [cid])
+        assert list(entries(w.log, Filter(principal="alice@corp")))
+        assert list(entries(w.log, Filter(holder=w.agent.public.b64)))
+    finally:
+        store._query = query
+    conn = sqlite3.connect(w.db)
+    scans = []
+    for sql, params in statements:
+        if not sql.lstrip().upper().startswith(("SELECT", "WITH")):
+            continue
+        plan = " | ".join(r[-1] for r in conn.execute("EXPLAIN QUERY PLAN " + sql, params))
+        if "SCAN refs" in plan or "SCAN credentials" in plan or "SCAN leaves" in plan:
+            scans.append((sql, plan))
+        for column in ("credential", "holder", "principal"):  # the answer's own index
+            if "FROM refs" in sql and f"{column} IN" in sql or f"{column} = ?" in sql:
+                if "FROM refs" in sql and f"refs_{column}" not in plan:
+                    scans.append((sql, plan))
+    conn.close()
+    w.close()
+    assert not scans, scans

@@ -29,6 +29,7 @@ from lineage.verifier.entry import Entry, sign_entry
 from lineage.verifier.errors import FormatError, SignatureError
 from lineage.verifier.invocation import SignedInvocation, effective_request, parse_signed_invocation
 from lineage.verifier.jcs import canonical
+from lineage.verifier.kinds import Access
 
 from .errors import LedgerError, RejectedEntry
 from .log import Built, Log
@@ -160,6 +161,11 @@ def decide(
             raise InvalidInvocation(str(exc), "signature") from None
         holder_checked = known.holder.kid
 
+    # What this function parsed already: the entry's parse reuses it where equal.
+    parsed = Access(
+        log.origin, invocation, dict(context), enforcement, "allow", "", 0, None, request
+    )
+
     def judge(state: ChainView, index: int, time: int) -> tuple[str | None, str, int, Any]:
         """(check or None, the reason logged, policy version, decision key) at (index, time);
         raises ``InvalidInvocation`` for what is never logged."""
@@ -207,7 +213,7 @@ def decide(
         }
         if upstream_status is not None:
             body["upstream_status"] = upstream_status
-        entry = sign_entry(body, [key])  # signed here, so verified here
+        entry = sign_entry(body, [key], parsed)  # signed here, so verified here
         holder = "inv:" + invocation.sig.kid  # verified against the holder by judge()
         return Built(entry, frozenset({(entry.id, key.kid), (entry.id, holder)}))
 

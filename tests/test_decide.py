@@ -539,3 +539,25 @@ def test_64_invocations_from_several_processes_and_threads(tmp_path: Path, metho
     w.log = reopen(w)
     _assert_exactly_one_allow(w, outcomes, 64)
     w.close()
+
+
+def test_a_decision_entry_is_what_a_verifier_parses_from_its_bytes(tmp_path):
+    """The writer reuses the invocation and context it has just parsed when it signs a
+    decision; the entry it logs must be exactly what parsing its bytes gives."""
+    from lineage.verifier.entry import parse_entry
+    from tests import issuance_helpers as ih
+
+    w = ih.world(tmp_path)
+    g = w.append(w.grant(max_uses=10))
+    contexts = [
+        {},
+        {"attributes": {"sender": "b@vendor.example", "received_at": ih.T0 - 30}},
+        {"path": "/inbox/1", "note": ["a", 1, True, None, {"x": []}]},
+    ]
+    for context in contexts:
+        w.clock.advance(1)
+        d = w.decide(w.invoke(w.agent, g.id), context)
+        again = parse_entry(d.entry.raw)
+        assert again.body == d.entry.body and again.obj == d.entry.obj
+        assert again.body.request == d.entry.body.request
+    w.close()

@@ -24,7 +24,7 @@ from .errors import EntryFormatError
 from .fields import Fields
 from .jcs import MAX_DEPTH, MAX_SAFE_INTEGER, canonical, checked_canonical, parse_canonical
 from .keys import ENTRY_CONTEXT, PublicKey, SigningKey
-from .kinds import Body, parse_body
+from .kinds import Access, Body, parse_body
 from .merkle import leaf_hash
 from .signed import Sig, parse_sigs, sign_object
 
@@ -79,8 +79,9 @@ class Entry:
         return any(s.kid == key.kid and key.verify(b"", message, s.sig) for s in self.sigs)
 
 
-def entry_from_json(obj: Any) -> Entry:
-    """Parse an entry given as a JSON value (e.g. nested in a leaf or bundle)."""
+def entry_from_json(obj: Any, known: Access | None = None) -> Entry:
+    """Parse an entry given as a JSON value (e.g. nested in a leaf or bundle);
+    ``known``: see ``kinds.Access.parse``."""
     if not isinstance(obj, Mapping):
         raise EntryFormatError("an entry must be an object")
     raw = canonical(obj)
@@ -88,7 +89,7 @@ def entry_from_json(obj: Any) -> Entry:
         raise EntryFormatError(f"entry is {len(raw)} bytes, more than {MAX_ENTRY_SIZE}")
     obj = json.loads(raw)  # a private copy: later edits to the caller's object change nothing
     sigs = parse_sigs(obj.get("sigs"))
-    body = parse_body({k: v for k, v in obj.items() if k != "sigs"})
+    body = parse_body({k: v for k, v in obj.items() if k != "sigs"}, known)
     return Entry(raw, obj, body, sigs)
 
 
@@ -115,13 +116,16 @@ def parse_checked_entry(data: bytes) -> Entry:
     return Entry(bytes(data), obj, body, sigs)
 
 
-def sign_entry(body: Mapping[str, Any], signers: Sequence[SigningKey]) -> Entry:
+def sign_entry(
+    body: Mapping[str, Any], signers: Sequence[SigningKey], known: Access | None = None
+) -> Entry:
     """Sign a body (an entry object without ``sigs``) and return the parsed entry.
 
     The signed object is parsed as any verifier parses it, once: a body no verifier
-    would accept raises, and its signatures are never returned.
+    would accept raises, and its signatures are never returned. ``known``: an access
+    whose parsed invocation and context may be reused (``kinds.Access.parse``).
     """
-    return entry_from_json(sign_object(ENTRY_CONTEXT, body, signers))
+    return entry_from_json(sign_object(ENTRY_CONTEXT, body, signers), known)
 
 
 @dataclass(frozen=True)

@@ -271,9 +271,15 @@ class Access:
     request: Request  # the invocation's request, with the context's asserted attributes
 
     @classmethod
-    def parse(cls, obj: Any) -> Access:
+    def parse(cls, obj: Any, known: Access | None = None) -> Access:
+        """Parse an access body. ``known``: an access parsed before whose invocation and
+        context, where ``obj`` holds equal ones, are taken as parsed (a decision point
+        signing the invocation it has just judged); every other field is checked."""
         f, log = _header(obj, "access")
-        invocation = f.parsed("invocation", parse_signed_invocation)
+        if known is not None and f.raw("invocation") == known.invocation.obj:
+            invocation = known.invocation
+        else:
+            invocation = f.parsed("invocation", parse_signed_invocation)
         context = f.object("context")
         enforcement = f.str("enforcement", max_len=128)
         decision = f.choice("decision", ("allow", "deny"))
@@ -281,7 +287,10 @@ class Access:
         policy = f.int("policy", 0)
         upstream = f.int("upstream_status", 100, 599, required=False)
         f.done()
-        request = f.parsed("context", lambda c: effective_request(invocation, c))
+        if known is not None and invocation is known.invocation and context == known.context:
+            request = known.request
+        else:
+            request = f.parsed("context", lambda c: effective_request(invocation, c))
         return cls(
             log, invocation, context, enforcement, decision, reason, policy, upstream, request
         )
@@ -299,11 +308,14 @@ _PARSERS = {
 }
 
 
-def parse_body(obj: Any) -> Body:
-    """Parse an entry body (the entry object less ``sigs``) by its ``kind``."""
+def parse_body(obj: Any, known: Access | None = None) -> Body:
+    """Parse an entry body (the entry object less ``sigs``) by its ``kind``
+    (``known``: see ``Access.parse``)."""
     if not isinstance(obj, Mapping):
         raise EntryFormatError("an entry must be an object")
     kind = obj.get("kind")
     if not isinstance(kind, str) or kind not in _PARSERS:
         raise EntryFormatError(f"unknown kind {kind!r}", "kind")
+    if kind == "access" and known is not None:
+        return Access.parse(obj, known)
     return _PARSERS[kind](obj)

@@ -123,10 +123,7 @@ def _verify(args: tuple[Sequence[tuple[int, int, bytes]], dict[str, bytes]]) -> 
     rows, keys = args
     ok = set()
     for _index, _time, raw in rows:
-        try:
-            entry = parse_entry(raw)
-        except FormatError:
-            continue
+        entry = parse_checked_entry(raw)  # pass 1 parsed these bytes strictly
         for sig in entry.sigs:
             key = keys.get(sig.kid)
             if key is not None and entry.signed_by(PublicKey(key)):

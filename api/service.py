@@ -74,14 +74,16 @@ class Service:
 
     def valid_now(self, rec: CredentialRecord) -> bool:
         """Within its window and unrevoked, with its whole chain, at the log's time now."""
-        state = self.log.state()
-        now = max(int(self.log.clock()), state.time)
-        return state.validity_fault(rec, state.size, now, "credential") is None
+        with self.log.store.snapshot():  # every read from one committed state
+            state = self.log.state()
+            now = max(int(self.log.clock()), state.time)
+            return state.validity_fault(rec, state.size, now, "credential") is None
 
     def standing(self, rec: CredentialRecord) -> Standing:
         """Could ``rec`` be used now? The rules a decision applies first (``ledger.decide``)."""
-        state = self.log.state()
-        return standing(state, rec, state.size, max(int(self.log.clock()), state.time))
+        with self.log.store.snapshot():  # every read from one committed state
+            state = self.log.state()
+            return standing(state, rec, state.size, max(int(self.log.clock()), state.time))
 
 
 @dataclass(frozen=True)

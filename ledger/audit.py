@@ -14,8 +14,9 @@
    ``iat`` within ``invocation_window`` of the leaf's time and its nonce new; and the
    query index (``refs``) says of each leaf what the leaf itself says.
 5. State: the chain state tables the ledger decides from (ledger/state.py) hold
-   exactly what the replay gives: keys, credentials and their counters, revocations,
-   nonces and the uses inside each rate window.
+   exactly what the replay gives at the size they record (the whole log, unless a
+   ledger from before them has yet to replay into them): keys, credentials and
+   their counters, revocations, nonces and the uses kept for each rate window.
 
 The first fault found raises ``AuditFailure`` naming what broke; its message is
 escaped (``printable``), as it may quote what the file holds. On large
@@ -293,6 +294,13 @@ def _audit(
         replay = Replay(log_key, complete=True, invocation_window=window, keep_entries=False)
         jobs = ((rows, keys) for rows in _chunks(conn, size, "idx, time, entry"))
         done, policy_at = 0, None
+        # The chain state is compared with the replay at the size it records: the whole
+        # log, unless a ledger from before the state tables has not yet replayed into them.
+        state_size = _state_size(conn)
+        if state_size is not None and state_size > size:
+            raise AuditFailure("state", f"the chain state has {state_size} leaves, the log {size}")
+        if state_size == 0:
+            check_state(conn, replay, None)
         for ok, rows in zip(
             _ahead(pool, _verify, jobs), _chunks(conn, size, "idx, time, entry"), strict=True
         ):
@@ -314,6 +322,8 @@ def _audit(
                     raise AuditFailure("replay", f"index {index}: {exc}", index) from None
                 if leaf.entry.kind == "policy":
                     policy_at = index
+                if index + 1 == state_size:
+                    check_state(conn, replay, policy_at)
                 ref = ref_of(replay, index, leaf)
                 want = (ref.kind, ref.time, ref.principal, ref.holder, ref.task, ref.credential)
                 if stored.get(index) != want:  # the query index must say what the leaf says
@@ -325,8 +335,6 @@ def _audit(
                     )
             done += len(rows)
             tick("replay", done, size)
-        # 5. the chain state the ledger decides from must be the replay's
-        check_state(conn, replay, policy_at)
         return AuditReport(
             size, tree_root(size, tree), count, len(replay.credentials), replay.access_count
         )
@@ -350,13 +358,21 @@ def _ahead(pool, fn, jobs: Iterable, depth: int = 4) -> Iterator:
         yield pending.popleft().result()
 
 
-def check_state(conn: sqlite3.Connection, replay: Replay, policy_at: int | None) -> None:
-    """The ledger's chain state tables (ledger/state.py) hold exactly what the replay
-    gives: a counter edited in the file (a use forgotten, a revocation dropped) would
-    change what the ledger allows next, so it fails the audit like a bad leaf."""
+def _state_size(conn: sqlite3.Connection) -> int | None:
+    """The size the chain state has applied; None for a ledger from before the tables."""
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     if "chain_state" not in tables:
-        return  # a ledger from before the state tables: nothing to compare yet
+        return None
+    row = conn.execute("SELECT size FROM chain_state").fetchone()
+    if row is None:
+        raise AuditFailure("state", "the chain_state table is empty")
+    return row[0]
+
+
+def check_state(conn: sqlite3.Connection, replay: Replay, policy_at: int | None) -> None:
+    """The ledger's chain state tables (ledger/state.py) hold exactly what ``replay`` gives
+    at the size they record: a counter edited in the file (a use forgotten, a revocation
+    dropped) would change what the ledger allows next, so it fails like a bad leaf."""
     head = conn.execute("SELECT size, time, policy_version, policy_idx FROM chain_state")
     want = (replay.size, replay.time, replay.policy_version, policy_at)
     _same("chain_state", head.fetchall(), [want])

@@ -324,6 +324,7 @@ class Log:
         Exceptions from the builder (a refused invocation, say) reach the caller and
         nothing is appended.
         """
+        self.state()  # a ledger from before the state tables catches up in bounded steps first
         future: Future[Appended] = Future()
         self._submit(builder, future)
         return _outcome(future, timeout)
@@ -396,8 +397,9 @@ class Log:
                 while not self._caught_up:
                     with self.store.transaction():
                         view = self.store.state(self._cache)
-                        self._caught_up = self._replay_tail(view, CATCH_UP)
+                        done = self._replay_tail(view, CATCH_UP)
                     view.committed()
+                    self._caught_up = done  # only once its transaction has committed
         return self.store.state(self._cache)
 
     def _replay_tail(self, view: SQLiteState, limit: int | None = None) -> bool:

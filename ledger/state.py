@@ -222,8 +222,11 @@ class SQLiteState(ChainView):
         return [self._key(r) for r in rows]
 
     def credential(self, cid: str) -> CredentialRecord | None:
-        rec = self.fresh.get(cid) or self.cache.get(cid)
+        rec = self.fresh.get(cid)
         if rec is not None:
+            return rec
+        rec = self.cache.get(cid)
+        if rec is not None and rec.index < self.size:  # not one after this view's snapshot
             return rec
         row = self._one(
             "SELECT c.idx, c.parent, c.principal, l.time, l.entry FROM credentials c "

@@ -350,3 +350,77 @@ def test_lineage_queries_read_indexes_not_the_log(tmp_path: Path):
     conn.close()
     w.close()
     assert not scans, scans
+
+
+# -- found in review -------------------------------------------------------------------------
+
+
+def test_the_audit_passes_a_ledger_whose_state_has_not_caught_up_yet(tmp_path: Path, monkeypatch):
+    """An older ledger opened (which adds the state tables empty) but not yet used, or
+    one whose catch-up stopped between its transactions, is sound: the audit compares
+    the tables with the replay at the size they record."""
+    import lineage.ledger.log as log_module
+
+    w = ih.world(tmp_path)
+    _spend(w, 5)
+    w.log.checkpoint()
+    log_key = w.log.log_key
+    w.close()
+    _as_schema_3(w.db)
+    opened = ih.reopen(w)  # migration 4: empty state tables
+    opened.close()
+    assert audit(w.db, log_key).size > 5
+    monkeypatch.setattr(log_module, "CATCH_UP", 3)
+    log = ih.reopen(w)
+    with log.store.transaction():  # one bounded step of the catch-up, then stop
+        view = log.store.state(log._cache)
+        assert not log._replay_tail(view, 3)
+    log.close()
+    assert 0 < SQLiteStore(w.db).state(log._cache).size < audit(w.db, log_key).size
+
+
+def test_a_build_after_an_upgrade_catches_up_in_bounded_steps(tmp_path: Path, monkeypatch):
+    """Regression: the first operator entry after an upgrade (append_as, build) replayed
+    the whole log inside one write transaction, holding every other process off."""
+    import lineage.ledger.log as log_module
+
+    w = ih.world(tmp_path)
+    _spend(w, 6)
+    w.close()
+    _as_schema_3(w.db)
+    monkeypatch.setattr(log_module, "CATCH_UP", 4)
+    limits: list[int | None] = []
+    tail = Log._replay_tail
+
+    def recording(self, view, limit=None):
+        limits.append(limit)
+        return tail(self, view, limit)
+
+    monkeypatch.setattr(Log, "_replay_tail", recording)
+    log = ih.reopen(w)
+    try:
+        body = {"kind": "policy", "v": 1, "log": ih.ORIGIN, "version": 1, "document": {}}
+        assert log.append_as("operator", body).index == log.size - 1
+    finally:
+        log.close()
+    assert limits and all(limit == 4 for limit in limits), limits
+
+
+def test_a_snapshot_never_sees_a_cached_credential_committed_after_it(tmp_path: Path):
+    w = ih.world(tmp_path)
+    log = w.log
+    with log.store.snapshot():
+        size = log.state().size
+        grant = w.grant()
+        done: list[object] = []
+        t = threading.Thread(target=lambda: done.append(log.append(grant)))
+        t.start()
+        t.join(10)
+        log.state().credential(grant.id)  # another thread's view may cache it meanwhile
+        other = threading.Thread(target=lambda: log.state().credential(grant.id))
+        other.start()
+        other.join(10)
+        state = log.state()
+        assert state.size == size and state.credential(grant.id) is None
+    assert log.state().credential(grant.id) is not None
+    w.close()

@@ -561,3 +561,27 @@ def test_a_decision_entry_is_what_a_verifier_parses_from_its_bytes(tmp_path):
         assert again.body == d.entry.body and again.obj == d.entry.obj
         assert again.body.request == d.entry.body.request
     w.close()
+
+
+def test_a_reused_parse_is_taken_only_for_the_same_json(tmp_path):
+    """Access.parse reuses a known invocation only when the body holds the same JSON, by
+    canonical bytes: Python's ``==`` would take ``True`` for ``1``."""
+    import dataclasses
+
+    from lineage.verifier.kinds import Access
+    from tests import issuance_helpers as ih
+
+    w = ih.world(tmp_path)
+    g = w.append(w.grant(max_uses=10))
+    w.clock.advance(1)
+    d = w.decide(w.invoke(w.agent, g.id), {"attributes": {"sender": "a@vendor.example"}})
+    body = {k: v for k, v in d.entry.obj.items() if k != "sigs"}
+    real = d.entry.body
+    lookalike = dataclasses.replace(real, context={"attributes": {"sender": ["a@vendor.example"]}})
+    assert Access.parse(body, lookalike).request is not lookalike.request
+    iat = float(real.invocation.obj["iat"])  # == the int, but not the same JSON
+    inv = dataclasses.replace(real.invocation, obj={**real.invocation.obj, "iat": iat})
+    other = dataclasses.replace(real, invocation=inv)
+    assert Access.parse(body, other).invocation is not inv
+    assert Access.parse(body, real).invocation is real.invocation  # the same JSON: reused
+    w.close()

@@ -14,9 +14,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import EntryFormatError
+from .errors import EntryFormatError, FormatError
 from .fields import HEX_ID, Fields, expect_str
 from .invocation import SignedInvocation, effective_request, parse_signed_invocation
+from .jcs import canonical
 from .keys import PublicKey
 from .note import parse_vkey
 from .request import Request
@@ -276,7 +277,7 @@ class Access:
         context, where ``obj`` holds equal ones, are taken as parsed (a decision point
         signing the invocation it has just judged); every other field is checked."""
         f, log = _header(obj, "access")
-        if known is not None and f.raw("invocation") == known.invocation.obj:
+        if known is not None and _same_json(f.raw("invocation"), known.invocation.obj):
             invocation = known.invocation
         else:
             invocation = f.parsed("invocation", parse_signed_invocation)
@@ -287,7 +288,11 @@ class Access:
         policy = f.int("policy", 0)
         upstream = f.int("upstream_status", 100, 599, required=False)
         f.done()
-        if known is not None and invocation is known.invocation and context == known.context:
+        if (
+            known is not None
+            and invocation is known.invocation
+            and _same_json(context, known.context)
+        ):
             request = known.request
         else:
             request = f.parsed("context", lambda c: effective_request(invocation, c))
@@ -306,6 +311,14 @@ _PARSERS = {
     "revocation": Revocation.parse,
     "access": Access.parse,
 }
+
+
+def _same_json(a: Any, b: Any) -> bool:
+    """The same JSON value: equal canonical bytes (Python's ``==`` has 1 == True)."""
+    try:
+        return canonical(a) == canonical(b)
+    except FormatError:
+        return False
 
 
 def parse_body(obj: Any, known: Access | None = None) -> Body:

@@ -71,6 +71,7 @@ def init_ledger(
         keys=ring,
         key_dir=directory,
         admit=admission(settings or Settings()),
+        invocation_window=(settings or Settings()).invocation_window,
     )
     genesis = sign_entry(
         {
@@ -117,4 +118,5 @@ def open_ledger(
         keys=ring,
         key_dir=directory,
         admit=admission(settings or Settings()),
+        invocation_window=(settings or Settings()).invocation_window,
     )

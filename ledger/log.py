@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lineage.verifier.chain import ChainView, Rules
+from lineage.verifier.chain import DEFAULT_INVOCATION_WINDOW, ChainView, Rules
 from lineage.verifier.entry import Entry, Leaf, parse_entry, sign_entry
 from lineage.verifier.errors import ChainError, FormatError, LineageError, SignatureError
 from lineage.verifier.kinds import Access
@@ -110,6 +110,7 @@ class Log:
         keys: KeyRing | None = None,
         key_dir: Path | None = None,
         admit: Admit | None = None,
+        invocation_window: int = DEFAULT_INVOCATION_WINDOW,
     ):
         if signer is not None and signer.verifier != log_key:
             raise StorageError("the signer is not the log key")
@@ -120,6 +121,10 @@ class Log:
         self._keys = keys  # the ledger's KeyRing, when opened with its keys
         self._key_dir = key_dir  # where rotated keys appear (``keys`` reloads from it)
         self.admit = admit  # the operator's rules on top of the format's (ceilings, policy)
+        # Appends are checked in complete mode (FORMAT.md §8): the log is the whole log,
+        # so an access names the policy in force, is fresh and carries a new nonce, with
+        # or without ``admit`` (which says the same in the operator's words first).
+        self.invocation_window = invocation_window
         self.counters: dict[str, int] = {}  # appends, decisions, invalid invocations
         self._counters_lock = threading.Lock()
         self.sidecar = sidecar
@@ -445,7 +450,12 @@ class Log:
             self._replay_tail(view)
         self._backfill_refs(view)
         last_time = view.time
-        rules = Rules(self.log_key, set().union(*(pre for _, _, pre in batch)))
+        rules = Rules(
+            self.log_key,
+            set().union(*(pre for _, _, pre in batch)),
+            complete=True,
+            invocation_window=self.invocation_window,
+        )
         overlay = _Overlay(self.store)
         rows: list[StoredLeaf] = []
         refs: list[Ref] = []

@@ -424,3 +424,22 @@ def test_a_snapshot_never_sees_a_cached_credential_committed_after_it(tmp_path: 
         assert state.size == size and state.credential(grant.id) is None
     assert log.state().credential(grant.id) is not None
     w.close()
+
+
+def test_the_writer_checks_accesses_in_complete_mode_without_the_admission_hook(tmp_path: Path):
+    """Hardening from review: a Log opened without the operator's admission hook still
+    refuses an access the audit would refuse (here, a nonce an earlier access used)."""
+    from lineage.verifier.entry import sign_entry
+
+    w = ih.world(tmp_path)
+    g = w.append(w.grant(max_uses=10))
+    w.clock.advance(1)
+    first = w.decide(w.invoke(w.agent, g.id))
+    body = {k: v for k, v in first.entry.obj.items() if k != "sigs"}
+    body["decision"], body["reason"] = "deny", "a second entry for the same invocation"
+    again = sign_entry(body, [w.log.keys.decision])
+    w.log.admit = None
+    with pytest.raises(RejectedEntry) as info:
+        w.log.append(again)
+    assert info.value.check == "replay"
+    w.close()

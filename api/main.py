@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from importlib.metadata import version
 
 from fastapi import FastAPI, Request
+from prometheus_client import Gauge
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from lineage.ledger.config import Settings
@@ -93,6 +94,12 @@ def create_app(log: Log, settings: Settings | None = None, *, checkpoints: bool 
         nonces=NonceSource(secret),
         require_dpop_nonce=settings.dpop_nonce_required,
     )
+
+    Gauge(
+        "lineage_checkpoint_failures",
+        "Checkpoint publications that failed (the checkpoint thread retries)",
+        registry=svc.metrics.registry,
+    ).set_function(lambda: log.counters.get("checkpoint_failures", 0))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -84,6 +84,8 @@ class Introspection(BaseModel):
 
 
 class Health(BaseModel):
-    status: str
+    status: str = Field(description="ok, or degraded while checkpoints are failing")
     origin: str
     tree_size: int
+    checkpoint_failures: int = Field(0, description="checkpoint publications that failed")
+    checkpoint_error: str | None = Field(None, description="why the last one failed")

@@ -125,7 +125,8 @@ class Log:
         # so an access names the policy in force, is fresh and carries a new nonce, with
         # or without ``admit`` (which says the same in the operator's words first).
         self.invocation_window = invocation_window
-        self.counters: dict[str, int] = {}  # appends, decisions, invalid invocations
+        self.counters: dict[str, int] = {}  # appends, decisions, invalid invocations, ...
+        self.checkpoint_error: str | None = None  # why the last publication failed, if it did
         self._counters_lock = threading.Lock()
         self.sidecar = sidecar
         self.clock = clock
@@ -530,22 +531,40 @@ class Log:
             return publish(self.store, self.signer, self.sidecar, int(self.clock()))
 
     def start_checkpointing(self, interval: float = 1.0) -> None:
-        """Publish a checkpoint every ``interval`` seconds when there are new leaves."""
+        """Publish a checkpoint every ``interval`` seconds when there are new leaves.
+
+        Whatever a publication raises, the thread logs it, counts it
+        (``checkpoint_failures``, ``checkpoint_error``: what ``/healthz`` shows) and
+        tries again, waiting twice as long each time up to 30 s; it never dies.
+        """
 
         def tick() -> None:
-            while not self._closed.wait(interval):
+            wait = interval
+            while not self._closed.wait(wait):
                 try:
                     latest = self.store.latest_checkpoint()
                     if latest is None or latest[0] < self.store.size():
                         self.checkpoint()
-                except LineageError as exc:  # a busy or failing disk: say so, try again
-                    logger.warning("checkpoint not published: %s", exc)
+                except Exception as exc:  # any failure (a full disk, ...): say so, try again
+                    self.count("checkpoint_failures")
+                    self.checkpoint_error = f"{type(exc).__name__}: {exc}"
+                    logger.warning("checkpoint not published (retrying): %s", exc)
+                    wait = min(max(wait, interval) * 2, 30.0)
+                else:
+                    self.checkpoint_error = None
+                    wait = interval
 
         self._ticker = threading.Thread(target=tick, name="lineage-checkpoints", daemon=True)
         self._ticker.start()
 
+    @property
+    def checkpointing(self) -> bool:
+        """Is the checkpoint thread running?"""
+        return self._ticker is not None and self._ticker.is_alive()
+
     def close(self) -> None:
-        """Finish what is queued, stop the writer and ticker, release the database."""
+        """Finish what is queued, stop the writer and ticker, publish a final checkpoint
+        (when this log signs), release the database."""
         with self._writer_lock:
             self._closed.set()  # from here on _submit refuses; nothing more is queued
             if self._writer is not None:
@@ -555,6 +574,11 @@ class Log:
         if self._ticker is not None:
             self._ticker.join()
             self._ticker = None
+        if self.signer is not None:  # the last appends are covered by a checkpoint too
+            try:
+                self.checkpoint()
+            except LineageError as exc:
+                logger.warning("no final checkpoint published: %s", exc)
         close = getattr(self.store, "close", None)
         if close is not None:
             close()

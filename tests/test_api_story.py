@@ -314,7 +314,13 @@ def test_metrics_after_traffic(srv: Server) -> None:
 def test_healthz(srv: Server) -> None:
     r = httpx.get(srv.url("/healthz"))
     assert r.status_code == 200
-    assert r.json() == {"status": "ok", "origin": "api-test.example/log", "tree_size": 2}
+    assert r.json() == {
+        "status": "ok",
+        "origin": "api-test.example/log",
+        "tree_size": 2,
+        "checkpoint_failures": 0,
+        "checkpoint_error": None,
+    }
     chain(srv)
     assert srv.size() == 4
 

@@ -18,7 +18,18 @@ router = APIRouter(tags=["operations"])
 
 @router.get("/healthz", response_model=Health)
 def health(svc: Annotated[Service, Depends(service)]) -> dict[str, Any]:
-    return {"status": "ok", "origin": svc.log.origin, "tree_size": svc.log.size}
+    """``ok``, or ``degraded`` with the reason while checkpoints are failing (the
+    service still answers; new entries wait for a checkpoint to cover them)."""
+    error = svc.log.checkpoint_error
+    out: dict[str, Any] = {
+        "status": "ok" if error is None else "degraded",
+        "origin": svc.log.origin,
+        "tree_size": svc.log.size,
+        "checkpoint_failures": svc.log.counters.get("checkpoint_failures", 0),
+    }
+    if error is not None:
+        out["checkpoint_error"] = error[:200]
+    return out
 
 
 @router.get("/metrics")

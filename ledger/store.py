@@ -441,9 +441,12 @@ class SQLiteStore:
             try:
                 yield
                 conn.execute("COMMIT")
-            except BaseException:
+            except BaseException as exc:
                 if conn.in_transaction:
-                    conn.execute("ROLLBACK")
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):  # a full disk fails the COMMIT itself
+                    raise StorageError(f"writing {self.path}: {exc}") from None
                 raise
             finally:
                 self._local.tx = None

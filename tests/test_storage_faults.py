@@ -1,4 +1,5 @@
-"""The checkpoint thread never dies silently, and shutdown publishes a final checkpoint.
+"""Storage faults: the checkpoint thread never dies silently, shutdown publishes a final
+checkpoint, and a failed COMMIT is the ledger's own error.
 
 Regressions (the faults issue): a full disk made ``COMMIT`` raise a raw
 ``sqlite3.OperationalError``; the checkpoint thread caught only the ledger's own
@@ -13,7 +14,10 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
+from lineage.ledger.errors import StorageError
+from lineage.ledger.store import SQLiteStore
 from tests import issuance_helpers as ih
 from tests.api_server import running
 from tests.conftest import policy
@@ -65,3 +69,24 @@ def test_shutdown_publishes_a_final_checkpoint(tmp_path: Path):
         assert log.store.latest_checkpoint()[0] == size
     finally:
         log.close()
+
+
+def test_a_failed_commit_is_the_ledgers_own_error_and_writes_nothing(tmp_path: Path):
+    """Regression: a COMMIT that fails (a full disk) raised a raw sqlite3 error, which
+    the API answered with 500 where the docs promise 503. A deferred constraint makes
+    the COMMIT itself fail here, as a full disk would."""
+
+    store = SQLiteStore(tmp_path / "l.db", create=True)
+    conn = store.conn  # the idle connection the next transaction borrows
+    conn.execute("PRAGMA foreign_keys = ON")
+    conn.execute("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
+    conn.execute(
+        "CREATE TABLE child (p INTEGER REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED)"
+    )
+    with pytest.raises(StorageError, match="writing"), store.transaction():
+        store._write_each([("INSERT INTO child (p) VALUES (?)", (7,))])
+    assert store._query("SELECT COUNT(*) FROM child") == [(0,)]
+    with store.transaction():  # and the store goes on
+        store.set_meta("after", "ok")
+    assert store.get_meta("after") == "ok"
+    store.close()

@@ -1,7 +1,8 @@
 """``lineage verify --db``: a full audit of a ledger file, trusting nothing in it but the key.
 
-1. Leaves: indexes contiguous from 0; every entry parses strictly (FORMAT.md)
-   and its stored id is SHA-256 of its bytes.
+0. SQLite's own integrity check (pages, and every index against its table).
+1. Leaves: indexes contiguous from 0; every entry parses strictly (FORMAT.md),
+   its stored id is SHA-256 of its bytes and its stored kind is its kind.
 2. Tree: every complete-subtree hash is recomputed from the leaves, level by
    level, and compared with the stored node; no node is missing or extra.
 3. Checkpoints: every stored checkpoint (and the sidecar copy of the last one
@@ -93,10 +94,10 @@ def _introduced(entry: Entry) -> list[PublicKey]:
     return []
 
 
-def _scan(rows: Sequence[tuple[int, str, int, bytes]]) -> tuple[list[bytes], dict, list]:
+def _scan(rows: Sequence[tuple[int, str, str, int, bytes]]) -> tuple[list[bytes], dict, list]:
     """Parse a chunk of leaves: their leaf hashes, the keys they introduce, faults."""
     hashes, keys, faults = [], {}, []
-    for index, entry_id, time, raw in rows:
+    for index, entry_id, kind, time, raw in rows:
         try:
             entry = parse_entry(raw)
             leaf = Leaf.build(entry, time)
@@ -111,6 +112,8 @@ def _scan(rows: Sequence[tuple[int, str, int, bytes]]) -> tuple[list[bytes], dic
                     f"index {index}: stored id {entry_id[:16]} is not the entry's {entry.id[:16]}",
                 )
             )
+        elif entry.kind != kind:  # unsigned bookkeeping, checked against the entry itself
+            faults.append((index, f"index {index}: stored kind {kind!r} is not {entry.kind!r}"))
         hashes.append(leaf.hash)
         for key in _introduced(entry):
             keys[key.kid] = key.raw
@@ -204,6 +207,11 @@ def _audit(
     window: int,
     sidecar: bytes | None,
 ) -> AuditReport:
+    # SQLite's own check first: a corrupt index would let queries skip rows and lookups
+    # (the writer's "is this entry already in the log?") miss them.
+    problems = [row[0] for row in conn.execute("PRAGMA integrity_check(5)")]
+    if problems != ["ok"]:
+        raise AuditFailure("database", f"SQLite's integrity check: {'; '.join(problems)}")
     size = conn.execute("SELECT COUNT(*), IFNULL(MAX(idx) + 1, 0) FROM leaves").fetchone()
     if size[0] != size[1]:
         raise AuditFailure(
@@ -224,7 +232,7 @@ def _audit(
         # 1. leaves
         hashes: list[bytes] = []
         keys: dict[str, bytes] = {log_key_kid(log_key): log_key.public_key}
-        chunks = _chunks(conn, size, "idx, entry_id, time, entry")
+        chunks = _chunks(conn, size, "idx, entry_id, kind, time, entry")
         results = pool.map(_scan, chunks) if pool else map(_scan, chunks)
         for h, k, faults in results:
             if faults:

@@ -90,3 +90,50 @@ def test_a_failed_commit_is_the_ledgers_own_error_and_writes_nothing(tmp_path: P
         store.set_meta("after", "ok")
     assert store.get_meta("after") == "ok"
     store.close()
+
+
+def _audited_ledger(tmp_path: Path) -> tuple[Path, object]:
+    w = ih.world(tmp_path)
+    g = w.append(w.grant(max_uses=2))
+    w.clock.advance(1)
+    w.decide(w.invoke(w.agent, g.id))
+    w.log.checkpoint()
+    log_key = w.log.log_key
+    w.close()
+    return w.db, log_key
+
+
+def test_the_audit_runs_sqlites_integrity_check(tmp_path: Path):
+    """Regression: an index whose entries no longer match its table (what flipped bytes
+    in an index page look like) passed the audit, while queries skipped rows and the
+    writer's "already in the log?" lookup could miss an entry."""
+    from lineage.ledger.audit import AuditFailure, audit
+
+    db, log_key = _audited_ledger(tmp_path)
+    assert audit(db, log_key).size > 3
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA writable_schema = ON")  # the index now claims another column
+    conn.execute(
+        "UPDATE sqlite_master SET sql = 'CREATE INDEX refs_kind ON refs (time, idx)' "
+        "WHERE name = 'refs_kind'"
+    )
+    conn.commit()
+    conn.close()
+    with pytest.raises(AuditFailure) as info:
+        audit(db, log_key)
+    assert info.value.what == "database" and "integrity check" in str(info.value)
+
+
+def test_the_audit_checks_each_leafs_stored_kind_against_its_entry(tmp_path: Path):
+    from lineage.ledger.audit import AuditFailure, audit
+    from tests.conftest import drop_triggers, raw_connection
+
+    db, log_key = _audited_ledger(tmp_path)
+    conn = raw_connection(db)
+    drop_triggers(conn)
+    conn.execute("UPDATE leaves SET kind = 'policy' WHERE kind = 'grant'")
+    conn.commit()
+    conn.close()
+    with pytest.raises(AuditFailure) as info:
+        audit(db, log_key)
+    assert info.value.what == "entry" and "stored kind 'policy'" in str(info.value)

@@ -107,7 +107,11 @@ def install_handlers(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException):
         codes = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
         return render(
-            request, exc.status_code, codes.get(exc.status_code, "invalid_request"), str(exc.detail)
+            request,
+            exc.status_code,
+            codes.get(exc.status_code, "invalid_request"),
+            str(exc.detail),
+            dict(exc.headers or {}),  # a 405's Allow (RFC 9110 §15.5.6)
         )
 
     @app.exception_handler(Exception)

@@ -485,3 +485,17 @@ def test_subject_token_outside_base64url_is_refused(fresh: Server, junk: str) ->
     assert r.status_code == 400, r.text[:300]
     assert r.json()["error"] == "invalid_request"
     assert fresh.size() == 2
+
+
+def test_a_405_names_the_allowed_methods(tmp_path):
+    """Regression (the faults issue): 405 answers carried no Allow header."""
+    import httpx
+
+    from tests.api_server import running
+
+    with running(tmp_path) as srv:
+        r = httpx.delete(srv.url("/healthz"))
+        assert r.status_code == 405 and r.json()["error"] == "method_not_allowed"
+        assert r.headers["Allow"] == "GET"
+        r = httpx.put(srv.url("/v1/access"), json={})
+        assert r.status_code == 405 and "POST" in r.headers["Allow"]

@@ -39,6 +39,10 @@ def serve(
     host: Annotated[str | None, typer.Option(help="default 127.0.0.1")] = None,
     port: Annotated[int | None, typer.Option(help="default 8000")] = None,
     config: Annotated[Path | None, typer.Option(help="TOML settings file")] = None,
+    trust_checkpoint: Annotated[
+        Path | None,
+        typer.Option(help="after a restore: the latest checkpoint the log published"),
+    ] = None,
 ) -> None:
     """Run the service; creates the ledger (and its keys) on first start."""
     import uvicorn
@@ -52,6 +56,11 @@ def serve(
             init_ledger(db, keys, settings=settings).close()
             log.info("created ledger %s", db)
         ledger = open_ledger(db, keys, settings=settings)
+        if trust_checkpoint is not None:
+            ledger.trust(trust_checkpoint.read_bytes())
+        ledger.refuse_untrusted()  # never serve a copy that might be behind what it published
+    except OSError as exc:
+        raise fail(f"{trust_checkpoint}: {exc.strerror}") from None
     except LineageError as exc:
         raise fail(str(exc)) from None
     log.info("ledger %s: log %s, %d leaves", db, ledger.origin, ledger.size)

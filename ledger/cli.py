@@ -45,6 +45,7 @@ def init(
     """Create a ledger: keys (owner-only), the genesis entry, the first checkpoint."""
     try:
         log = init_ledger(db, keys, origin=origin)
+        log.close()
     except LineageError as exc:
         raise fail(str(exc)) from None
     typer.echo(f"created {db} with log {log.origin}")
@@ -61,6 +62,32 @@ def log_key(db: DbOption = Path(DEFAULT_DB), keys: KeysOption = None) -> None:
         raise fail(str(exc)) from None
 
 
+@log_app.command("trust")
+def log_trust(
+    checkpoint: Annotated[
+        Path, typer.Argument(help="the latest checkpoint the log published, from outside")
+    ],
+    db: DbOption = Path(DEFAULT_DB),
+    keys: KeysOption = None,
+) -> None:
+    """After a restore: take a checkpoint from outside the database (a monitor's, an
+    auditor's, a mirror's) as the latest the log published. Refused if the database is
+    behind it or disagrees with it; recorded in the database."""
+    try:
+        note = checkpoint.read_bytes()
+    except OSError as exc:
+        raise fail(f"{checkpoint}: {exc.strerror}") from None
+    try:
+        log = open_ledger(db, keys)
+        try:
+            size = log.trust(note)
+        finally:
+            log.close()
+    except LineageError as exc:
+        raise fail(str(exc)) from None
+    typer.echo(f"trusted the checkpoint of size {size}; the ledger may append again")
+
+
 @log_app.command("checkpoint")
 def log_checkpoint(
     db: DbOption = Path(DEFAULT_DB),
@@ -72,7 +99,10 @@ def log_checkpoint(
     """Print the latest signed checkpoint (C2SP signed note)."""
     try:
         log = open_for_reading(db, keys)
-        note = log.checkpoint() if new else log.latest_checkpoint()
+        try:
+            note = log.checkpoint() if new else log.latest_checkpoint()
+        finally:
+            log.close()
     except LineageError as exc:
         raise fail(str(exc)) from None
     if note is None:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from lineage.verifier.chain import DEFAULT_INVOCATION_WINDOW, ChainView, Rules
+from lineage.verifier.checkpoint import open_checkpoint
 from lineage.verifier.entry import Entry, Leaf, parse_entry, sign_entry
 from lineage.verifier.errors import ChainError, FormatError, LineageError, SignatureError
 from lineage.verifier.kinds import Access
@@ -39,8 +40,8 @@ from lineage.verifier.merkle import (
 )
 from lineage.verifier.note import Signer, Verifier
 
-from .checkpoints import check_published, publish
-from .errors import Busy, NotFound, RejectedEntry, StorageError
+from .checkpoints import check_published, publish, write_atomic
+from .errors import Busy, NotFound, RejectedEntry, RollbackError, StorageError
 from .keys import KeyRing
 from .refs import Ref, ref_of
 from .state import RecordCache, SQLiteState
@@ -127,6 +128,7 @@ class Log:
         self.invocation_window = invocation_window
         self.counters: dict[str, int] = {}  # appends, decisions, invalid invocations, ...
         self.checkpoint_error: str | None = None  # why the last publication failed, if it did
+        self._appended = False  # whether this Log wrote a leaf (close then publishes)
         self._counters_lock = threading.Lock()
         self.sidecar = sidecar
         self.clock = clock
@@ -185,6 +187,38 @@ class Log:
             check_published(self.store, self.log_key, latest[1], "the latest stored checkpoint")
         if self.sidecar is not None and self.sidecar.exists():
             check_published(self.store, self.log_key, self.sidecar.read_bytes(), f"{self.sidecar}")
+        # A ledger that has published checkpoints but has no sidecar may be an older copy
+        # put back (a restore onto a new host): the database alone cannot tell how far the
+        # log had grown. It can be read, but it neither appends nor publishes until a
+        # checkpoint from outside it is trusted (``trust``).
+        self.untrusted = (
+            latest is not None and self.sidecar is not None and not self.sidecar.exists()
+        )
+
+    def refuse_untrusted(self) -> None:
+        """Raise ``RollbackError`` if this ledger must not append (see ``trust``)."""
+        if self.untrusted:
+            raise RollbackError(
+                f"{self.sidecar} is missing, but this ledger has published checkpoints: "
+                "it may be an older copy put back, and appending would fork the log. Give "
+                "the latest checkpoint the log published (from a monitor, an auditor or a "
+                "mirror): `lineage log trust FILE` or `lineage serve --trust-checkpoint FILE`"
+            )
+
+    def trust(self, note: bytes) -> int:
+        """Take ``note``, a checkpoint this log published, as the latest: refuse the
+        database if it is behind it or disagrees with it, then write it (or the stored
+        latest, if newer) as the sidecar and record the restore. Returns its size."""
+        check_published(self.store, self.log_key, note, "the trusted checkpoint")
+        size = open_checkpoint(note, self.log_key, self.origin).checkpoint.size
+        latest = self.store.latest_checkpoint()
+        newest = latest[1] if latest is not None and latest[0] > size else note
+        if self.sidecar is not None:
+            write_atomic(self.sidecar, newest)
+        self.store.meta_once(f"trusted_checkpoint:{int(self.clock())}:{size}", str(size))
+        logger.warning("trusted a checkpoint of size %d from outside the database", size)
+        self.untrusted = False
+        return size
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -286,7 +320,8 @@ class Log:
     def _submit(
         self, work: Entry | Builder, future: Future, pre: frozenset[tuple[str, str]] = frozenset()
     ) -> None:
-        """Queue work for the writer; refused at once if the log is closed."""
+        """Queue work for the writer; refused at once if the log is closed or untrusted."""
+        self.refuse_untrusted()
         with self._writer_lock:
             if self._closed.is_set():
                 raise StorageError("the log is closed")
@@ -438,7 +473,9 @@ class Log:
                         future.set_exception(err)
                 return
             view.committed()
-        self.count("appends", sum(1 for _, r in done if not r.existing))
+        written = sum(1 for _, r in done if not r.existing)
+        self._appended = self._appended or written > 0
+        self.count("appends", written)
         for future, result in done:  # acknowledged only once durable
             future.set_result(result)
 
@@ -527,6 +564,7 @@ class Log:
         """Sign and publish a checkpoint of the current size (or return the latest if current)."""
         if self.signer is None:
             raise StorageError("this log was opened without its signing key")
+        self.refuse_untrusted()
         with self._checkpoint_lock:
             return publish(self.store, self.signer, self.sidecar, int(self.clock()))
 
@@ -564,7 +602,7 @@ class Log:
 
     def close(self) -> None:
         """Finish what is queued, stop the writer and ticker, publish a final checkpoint
-        (when this log signs), release the database."""
+        (when this log signs and appended something), release the database."""
         with self._writer_lock:
             self._closed.set()  # from here on _submit refuses; nothing more is queued
             if self._writer is not None:
@@ -574,7 +612,7 @@ class Log:
         if self._ticker is not None:
             self._ticker.join()
             self._ticker = None
-        if self.signer is not None:  # the last appends are covered by a checkpoint too
+        if self.signer is not None and self._appended:  # its last appends are covered too
             try:
                 self.checkpoint()
             except LineageError as exc:

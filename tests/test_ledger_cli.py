@@ -21,6 +21,7 @@ import pytest
 from typer.testing import CliRunner
 
 from lineage.ledger.cli import app
+from lineage.ledger.errors import RollbackError
 from lineage.ledger.keys import KeyRing
 from lineage.ledger.ledger import open_ledger
 from lineage.verifier.checkpoint import open_checkpoint
@@ -369,3 +370,47 @@ def test_the_installed_script(tmp_path: Path):
     assert bad.stderr.startswith("lineage: ") and bad.stderr.count("\n") == 1
     usage = run("log", "proof", "--index", "x")
     assert usage.returncode == 2 and "Traceback" not in usage.stderr
+
+
+def test_a_restore_without_the_sidecar_appends_nothing_until_a_checkpoint_is_trusted(
+    cli: Cli, made: Verifier, tmp_path: Path
+):
+    """Regression (the faults issue): an older copy of the database restored onto a new
+    host, without its sidecar, passed for current, and serving it appended at indexes the
+    log had already published, forking it. Now it reads but neither appends nor serves
+    until a checkpoint from outside it is trusted, and one it is behind is refused."""
+    import lineage.api.cli  # noqa: F401  (registers `lineage serve` on the CLI)
+
+    _append(tmp_path, 1, 3)
+    older = cli("log", "checkpoint", "--db", DB).stdout.encode()  # size 4
+    host = tmp_path / "new-host"
+    host.mkdir()
+    shutil.copytree(tmp_path / KEYS, host / KEYS)
+    source, copy = sqlite3.connect(tmp_path / DB), sqlite3.connect(host / DB)
+    source.backup(copy)  # the backup taken at size 4, restored on the new host
+    source.close()
+    copy.close()
+    _append(tmp_path, 4, 6)
+    newest = cli("log", "checkpoint", "--db", DB).stdout.encode()  # size 7: published
+    db, keys = host / DB, host / KEYS
+
+    assert cli("log", "checkpoint", "--db", db).stdout.encode() == older  # reads work
+    log = open_ledger(db, keys)
+    try:
+        with pytest.raises(RollbackError, match="lineage log trust"):
+            log.append(policy(log, 9))
+        assert log.size == 4
+    finally:
+        log.close()
+    refused = cli("serve", "--db", db, "--keys", keys, code=1)
+    assert "may be an older copy" in refused.stderr
+    (tmp_path / "newest.txt").write_bytes(newest)
+    (tmp_path / "older.txt").write_bytes(older)
+    behind = cli("log", "trust", tmp_path / "newest.txt", "--db", db, "--keys", keys, code=1)
+    assert "rolled back" in behind.stderr  # the copy is behind what the log published
+    cli("log", "trust", tmp_path / "older.txt", "--db", db, "--keys", keys)  # the operator's call
+    log = open_ledger(db, keys)
+    try:
+        assert log.append(policy(log, 4)).index == 4
+    finally:
+        log.close()

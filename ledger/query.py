@@ -71,7 +71,7 @@ def related(log: Log, credentials: list[str], within: str | None = None) -> list
         indexes = {0, *store.anchor_indexes(size), *(recs[c].index for c in wanted)}
         holders = sorted({recs[c].holder.kid for c in acting})
         indexes.update(store.ref_indexes(size, "revocation", credentials=sorted(wanted)))
-        indexes.update(store.ref_indexes(size, "revocation", holders=holders, credential=None))
+        indexes.update(store.ref_indexes(size, "revocation", holders=holders))
         indexes.update(store.ref_indexes(size, "access", credentials=sorted(acting)))
     return sorted(indexes)
 

@@ -604,11 +604,9 @@ class SQLiteStore:
         *,
         credentials: Sequence[str] = (),
         holders: Sequence[str] = (),
-        credential: object = ...,
     ) -> list[int]:
         """Indexes below ``size`` of leaves of ``kind`` about any of ``credentials``, or
-        (with ``holders``) whose holder is one of these kids; ``credential=None`` keeps
-        only leaves about no credential (a holder key's revocation)."""
+        about none but held by one of these kids (``holders``: a holder key's revocation)."""
         column, values = ("credential", credentials) if credentials else ("holder", holders)
         out: list[int] = []
         for chunk in range(0, len(values), 400):
@@ -619,7 +617,7 @@ class SQLiteStore:
                 f"SELECT idx FROM refs INDEXED BY refs_{column} WHERE {column} IN "
                 f"({', '.join('?' for _ in part)}) AND kind = ? AND idx < ?"
             )
-            if credential is None:
+            if not credentials:
                 sql += " AND credential IS NULL"
             out += [row[0] for row in self._query(sql, (*part, kind, size))]
         return out

@@ -43,6 +43,7 @@ decision point enforces before it logs a decision.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from bisect import bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -136,7 +137,7 @@ class Effects:
     allowed: bool = False  # whether that access was an allow
 
 
-class ChainView:
+class ChainView(ABC):
     """What the rules ask of the chain state: read-only, at the state's current size.
 
     Subclasses answer the primitives (``Replay`` from memory; the ledger from its
@@ -151,49 +152,56 @@ class ChainView:
 
     # -- primitives ------------------------------------------------------------------------
 
-    def index_of(self, entry_id: str) -> int | None:
-        raise NotImplementedError
+    @abstractmethod
+    def index_of(self, entry_id: str) -> int | None: ...
 
-    def key(self, kid: str) -> KeyRecord | None:
-        raise NotImplementedError
+    @abstractmethod
+    def key(self, kid: str) -> KeyRecord | None: ...
 
+    @abstractmethod
     def other_operator_active(self, kid: str, index: int) -> bool:
         """Is an operator key other than ``kid`` active at ``index``?"""
-        raise NotImplementedError
+        ...
 
-    def principal_keys(self, principal: str) -> list[KeyRecord]:
-        raise NotImplementedError
+    @abstractmethod
+    def principal_keys(self, principal: str) -> list[KeyRecord]: ...
 
-    def credential(self, cid: str) -> CredentialRecord | None:
-        raise NotImplementedError
+    @abstractmethod
+    def credential(self, cid: str) -> CredentialRecord | None: ...
 
+    @abstractmethod
     def revoked_at(self, cid: str) -> int | None:
         """Index of the first revocation of credential ``cid``, or None."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def holder_revoked_at(self, kid: str) -> int | None:
         """Index of the first revocation of holder key ``kid``, or None."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def holds(self, kid: str) -> bool:
         """Was ``kid`` the holder of an earlier credential?"""
-        raise NotImplementedError
+        ...
 
-    def children(self, cid: str) -> int:
-        raise NotImplementedError
+    @abstractmethod
+    def children(self, cid: str) -> int: ...
 
+    @abstractmethod
     def use_count(self, cid: str) -> int:
         """Allowed accesses so far by ``cid`` or a credential derived from it."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def uses_after(self, cid: str, time: int) -> int:
         """Of those, how many at an integrated time later than ``time``."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def nonce_seen(self, cid: str, nonce: str, *, allowed_only: bool) -> bool:
         """Did an earlier access (only an allowed one, with ``allowed_only``) of ``cid``
         carry this invocation nonce?"""
-        raise NotImplementedError
+        ...
 
     # -- derived -----------------------------------------------------------------------------
 

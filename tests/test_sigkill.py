@@ -90,35 +90,25 @@ def _attempts(*specs: tuple) -> list:
 
 def test_the_checks_catch_what_they_are_for():
     holder = SigningKey.generate()
-    grant = sign_entry(
-        grant_body(
+
+    def granted(task: str, **limits) -> Entry:
+        body = grant_body(
             kb.ORIGIN,
             kb.PRINCIPAL,
             holder.public,
-            task={"id": "t", "description": ""},
+            task={"id": task, "description": ""},
             scope=kb.SCOPE,
             expires_at=1_900_000_000,
-            max_depth=1,
-            max_uses=1,
-        ),
-        [SigningKey.generate()],
-    )
+            **limits,
+        )
+        return sign_entry(body, [SigningKey.generate()])
+
+    grant = granted("t", max_depth=1, max_uses=1)
     nonce = NONCE
     first = _access(grant.id, holder, nonce, "allow")
     again = _access(grant.id, holder, nonce, "deny")  # the same invocation, logged twice
     other = _access(grant.id, holder, OTHER_NONCE, "allow")  # a second use of max_uses 1
-    never = sign_entry(
-        grant_body(
-            kb.ORIGIN,
-            kb.PRINCIPAL,
-            holder.public,
-            task={"id": "u", "description": ""},
-            scope=kb.SCOPE,
-            expires_at=1_900_000_000,
-            max_depth=0,
-        ),
-        [SigningKey.generate()],
-    )
+    never = granted("u", max_depth=0)
     final = kb.FinalLog.from_rows(_rows([grant, first, again, other]))
     assert final.accesses[f"{grant.id}:{nonce}"] == [1, 2]
 

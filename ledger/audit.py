@@ -1,6 +1,8 @@
 """``lineage verify --db``: a full audit of a ledger file, trusting nothing in it but the key.
 
-0. SQLite's own integrity check (pages, and every index against its table).
+0. SQLite's own integrity check (pages, and every index against its table). If it
+   fails, the leaves are read once more without the entry-id index, so that a
+   duplicate entry the corrupt index let in is named as such (``duplicate``).
 1. Leaves: indexes contiguous from 0; every entry parses strictly (FORMAT.md),
    its stored id is SHA-256 of its bytes and its stored kind is its kind.
 2. Tree: every complete-subtree hash is recomputed from the leaves, level by
@@ -19,6 +21,14 @@
    ledger from before them has yet to replay into them): keys, credentials and
    their counters, revocations, nonces and the uses kept for each rate window.
 
+The file is opened read-only and never written: no schema, no chmod, no WAL
+checkpoint. On read-only media (a directory that cannot be written, or has no write
+bit even for root) SQLite cannot create the ``-wal`` and ``-shm`` files a WAL
+database is read through; the file is then opened ``immutable`` if its ``-wal`` is
+absent or holds no frame (the database file is then the whole ledger), and through
+the ``-wal`` and ``-shm`` copied with it if both are there. A file that cannot be
+opened so raises ``CannotOpen``, which says nothing about its content.
+
 The first fault found raises ``AuditFailure`` naming what broke; its message is
 escaped (``printable``), as it may quote what the file holds. On large
 logs the parsing, hashing and Ed25519 verification run in a process pool (all
@@ -28,6 +38,8 @@ in the pool while the chunk before it is replayed.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import sqlite3
@@ -36,6 +48,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 from lineage.verifier.chain import DEFAULT_INVOCATION_WINDOW, Replay
 from lineage.verifier.checkpoint import open_checkpoint
@@ -50,7 +63,7 @@ from .errors import LedgerError
 from .ledger import sidecar_path
 from .refs import ref_of
 
-__all__ = ["AuditFailure", "AuditReport", "audit"]
+__all__ = ["AuditFailure", "AuditReport", "CannotOpen", "audit", "first_repeat"]
 
 PARALLEL_FROM = 4096  # leaves; below this a process pool costs more than it saves
 CHUNK = 2048
@@ -67,6 +80,11 @@ class AuditFailure(LedgerError):
         self.index = index
 
 
+class CannotOpen(LedgerError):
+    """The file could not be opened read-only: nothing was checked, and nothing is known
+    about its content (this is not an audit failure)."""
+
+
 @dataclass(frozen=True)
 class AuditReport:
     size: int
@@ -76,10 +94,74 @@ class AuditReport:
     accesses: int
 
 
+# What opening the file can say about its bytes; anything else (cannot open, permission,
+# I/O error, busy) says only that it could not be read.
+CONTENT_FAULTS = ("SQLITE_NOTADB", "SQLITE_CORRUPT", "SQLITE_FORMAT")
+WAL_MAGIC = (b"\x37\x7f\x06\x82", b"\x37\x7f\x06\x83")
+
+
+def _side(db: Path, suffix: str) -> Path:
+    return db.with_name(db.name + suffix)
+
+
+def _writable(directory: Path) -> bool:
+    """Can files be created in ``directory``? Not on a read-only mount, nor (taken as
+    read-only media, even by root, whom permissions do not stop) without write bits."""
+    try:
+        return os.access(directory, os.W_OK) and bool(directory.stat().st_mode & 0o222)
+    except OSError:
+        return False
+
+
+def _wal_has_frames(wal: Path) -> bool:
+    """Might ``wal`` hold a commit the database file lacks? Its 32-byte header carries a
+    salt that every frame of the current log repeats (bytes 8-16 of the frame's 24-byte
+    header); after a checkpoint resets the log, frames left from before have an older
+    salt and SQLite reads none of them. An unreadable file might hold frames."""
+    try:
+        with wal.open("rb") as f:
+            head, frame = f.read(32), f.read(24)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    if len(head) < 32 or len(frame) < 24 or head[:4] not in WAL_MAGIC:
+        return False
+    return frame[8:16] == head[16:24]
+
+
 def _connect(db: Path) -> sqlite3.Connection:
+    """A read-only connection to ``db``, the file opened: see the module's docstring."""
     if not db.exists():
         raise AuditFailure("database", f"{db} does not exist")
-    return sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    wal, shm = _side(db, "-wal"), _side(db, "-shm")
+    uri = f"file:{quote(str(db.absolute()))}?mode=ro"
+    if not _writable(db.parent) and not (wal.exists() and shm.exists()):
+        if _wal_has_frames(wal):
+            raise CannotOpen(
+                f"cannot open {db} read-only: {wal.name} may hold commits not yet in the "
+                f"database file, and SQLite reads them only through a {shm.name}, which "
+                f"it cannot create in {db.parent} (read-only); audit a copy on writable "
+                f"storage, or one made with {shm.name} or after a checkpoint"
+            )
+        uri += "&immutable=1"  # nothing can change the file: no locks, no -shm needed
+    conn = None
+    try:
+        conn = sqlite3.connect(uri, uri=True)
+        conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()  # opens the file
+    except sqlite3.DatabaseError as exc:
+        if conn is not None:
+            conn.close()
+        if (exc.sqlite_errorname or "").startswith(CONTENT_FAULTS):
+            raise AuditFailure("database", f"{db}: {exc}") from None  # not a database
+        if db.is_dir():
+            why = "it is a directory"
+        elif not os.access(db, os.R_OK):
+            why = "permission denied"
+        else:
+            why = f"{exc} (SQLite cannot create or read {wal.name} and {shm.name} beside it)"
+        raise CannotOpen(f"cannot open {db} read-only: {why}") from None
+    return conn
 
 
 # -- pass 1 (parallel): parse, hash, introduce keys -----------------------------------------
@@ -186,7 +268,11 @@ def audit(
     # The sidecar is written after the database commits its checkpoint, so read it before
     # the snapshot: then it never covers more than the snapshot holds.
     side = sidecar_path(db)
-    sidecar = side.read_bytes() if side.exists() else None
+    try:
+        sidecar = side.read_bytes() if side.exists() else None
+    except OSError as exc:
+        conn.close()
+        raise CannotOpen(f"cannot read {side}: {exc.strerror}") from None
     try:
         # One read transaction for the whole audit: a ledger being written to is audited
         # as one consistent snapshot (WAL readers never block, nor are blocked by, writers).
@@ -211,8 +297,22 @@ def _audit(
     # (the writer's "is this entry already in the log?") miss them.
     problems = [row[0] for row in conn.execute("PRAGMA integrity_check(5)")]
     if problems != ["ok"]:
-        raise AuditFailure("database", f"SQLite's integrity check: {'; '.join(problems)}")
-    size = conn.execute("SELECT COUNT(*), IFNULL(MAX(idx) + 1, 0) FROM leaves").fetchone()
+        checked = f"SQLite's integrity check: {'; '.join(problems)}"
+        repeat = None
+        with contextlib.suppress(sqlite3.DatabaseError):  # the table may be corrupt too
+            repeat = first_repeat(conn)
+        if repeat is not None:
+            earlier, later, entry_id = repeat
+            raise AuditFailure(
+                "duplicate",
+                f"index {later} repeats the entry at index {earlier} ({entry_id[:16]}): an "
+                f"entry appears once (the leaves read without the entry-id index; {checked})",
+                later,
+            )
+        raise AuditFailure("database", checked)
+    size = conn.execute(
+        "SELECT COUNT(*), IFNULL(MAX(idx) + 1, 0) FROM leaves NOT INDEXED"
+    ).fetchone()
     if size[0] != size[1]:
         raise AuditFailure(
             "leaves", f"{size[0]} leaves but indexes run to {size[1] - 1}: a leaf is missing"
@@ -349,6 +449,36 @@ def _audit(
     finally:
         if pool is not None:
             pool.shutdown()
+
+
+def first_repeat(conn: sqlite3.Connection) -> tuple[int, int, str] | None:
+    """The first leaf whose entry an earlier leaf holds: (earlier, later, id), or None.
+
+    Read from the leaves table itself (``NOT INDEXED``: in index order, never through
+    the entry-id index, which may be what let the repeat in), keeping one 64-bit hash
+    per leaf; each match is confirmed from the entries' bytes (their SHA-256), not the
+    stored ids. The replay refuses a repeated entry of any kind too (``duplicate``);
+    this names one when the index is corrupt and the audit stops before the replay.
+    """
+    seen: set[int] = set()
+    rows = conn.execute("SELECT idx, entry_id FROM leaves NOT INDEXED ORDER BY idx")
+    for later, entry_id in rows:
+        key = hash(entry_id)
+        if key not in seen:
+            seen.add(key)
+            continue
+        same = [
+            idx
+            for idx, raw in conn.execute(
+                "SELECT idx, entry FROM leaves NOT INDEXED WHERE entry_id = ? AND idx <= ? "
+                "ORDER BY idx",
+                (entry_id, later),
+            )
+            if isinstance(raw, bytes) and hashlib.sha256(raw).hexdigest() == entry_id
+        ]
+        if len(same) > 1 and same[-1] == later:
+            return same[0], later, entry_id
+    return None
 
 
 def _ahead(pool, fn, jobs: Iterable, depth: int = 4) -> Iterator:

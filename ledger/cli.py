@@ -25,7 +25,7 @@ from lineage.verifier.errors import LineageError
 from lineage.verifier.note import parse_vkey
 
 from . import cli_credentials  # noqa: F401  (registers principal, grant, ... on the app)
-from .audit import AuditFailure, audit
+from .audit import AuditFailure, CannotOpen, audit
 from .cli_common import DbOption, KeysOption, app, err, fail, log_app, open_for_reading
 from .config import load_settings
 from .errors import ConfigError
@@ -237,6 +237,10 @@ def verify(
                 json.dumps({"ok": False, "check": exc.what, "index": exc.index, "error": str(exc)})
             )
         raise fail(f"FAIL {exc}") from None
+    except CannotOpen as exc:  # nothing was checked: not a verdict on the file
+        if as_json:
+            typer.echo(json.dumps({"ok": False, "check": "open", "index": None, "error": str(exc)}))
+        raise fail(str(exc)) from None
     except LineageError as exc:
         raise fail(str(exc)) from None
     result = {

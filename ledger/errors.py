@@ -5,6 +5,8 @@
         ├── RejectedEntry           an entry the log will not append (bad input or authority)
         ├── NotFound                no such entry, index or checkpoint
         ├── StorageError            the database is unusable, tampered with, or from the future
+        │   ├── Busy                the writer did not take the entry up in time
+        │   ├── Damaged             the file disagrees with what the log signed
         │   └── RollbackError       the database is behind a checkpoint the log published
         └── ConfigError             missing or unsafe keys and settings
 
@@ -17,7 +19,9 @@ from __future__ import annotations
 from lineage.verifier.errors import LineageError
 
 __all__ = [
+    "Busy",
     "ConfigError",
+    "Damaged",
     "LedgerError",
     "NotFound",
     "RejectedEntry",
@@ -49,6 +53,11 @@ class StorageError(LedgerError):
 
 class Busy(StorageError):
     """The writer did not take the entry up in time: it was withdrawn, nothing written."""
+
+
+class Damaged(StorageError):
+    """The stored tree or leaves disagree with a checkpoint the log signed: a proof that
+    does not verify, a leaf missing below the size. Nothing built on them is served."""
 
 
 class RollbackError(StorageError):

@@ -19,6 +19,7 @@ every open tightens any of these files that group or others may read.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import sqlite3
@@ -32,7 +33,7 @@ from typing import Protocol
 
 from lineage.verifier.merkle import Coord
 
-from .errors import NotFound, StorageError
+from .errors import Damaged, NotFound, StorageError
 from .refs import Ref
 from .state import MIGRATION as STATE_MIGRATION
 from .state import RecordCache, SQLiteState
@@ -103,6 +104,14 @@ class Store(Protocol):
     def leaf(self, index: int) -> StoredLeaf: ...
     def leaves(self, start: int, end: int) -> Iterator[StoredLeaf]: ...
     def find(self, entry_id: str) -> int | None: ...
+    def find_confirmed(
+        self,
+        entry_id: str,
+        kind: str | None = None,
+        *,
+        credential: str | None = None,
+        holder: str | None = None,
+    ) -> int | None: ...
     def append(
         self, leaves: Sequence[StoredLeaf], nodes: Sequence[tuple[Coord, bytes]]
     ) -> None: ...
@@ -222,7 +231,7 @@ class SQLiteStore:
         self.path = Path(path)
         if not self.path.exists():
             if not create:
-                raise StorageError(f"no ledger at {self.path} (run `lineage init`)")
+                raise Damaged(f"no ledger at {self.path} (run `lineage init`)")
             _create_owner_only(self.path)
         _tighten(self.path)
         self._local = threading.local()  # .tx: the connection of this thread's transaction
@@ -244,7 +253,7 @@ class SQLiteStore:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = FULL")  # an acknowledged append survives power loss
         except sqlite3.Error as exc:
-            raise StorageError(f"cannot open {self.path}: {exc}") from None
+            raise Damaged(f"cannot open {self.path}: {exc}") from None
         return conn
 
     @property
@@ -294,7 +303,7 @@ class SQLiteStore:
         counted so that ``close`` waits for it."""
         with self._idle:
             if self._closed:
-                raise StorageError(f"{self.path} is closed")
+                raise Damaged(f"{self.path} is closed")
             self._active += 1
         tx = getattr(self._local, "tx", None) or getattr(self._local, "snap", None)
         conn = tx if tx is not None else self._borrow()
@@ -349,12 +358,12 @@ class SQLiteStore:
                             raise
                 version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
-                raise StorageError(
+                raise Damaged(
                     f"{self.path} has schema version {version}; this Lineage knows "
                     f"{SCHEMA_VERSION}: upgrade Lineage"
                 )
         except sqlite3.DatabaseError as exc:
-            raise StorageError(f"{self.path} is not a usable Lineage ledger: {exc}") from None
+            raise Damaged(f"{self.path} is not a usable Lineage ledger: {exc}") from None
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -363,7 +372,7 @@ class SQLiteStore:
             try:
                 return conn.execute(sql, params).fetchall()
             except sqlite3.Error as exc:
-                raise StorageError(f"reading {self.path}: {exc}") from None
+                raise Damaged(f"reading {self.path}: {exc}") from None
 
     def size(self) -> int:
         return self._query("SELECT IFNULL(MAX(idx) + 1, 0) FROM leaves")[0][0]
@@ -384,7 +393,7 @@ class SQLiteStore:
         try:
             return [found[c] for c in coords]
         except KeyError as exc:
-            raise StorageError(f"tree node {exc.args[0]} is missing from {self.path}") from None
+            raise Damaged(f"tree node {exc.args[0]} is missing from {self.path}") from None
 
     def leaf(self, index: int) -> StoredLeaf:
         rows = self._query(
@@ -411,6 +420,65 @@ class SQLiteStore:
     def find(self, entry_id: str) -> int | None:
         rows = self._query("SELECT idx FROM leaves WHERE entry_id = ?", (entry_id,))
         return rows[0][0] if rows else None
+
+    def find_confirmed(
+        self,
+        entry_id: str,
+        kind: str | None = None,
+        *,
+        credential: str | None = None,
+        holder: str | None = None,
+    ) -> int | None:
+        """``find``, trusting no index alone: the index of the leaf holding the entry
+        ``entry_id`` (of ``kind``, if given), or None.
+
+        The entry-id index answers, and a leaf it names counts only if the leaf's bytes,
+        read by its index (the table's own key), hash to ``entry_id``. A second b-tree
+        answers too, for the kinds whose repeat would change what the ledger allows: a
+        ``grant`` or ``delegation`` by the chain state's ``credentials`` key (its id);
+        a ``genesis``, ``key`` or ``policy`` entry among the leaves of that kind in
+        ``refs`` (each read by its index: a few anchors); a ``revocation`` among the
+        revocations of its target (``credential`` or ``holder`` kid) in ``refs``.
+        An ``access`` has none: the ``nonces`` key refuses its invocation twice.
+
+        Raises ``StorageError`` if the entry-id index names a leaf that is not this
+        entry, or misses one the second answer finds: the file is corrupt, nothing should
+        be appended to it, and ``lineage verify --db`` says where. The second answer may
+        lag behind (a ledger whose chain state or refs are catching up): its silence
+        alone is not a fault.
+        """
+        found = self.find(entry_id)
+        if found is not None and not self._holds(found, entry_id):
+            raise Damaged(
+                f"{self.path}: the entry-id index puts {entry_id[:16]} at index {found}, "
+                "which holds another entry: the index is corrupt (run lineage verify --db)"
+            )
+        if kind in ("grant", "delegation"):
+            sql, params = "SELECT idx FROM credentials WHERE id = ?", (entry_id,)
+        elif kind == "revocation" and (credential or holder):
+            column, value = ("credential", credential) if credential else ("holder", holder)
+            sql = f"SELECT idx FROM refs WHERE kind = 'revocation' AND {column} = ?"
+            params = (value,)
+        elif kind in ("genesis", "key", "policy"):
+            sql = (
+                "SELECT idx FROM leaves NOT INDEXED WHERE entry_id = ? "
+                "AND idx IN (SELECT idx FROM refs WHERE kind = ?)"
+            )
+            params = (entry_id, kind)
+        else:
+            return found
+        others = [i for (i,) in self._query(sql, params) if self._holds(i, entry_id)]
+        if others and found not in others:
+            raise Damaged(
+                f"{self.path}: the entry-id index misses {entry_id[:16]}, which is at index "
+                f"{others[0]}: the index is corrupt (run lineage verify --db)"
+            )
+        return found
+
+    def _holds(self, index: int, entry_id: str) -> bool:
+        """Does the leaf at ``index`` (read by the table's own key) hold ``entry_id``?"""
+        rows = self._query("SELECT entry FROM leaves NOT INDEXED WHERE idx = ?", (index,))
+        return bool(rows) and hashlib.sha256(rows[0][0]).hexdigest() == entry_id
 
     def latest_checkpoint(self) -> tuple[int, bytes] | None:
         rows = self._query("SELECT size, note FROM checkpoints ORDER BY size DESC LIMIT 1")

@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from lineage.ledger.errors import Busy, NotFound, RejectedEntry, StorageError
+from lineage.ledger.errors import Busy, Damaged, NotFound, RejectedEntry, StorageError
 from lineage.verifier.errors import (
     AttenuationError,
     ChainError,
@@ -83,9 +83,29 @@ def lineage_status(exc: LineageError) -> tuple[int, str, str]:
         return 400, "invalid_request", str(exc)
     if isinstance(exc, Busy):
         return 503, "temporarily_unavailable", str(exc)
+    if isinstance(exc, Damaged):
+        return 503, "ledger_damaged", str(exc)
     if isinstance(exc, StorageError):
         return 503, "temporarily_unavailable", "the ledger cannot serve this now"
     return 400, "invalid_request", str(exc)
+
+
+HTTP_METHODS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})
+
+
+def allowed_methods(request: Request, fallback: str) -> str:
+    """A 405's ``Allow`` (RFC 9110 §15.5.6): every method the resource has.
+
+    Starlette names only those of the route it tried, so with ``GET`` and ``POST`` routes
+    at one path an ``OPTIONS`` said ``Allow: POST`` alone. The OpenAPI document lists the
+    resource's methods from all its routes: the ``Allow`` header says the same.
+    """
+    route = request.scope.get("route")
+    template = getattr(route, "path_format", None) or getattr(route, "path", None)
+    item = request.app.openapi().get("paths", {}).get(template)
+    if not item:
+        return fallback
+    return ", ".join(sorted(m.upper() for m in item if m in HTTP_METHODS))
 
 
 def install_handlers(app: FastAPI) -> None:
@@ -106,12 +126,15 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
         codes = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = allowed_methods(request, headers.get("Allow", ""))
         return render(
             request,
             exc.status_code,
             codes.get(exc.status_code, "invalid_request"),
             str(exc.detail),
-            dict(exc.headers or {}),  # a 405's Allow (RFC 9110 §15.5.6)
+            headers,
         )
 
     @app.exception_handler(Exception)

@@ -100,6 +100,11 @@ def create_app(log: Log, settings: Settings | None = None, *, checkpoints: bool 
         "Checkpoint publications that failed (the checkpoint thread retries)",
         registry=svc.metrics.registry,
     ).set_function(lambda: log.counters.get("checkpoint_failures", 0))
+    Gauge(
+        "lineage_proof_failures",
+        "Proofs and leaves refused because they did not verify against a signed checkpoint",
+        registry=svc.metrics.registry,
+    ).set_function(lambda: log.counters.get("proof_failures", 0))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

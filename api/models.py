@@ -8,6 +8,7 @@ from pydantic import BaseModel, Field
 
 __all__ = [
     "AppendResult",
+    "Bundle",
     "ConsistencyProof",
     "EntryPage",
     "Health",
@@ -19,9 +20,19 @@ __all__ = [
 ]
 
 
+class Receipt(BaseModel):
+    """FORMAT.md §9.4: the evidence an append is acknowledged with."""
+
+    checkpoint: str = Field(description="the signed checkpoint (C2SP note) covering the leaf")
+    index: int = Field(description="the leaf index")
+    leaf: dict[str, Any] = Field(description='the leaf: {"entry": <entry>, "time": <seconds>}')
+    inclusion: list[str] = Field(description="RFC 9162 inclusion proof, base64 hashes")
+
+
 class AppendResult(BaseModel):
     id: str = Field(description="the entry id: hex SHA-256 of its canonical bytes")
     index: int = Field(description="its leaf index; the original one for a repeat")
+    receipt: Receipt = Field(description="the checkpoint covering it and its inclusion proof")
 
 
 class LeafView(BaseModel):
@@ -61,6 +72,7 @@ class TokenResponse(BaseModel):
     expires_in: int
     authorization_details: list[dict[str, Any]]
     lineage_index: int
+    lineage_receipt: Receipt = Field(description="the credential entry's receipt (FORMAT.md §9.4)")
 
 
 class Introspection(BaseModel):
@@ -84,8 +96,36 @@ class Introspection(BaseModel):
 
 
 class Health(BaseModel):
-    status: str = Field(description="ok, or degraded while checkpoints are failing")
+    status: str = Field(
+        description="ok; degraded while checkpoints are failing; damaged once a proof or "
+        "leaf did not verify against a signed checkpoint (nothing built on it is served)"
+    )
     origin: str
     tree_size: int
     checkpoint_failures: int = Field(0, description="checkpoint publications that failed")
     checkpoint_error: str | None = Field(None, description="why the last one failed")
+    proof_failures: int = Field(0, description="proofs or leaves refused as damaged")
+    damage: str | None = Field(None, description="what did not verify (see lineage verify --db)")
+
+
+class BundleEntry(BaseModel):
+    index: int
+    leaf: dict[str, Any] = Field(description="the leaf: its entry and integrated time")
+    inclusion: list[str] = Field(description="base64 hashes up to the bundle's checkpoint")
+
+
+class BundleConsistency(BaseModel):
+    from_size: int
+    proof: list[str] = Field(description="base64 hashes, RFC 9162 §2.1.4")
+
+
+class Bundle(BaseModel):
+    """An evidence bundle (docs/FORMAT.md §9): verifies offline under the log key."""
+
+    origin: str
+    log_key: str = Field(description="the log's C2SP verifier-key string")
+    checkpoint: str = Field(description="the signed checkpoint the proofs are against")
+    entries: list[BundleEntry]
+    consistency: BundleConsistency | None = Field(
+        None, description="from an older tree size (export with from_size)"
+    )

@@ -22,7 +22,7 @@ proofs) and ``lineage-verifier``, never the ledger or the server.
 from lineage.verifier.keys import load_key_file
 
 from .clients import AsyncLineageClient, LineageClient
-from .flows import Agent, LineageHTTPError, LogKeyError
+from .flows import Agent, LineageHTTPError, LogKeyError, ReceiptError
 
 __all__ = [
     "Agent",
@@ -30,5 +30,6 @@ __all__ = [
     "LineageClient",
     "LineageHTTPError",
     "LogKeyError",
+    "ReceiptError",
     "load_key_file",
 ]

@@ -81,8 +81,12 @@ class LineageClient:
         """``holder=Agent`` or ``principal=name, principal_key=key``; else the token's."""
         return self._run(self._flows.introspect(credential, **as_who))
 
-    def revoke(self, credential: str, *, holder: Agent | None = None, reason: str = "") -> None:
-        self._run(self._flows.revoke(credential, holder=holder, reason=reason))
+    def revoke(
+        self, credential: str, *, holder: Agent | None = None, reason: str = ""
+    ) -> dict[str, Any] | None:
+        """Revoke; returns the revocation's receipt (verified when a log key is pinned)."""
+        answer = self._run(self._flows.revoke(credential, holder=holder, reason=reason))
+        return answer.get("lineage_receipt")
 
     def lineage(self, holder: Agent, credential: str) -> dict[str, Any]:
         return self._run(self._flows.lineage(holder, credential))
@@ -103,6 +107,11 @@ class LineageClient:
 
     def grew_from(self, old: SignedCheckpoint, log_key: str | None = None) -> SignedCheckpoint:
         return self._run(self._flows.grew_from(old, log_key))
+
+    def still_included(
+        self, receipt: Mapping[str, Any], log_key: str | None = None
+    ) -> SignedCheckpoint:
+        return self._run(self._flows.still_included(receipt, log_key))
 
 
 class AsyncLineageClient:
@@ -163,8 +172,9 @@ class AsyncLineageClient:
 
     async def revoke(
         self, credential: str, *, holder: Agent | None = None, reason: str = ""
-    ) -> None:
-        await self._run(self._flows.revoke(credential, holder=holder, reason=reason))
+    ) -> dict[str, Any] | None:
+        answer = await self._run(self._flows.revoke(credential, holder=holder, reason=reason))
+        return answer.get("lineage_receipt")
 
     async def lineage(self, holder: Agent, credential: str) -> dict[str, Any]:
         return await self._run(self._flows.lineage(holder, credential))
@@ -187,3 +197,8 @@ class AsyncLineageClient:
         self, old: SignedCheckpoint, log_key: str | None = None
     ) -> SignedCheckpoint:
         return await self._run(self._flows.grew_from(old, log_key))
+
+    async def still_included(
+        self, receipt: Mapping[str, Any], log_key: str | None = None
+    ) -> SignedCheckpoint:
+        return await self._run(self._flows.still_included(receipt, log_key))

@@ -10,6 +10,11 @@ log's verifier key (``lineage log key`` prints it) as ``log_key=``, or choose
 any other after that (``pinned_log_key`` is the key to save and pin next time).
 Without either, ``verify_lineage`` and ``checkpoint`` raise ``LogKeyError``.
 
+Every answer that appended an entry (a token exchange, a decision, a revocation)
+carries its receipt (FORMAT.md §9.4); with a log key pinned, the client verifies
+it before returning and raises ``ReceiptError`` if it does not verify. Keep the
+receipt: ``still_included(receipt)`` later proves the log still holds the entry.
+
 DPoP requests answer one ``use_dpop_nonce`` challenge (RFC 9449 §8) by retrying
 with the nonce the server gave, and keep using the latest nonce it sent.
 """
@@ -29,15 +34,16 @@ from lineage.verifier.bodies import delegation_body, grant_body, revocation_body
 from lineage.verifier.bundle import verify_bundle
 from lineage.verifier.checkpoint import SignedCheckpoint, open_checkpoint
 from lineage.verifier.entry import Entry, sign_entry
-from lineage.verifier.errors import FormatError
+from lineage.verifier.errors import FormatError, LineageError
 from lineage.verifier.invocation import SignedInvocation, sign_invocation
 from lineage.verifier.keys import SigningKey, b64u_encode
 from lineage.verifier.merkle import verify_consistency
 from lineage.verifier.note import parse_vkey
+from lineage.verifier.receipt import VerifiedReceipt, verify_receipt, verify_receipt_still_included
 
 from .dpop import make_proof
 
-__all__ = ["Agent", "Flow", "LineageHTTPError", "LogKeyError"]
+__all__ = ["Agent", "Flow", "LineageHTTPError", "LogKeyError", "ReceiptError"]
 
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 SIGNED_ENTRY = "urn:lineage:params:oauth:token-type:signed-entry"
@@ -55,6 +61,11 @@ class LineageHTTPError(Exception):
 
 class LogKeyError(Exception):
     """No log key is pinned, or the server shows a key other than the pinned one."""
+
+
+class ReceiptError(Exception):
+    """The service's receipt for an append does not verify under the pinned log key, or
+    the log no longer holds an entry it gave a receipt for."""
 
 
 @dataclass(frozen=True)
@@ -174,7 +185,45 @@ class _Flows:
             "subject_token_type": SIGNED_ENTRY,
             "subject_token": b64u_encode(entry.raw),
         }
-        return _check((yield from self._dpop("POST", "/oauth/token", holder.key, data=data)))
+        answer = _check((yield from self._dpop("POST", "/oauth/token", holder.key, data=data)))
+        return (yield from self._checked_receipt(answer, "lineage_receipt", entry.id))
+
+    def _checked_receipt(self, answer: Any, field: str, entry_id: str | None) -> Flow:
+        """``answer``, once its receipt verifies under the pinned key (skipped, the receipt
+        kept, when no key is pinned and trust on first use is off)."""
+        receipt = answer.get(field) if isinstance(answer, dict) else None
+        if receipt is None or (self.pinned is None and not self.tofu):
+            return answer
+        key = yield from self.trusted_key()
+        try:
+            verify_receipt(receipt, key, entry_id)
+        except LineageError as exc:
+            raise ReceiptError(f"the service's receipt does not verify: {exc}") from None
+        return answer
+
+    def still_included(self, receipt: Mapping[str, Any], log_key: str | None = None) -> Flow:
+        """Prove that the log still holds the entry of ``receipt``: the latest checkpoint,
+        once a consistency proof from the receipt's shows it extends it. ``ReceiptError``
+        (with both checkpoints as evidence) if the log dropped or changed the entry."""
+        trusted = yield from self.trusted_key(log_key)
+        try:
+            verified: VerifiedReceipt = verify_receipt(receipt, trusted)
+        except LineageError as exc:
+            raise ReceiptError(f"the receipt does not verify: {exc}") from None
+        later = yield from self.checkpoint(trusted)
+        first, second = verified.checkpoint.checkpoint.size, later.checkpoint.size
+        proof = []
+        if first < second:
+            proof = yield from self.consistency_proof(first, second)
+        try:
+            verify_receipt_still_included(verified, later, proof)
+        except LineageError as exc:
+            raise ReceiptError(
+                f"the log no longer holds entry {verified.leaf.entry.id} at index "
+                f"{verified.index}: {exc}; the receipt and this checkpoint are the evidence:\n"
+                + later.raw.decode("utf-8", "replace")
+            ) from None
+        return later
 
     def _issue(
         self,
@@ -256,7 +305,8 @@ class _Flows:
     def access(self, invocation: SignedInvocation, context: Mapping[str, Any]) -> Flow:
         """(Enforcement point) ask for a decision; needs an enforcement token."""
         body = {"invocation": dict(invocation.to_json()), "context": dict(context)}
-        return _check((yield self._req("POST", "/v1/access", json=body)))
+        answer = _check((yield self._req("POST", "/v1/access", json=body)))
+        return (yield from self._checked_receipt(answer, "receipt", answer.get("id")))
 
     def introspect(
         self,
@@ -288,13 +338,15 @@ class _Flows:
         data = {"token": credential}
         path = "/oauth/revoke"
         if holder is None:
-            return _check((yield self._req("POST", path, data=data)))
+            answer = _check((yield self._req("POST", path, data=data)))
+            return (yield from self._checked_receipt(answer, "lineage_receipt", None))
         origin = yield from self.origin()
         entry = sign_entry(
             revocation_body(origin, credential=credential, reason=reason), [holder.key]
         )
         data["revocation"] = b64u_encode(entry.raw)
-        return _check((yield from self._dpop("POST", path, holder.key, credential, data=data)))
+        answer = _check((yield from self._dpop("POST", path, holder.key, credential, data=data)))
+        return (yield from self._checked_receipt(answer, "lineage_receipt", entry.id))
 
     def lineage(self, holder: Agent, credential: str) -> Flow:
         """The credential's evidence bundle, fetched as its holder (DPoP)."""

@@ -10,19 +10,33 @@ witness outside the file that catches an older copy of the database put back.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import functools
 import os
 import tempfile
 from pathlib import Path
 
-from lineage.verifier.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
-from lineage.verifier.errors import FormatError, SignatureError
-from lineage.verifier.merkle import consistency_proof, tree_root, verify_consistency
+from lineage.verifier.checkpoint import (
+    Checkpoint,
+    SignedCheckpoint,
+    open_checkpoint,
+    sign_checkpoint,
+)
+from lineage.verifier.errors import FormatError, ProofError, SignatureError
+from lineage.verifier.merkle import HashReader, consistency_proof, tree_root, verify_consistency
 from lineage.verifier.note import Signer, Verifier
 
-from .errors import RollbackError, StorageError
+from .errors import Damaged, RollbackError, StorageError
 from .store import Store
 
-__all__ = ["check_published", "publish", "write_atomic"]
+__all__ = [
+    "check_published",
+    "opened",
+    "publish",
+    "publish_locked",
+    "write_atomic",
+    "write_sidecar",
+]
 
 
 def check_published(store: Store, log_key: Verifier, note: bytes, what: str) -> None:
@@ -50,20 +64,73 @@ def publish(store: Store, signer: Signer, sidecar: Path | None, now: int) -> byt
     names a checkpoint the database does not hold.
     """
     with store.transaction():
-        size = store.size()
-        latest = store.latest_checkpoint()
-        if latest is not None and latest[0] >= size:
-            return latest[1]
-        root = tree_root(size, store)
-        if latest is not None and latest[0] > 0:  # never two inconsistent tree heads
-            old = open_checkpoint(latest[1], signer.verifier, signer.name).checkpoint
-            proof = consistency_proof(old.size, size, store)
-            verify_consistency(old.size, size, old.root_hash, root, proof)
-        note = sign_checkpoint(Checkpoint(signer.name, size, root), signer)
-        store.add_checkpoint(size, root, note, now)
+        note = publish_locked(store, signer, store, store.size(), now)
     if sidecar is not None:
-        write_atomic(sidecar, note)
+        write_sidecar(sidecar, note)
     return note
+
+
+def publish_locked(store: Store, signer: Signer, reader: HashReader, size: int, now: int) -> bytes:
+    """Inside a write transaction: sign and store a checkpoint of ``size`` (the tree as
+    ``reader`` holds it), or return the latest stored one if it already covers ``size``.
+
+    The new tree must extend the latest checkpoint (a consistency proof, checked): the
+    log never signs two inconsistent tree heads, and a stored node that was changed
+    shows here, before anything built on it is acknowledged.
+    """
+    latest = store.latest_checkpoint()
+    if latest is not None and latest[0] >= size:
+        return latest[1]
+    root = tree_root(size, reader)
+    if latest is not None and latest[0] > 0:
+        old = opened(latest[1], signer.verifier).checkpoint
+        proof = consistency_proof(old.size, size, reader)
+        try:
+            verify_consistency(old.size, size, old.root_hash, root, proof)
+        except ProofError as exc:
+            raise Damaged(
+                f"the stored tree does not extend the checkpoint of size {old.size}: {exc}"
+            ) from None
+    note = sign_checkpoint(Checkpoint(signer.name, size, root), signer)
+    store.add_checkpoint(size, root, note, now)
+    return note
+
+
+@functools.lru_cache(maxsize=64)
+def opened(note: bytes, log_key: Verifier) -> SignedCheckpoint:
+    """``open_checkpoint`` for the log's own notes, remembered: each is verified once."""
+    return open_checkpoint(note, log_key, log_key.name)
+
+
+def sidecar_size(data: bytes) -> int:
+    """The tree size a sidecar's note names (its second line), -1 if unreadable."""
+    lines = data.split(b"\n", 2)
+    try:
+        return int(lines[1]) if len(lines) > 2 and lines[1].isdigit() else -1
+    except ValueError:
+        return -1
+
+
+def write_sidecar(path: Path, note: bytes) -> None:
+    """Write ``note`` as the sidecar unless it already names a larger tree.
+
+    Several processes publish; each writes after its own commit, and the one that
+    committed the larger tree may write first. Under an exclusive lock beside the
+    sidecar, the sidecar only ever grows.
+    """
+    lock = path.with_name(path.name + ".lock")
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            current = path.read_bytes()
+        except FileNotFoundError:
+            current = b""
+        if sidecar_size(current) >= sidecar_size(note):
+            return
+        write_atomic(path, note)
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def write_atomic(path: Path, data: bytes) -> None:

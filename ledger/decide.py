@@ -30,6 +30,7 @@ from lineage.verifier.errors import FormatError, SignatureError
 from lineage.verifier.invocation import SignedInvocation, effective_request, parse_signed_invocation
 from lineage.verifier.jcs import canonical
 from lineage.verifier.kinds import Access
+from lineage.verifier.receipt import Receipt
 
 from .errors import LedgerError, RejectedEntry
 from .log import Built, Log
@@ -57,15 +58,19 @@ class Decision:
     id: str
     index: int
     entry: Entry
+    receipt: Receipt | None = None  # the access entry's, when the log signs (FORMAT.md §9.4)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "decision": "allow" if self.allowed else "deny",
             "reason": self.reason,
             "policy": self.policy,
             "id": self.id,
             "index": self.index,
         }
+        if self.receipt is not None:
+            out["receipt"] = self.receipt.to_json()
+        return out
 
 
 @dataclass(frozen=True)
@@ -237,4 +242,5 @@ def decide(
         appended.id,
         appended.index,
         appended.entry,
+        appended.receipt,
     )

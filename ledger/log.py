@@ -15,6 +15,7 @@ back is caught): a log is never silently forked.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
@@ -29,19 +30,37 @@ from typing import Any
 from lineage.verifier.chain import DEFAULT_INVOCATION_WINDOW, ChainView, Rules
 from lineage.verifier.checkpoint import open_checkpoint
 from lineage.verifier.entry import Entry, Leaf, parse_entry, sign_entry
-from lineage.verifier.errors import ChainError, FormatError, LineageError, SignatureError
+from lineage.verifier.errors import (
+    ChainError,
+    FormatError,
+    LineageError,
+    ProofError,
+    SignatureError,
+)
 from lineage.verifier.kinds import Access
 from lineage.verifier.merkle import (
     Coord,
     consistency_proof,
     inclusion_proof,
+    inclusion_proof_coords,
+    leaf_hash,
     nodes_completed_by_append,
     tree_root,
+    verify_consistency,
+    verify_inclusion,
 )
 from lineage.verifier.note import Signer, Verifier
+from lineage.verifier.receipt import Receipt
 
-from .checkpoints import check_published, publish, write_atomic
-from .errors import Busy, NotFound, RejectedEntry, RollbackError, StorageError
+from .checkpoints import (
+    check_published,
+    opened,
+    publish,
+    publish_locked,
+    write_atomic,
+    write_sidecar,
+)
+from .errors import Busy, Damaged, NotFound, RejectedEntry, RollbackError, StorageError
 from .keys import KeyRing
 from .refs import Ref, ref_of
 from .state import RecordCache, SQLiteState
@@ -53,6 +72,7 @@ logger = logging.getLogger("lineage")
 
 MAX_BATCH = 512
 CATCH_UP = 2000  # leaves replayed into the chain state per transaction after an upgrade
+SIDECAR_EVERY = 1.0  # seconds between the writer's sidecar writes (the thread does the rest)
 
 # Called inside the write transaction with (entry, chain state, index, time) before the
 # entry is checked; raises RejectedEntry to refuse it.
@@ -75,13 +95,20 @@ Builder = Callable[[ChainView, int, int], "Entry | Built"]
 
 @dataclass(frozen=True)
 class Appended:
+    """An acknowledged append: durable, and (when the log signs) with its receipt."""
+
     id: str
     index: int
     existing: bool = False  # True when the entry was already in the log
-    entry: Entry | None = None  # the entry, when the writer built it (``Log.build``)
+    entry: Entry | None = None  # the entry, when this append wrote it
+    time: int | None = None  # its integrated time, when this append wrote it
+    receipt: Receipt | None = None  # FORMAT.md §9.4: checkpoint and inclusion proof
 
     def to_json(self) -> dict:
-        return {"id": self.id, "index": self.index}
+        out: dict[str, Any] = {"id": self.id, "index": self.index}
+        if self.receipt is not None:
+            out["receipt"] = self.receipt.to_json()
+        return out
 
 
 class _Overlay:
@@ -95,6 +122,16 @@ class _Overlay:
         missing = [c for c in coords if c not in self.pending]
         stored = dict(zip(missing, self.store.read_nodes(missing), strict=True))
         return [self.pending.get(c) or stored[c] for c in coords]
+
+
+class _Prefetched:
+    """Nodes read once for many proofs (a HashReader)."""
+
+    def __init__(self, nodes: dict[Coord, bytes]):
+        self.nodes = nodes
+
+    def read_nodes(self, coords: Sequence[Coord]) -> list[bytes]:
+        return [self.nodes[c] for c in coords]
 
 
 class Log:
@@ -128,6 +165,9 @@ class Log:
         self.invocation_window = invocation_window
         self.counters: dict[str, int] = {}  # appends, decisions, invalid invocations, ...
         self.checkpoint_error: str | None = None  # why the last publication failed, if it did
+        self.damaged: str | None = None  # why a proof or leaf did not verify, if one did not
+        self._roots: dict[int, bytes] = {}  # tree sizes whose stored root a checkpoint proved
+        self._sidecar_written = float("-inf")  # when the writer last wrote the sidecar
         self._appended = False  # whether this Log wrote a leaf (close then publishes)
         self._counters_lock = threading.Lock()
         self.sidecar = sidecar
@@ -230,19 +270,156 @@ class Log:
         return tree_root(self.size if size is None else size, self.store)
 
     def leaf(self, index: int) -> Leaf:
-        return self._leaf(self.store.leaf(index))
+        return self._leaf(self._stored(index))
 
-    @staticmethod
-    def _leaf(stored: StoredLeaf) -> Leaf:
+    def _stored(self, index: int) -> StoredLeaf:
+        try:
+            return self.store.leaf(index)
+        except NotFound:
+            size = self.size
+            if 0 <= index < size:  # a hole below the size: the file lost a leaf
+                raise self._damage(f"the leaf at index {index} is missing (size {size})") from None
+            raise
+
+    def _leaf(self, stored: StoredLeaf) -> Leaf:
         try:
             return Leaf(parse_entry(stored.entry), stored.time)
         except FormatError as exc:
-            raise StorageError(f"the entry at index {stored.index} is corrupt: {exc}") from None
+            raise self._damage(f"the entry at index {stored.index} is corrupt: {exc}") from None
 
     def leaves(self, start: int = 0, end: int | None = None) -> Iterator[tuple[int, Leaf]]:
         end = self.size if end is None else end
+        expected = start
         for stored in self.store.leaves(start, end):
+            if stored.index != expected:
+                raise self._damage(f"the leaf at index {expected} is missing")
             yield stored.index, self._leaf(stored)
+            expected += 1
+        if expected < end:
+            raise self._damage(f"the leaf at index {expected} is missing")
+
+    def _damage(self, reason: str) -> Damaged:
+        """Record that the file disagrees with what the log signed; the error to raise.
+
+        The alarm: an error in the log, ``proof_failures`` in the metrics, and ``/healthz``
+        answering ``damaged`` with the reason (``lineage verify --db`` says the rest).
+        """
+        self._alarm(reason)
+        return Damaged(f"the ledger is damaged: {reason}")
+
+    def _alarm(self, reason: str) -> None:
+        self.damaged = reason
+        self.count("proof_failures")
+        logger.error("the ledger is damaged: %s", reason)
+
+    def _opened(self, note: bytes) -> Any:
+        try:
+            return opened(note, self.log_key).checkpoint
+        except (FormatError, SignatureError) as exc:
+            raise self._damage(f"a stored checkpoint does not verify: {exc}") from None
+
+    def _covering(self, size: int) -> tuple[bytes, Any]:
+        """The latest signed checkpoint (note, body), published first if it does not cover
+        ``size`` leaves and this log can sign; ``NotFound`` if none covers them."""
+        note = self.latest_checkpoint()
+        cp = self._opened(note) if note is not None else None
+        if (cp is None or cp.size < size) and self.signer is not None and not self.untrusted:
+            note = self.checkpoint()
+            cp = self._opened(note)
+        if note is None or cp is None or cp.size < size:
+            raise NotFound(f"no signed checkpoint covers {size} leaves yet")
+        return note, cp
+
+    def trusted_root(self, size: int) -> bytes:
+        """The root of the first ``size`` leaves as stored, proved consistent with the
+        latest signed checkpoint (``Damaged`` if it is not). Every proof served is checked
+        against such a root: the server never hands out a proof that fails."""
+        root = self._roots.get(size)
+        if root is not None:
+            return root
+        _, cp = self._covering(size)
+        root = tree_root(size, self.store)
+        try:
+            if size == cp.size:
+                if root != cp.root_hash:
+                    raise ProofError("the roots differ")
+            else:
+                proof = consistency_proof(size, cp.size, self.store)
+                verify_consistency(size, cp.size, root, cp.root_hash, proof)
+        except ProofError as exc:
+            raise self._damage(
+                f"the stored tree of size {size} disagrees with the checkpoint of size "
+                f"{cp.size}: {exc}"
+            ) from None
+        if len(self._roots) >= 256:
+            self._roots.clear()
+        self._roots[size] = root  # stored nodes never change: a proved root stays proved
+        return root
+
+    def receipt(self, index: int, note: bytes | None = None, leaf: Leaf | None = None) -> Receipt:
+        """The receipt of the leaf at ``index`` (FORMAT.md §9.4): ``note`` (by default the
+        latest checkpoint) and the leaf's inclusion proof against it, verified before it is
+        returned."""
+        cp = self._opened(note) if note is not None else None
+        if cp is None or cp.size <= index:
+            note, cp = self._covering(index + 1)
+        leaf = leaf if leaf is not None else self.leaf(index)
+        proof = inclusion_proof(index, cp.size, self.store)
+        try:
+            verify_inclusion(index, cp.size, leaf.hash, proof, cp.root_hash)
+        except ProofError as exc:
+            raise self._damage(
+                f"entry {leaf.entry.id} is at index {index}, but its inclusion proof does not "
+                f"verify against the checkpoint of size {cp.size}: {exc}"
+            ) from None
+        return Receipt(note.decode(), index, leaf, tuple(proof))
+
+    def _receipted(self, appended: Appended) -> Appended:
+        """``appended`` with its receipt, verified, when this log signs checkpoints.
+
+        The writer builds the receipts of a group commit (one read of the nodes they
+        need); each caller verifies its own here, in its thread, before answering.
+        """
+        if self.signer is None:
+            return appended
+        r = appended.receipt
+        if r is None:
+            return dataclasses.replace(appended, receipt=self.receipt(appended.index))
+        cp = self._opened(r.checkpoint.encode())
+        try:
+            verify_inclusion(r.index, cp.size, r.leaf.hash, r.inclusion, cp.root_hash)
+        except ProofError as exc:
+            raise self._damage(
+                f"entry {appended.id} is at index {r.index}, but its inclusion proof does not "
+                f"verify against the checkpoint of size {cp.size}: {exc}"
+            ) from None
+        return appended
+
+    def _build_receipts(
+        self, done: list[tuple[Future, Appended]], note: bytes
+    ) -> list[tuple[Future, Appended]]:
+        """The unverified receipts of a committed batch, all proofs from one node read.
+
+        If they cannot be built, the appends are still acknowledged; each caller then
+        builds its own (``receipt``), which says what is damaged."""
+        written = [r for _, r in done if not r.existing]
+        try:
+            size = self._opened(note).size
+            coords = sorted({c for r in written for c in inclusion_proof_coords(r.index, size)})
+            reader = _Prefetched(dict(zip(coords, self.store.read_nodes(coords), strict=True)))
+            text = note.decode()
+            out = []
+            for future, r in done:
+                if not r.existing and r.entry is not None and r.time is not None:
+                    proof = tuple(inclusion_proof(r.index, size, reader))
+                    r = dataclasses.replace(
+                        r, receipt=Receipt(text, r.index, Leaf(r.entry, r.time), proof)
+                    )
+                out.append((future, r))
+            return out
+        except (LineageError, KeyError) as exc:
+            logger.error("receipts not built for a committed batch: %s", exc)
+            return done
 
     def find(self, entry_id: str) -> int:
         index = self.store.find(entry_id)
@@ -254,17 +431,41 @@ class Log:
         if not 0 < tree_size <= self.size:
             raise NotFound(f"tree size {tree_size} is not between 1 and {self.size}")
 
-    def inclusion_proof(self, index: int, tree_size: int) -> list[bytes]:
+    def inclusion_proof(
+        self, index: int, tree_size: int, leaf_hash: bytes | None = None
+    ) -> list[bytes]:
+        """The proof that leaf ``index`` is in the tree of ``tree_size``, checked against a
+        signed checkpoint before it is returned (``leaf_hash``: the caller's, if it has it)."""
         self._check_size(tree_size)
         if not 0 <= index < tree_size:
             raise NotFound(f"leaf index {index} is not below tree size {tree_size}")
-        return inclusion_proof(index, tree_size, self.store)
+        root = self.trusted_root(tree_size)
+        proof = inclusion_proof(index, tree_size, self.store)
+        if leaf_hash is None:
+            leaf_hash = _stored_leaf_hash(self._stored(index))
+        try:
+            verify_inclusion(index, tree_size, leaf_hash, proof, root)
+        except ProofError as exc:
+            raise self._damage(
+                f"the inclusion proof of index {index} in {tree_size} does not verify: {exc}"
+            ) from None
+        return proof
 
     def consistency_proof(self, first: int, second: int) -> list[bytes]:
+        """The proof that the tree of ``second`` extends that of ``first``, checked against
+        a signed checkpoint before it is returned."""
         self._check_size(second)
         if not 0 < first <= second:
             raise NotFound(f"first size {first} is not between 1 and {second}")
-        return consistency_proof(first, second, self.store)
+        root = self.trusted_root(second)
+        proof = consistency_proof(first, second, self.store)
+        try:
+            verify_consistency(first, second, tree_root(first, self.store), root, proof)
+        except ProofError as exc:
+            raise self._damage(
+                f"the consistency proof from {first} to {second} does not verify: {exc}"
+            ) from None
+        return proof
 
     # -- appends ---------------------------------------------------------------------------
 
@@ -276,12 +477,27 @@ class Log:
             raise RejectedEntry(
                 f"entry is for log {entry.body.log!r}, not {self.origin!r}", "origin", "log"
             )
-        existing = self.store.find(entry.id)
+        existing = self._find(entry)
         if existing is not None:
-            return Appended(entry.id, existing, existing=True)
+            return self._receipted(Appended(entry.id, existing, existing=True))
         future: Future[Appended] = Future()
         self._submit(entry, future, self.presign(entry))
-        return _outcome(future, timeout)
+        return self._receipted(_outcome(future, timeout))
+
+    def _find(self, entry: Entry) -> int | None:
+        """Where ``entry`` already is, if it is: idempotency that trusts no index alone
+        (``find_confirmed``), since a repeated grant would reset its budget."""
+        body, kind = entry.body, entry.kind
+        credential = getattr(body, "credential", None) if kind == "revocation" else None
+        holder = body.holder.kid if kind == "revocation" and body.holder else None
+        kid = body.key.kid if kind == "key" else None
+        try:
+            return self.store.find_confirmed(
+                entry.id, kind, credential=credential, holder=holder, kid=kid
+            )
+        except Damaged as exc:
+            self._alarm(str(exc))
+            raise
 
     def presign(self, entry: Entry) -> frozenset[tuple[str, str]]:
         """Check ``entry``'s signatures in the caller's thread, against the keys the
@@ -333,11 +549,12 @@ class Log:
             self._queue.put((work, future, pre))
 
     def append_many(
-        self, entries: Sequence[Entry], timeout: float | None = 300.0
+        self, entries: Sequence[Entry], timeout: float | None = 300.0, receipts: bool = True
     ) -> list[Appended | Exception]:
         """Queue many appends at once (they share transactions); results in order.
 
-        Each result is the ``Appended`` or the exception that entry raised.
+        Each result is the ``Appended`` (with its receipt unless ``receipts`` is false: a
+        bulk load) or the exception that entry raised.
         """
         futures: list[Future | Appended | Exception] = []
         pres = [self.presign(entry) for entry in entries]  # first, so the batches stay whole
@@ -352,7 +569,8 @@ class Log:
         for f in futures:
             if isinstance(f, Future):
                 try:
-                    out.append(_outcome(f, timeout))
+                    done = _outcome(f, timeout)
+                    out.append(self._receipted(done) if receipts else done)
                 except Exception as exc:  # this entry's own refusal, or Busy
                     out.append(exc)
             else:
@@ -368,7 +586,7 @@ class Log:
         self.state()  # a ledger from before the state tables catches up in bounded steps first
         future: Future[Appended] = Future()
         self._submit(builder, future)
-        return _outcome(future, timeout)
+        return self._receipted(_outcome(future, timeout))
 
     def append_as(
         self, role: str, body: Mapping[str, Any], timeout: float | None = 30.0
@@ -463,26 +681,53 @@ class Log:
             try:
                 with self.store.transaction():
                     view = self.store.state(self._cache)
-                    done = self._commit_locked(view, batch)
+                    done, note = self._commit_locked(view, batch)
             except BaseException as exc:  # nothing was written; the futures must never hang
-                err = (
-                    exc if isinstance(exc, StorageError) else StorageError(f"append failed: {exc}")
-                )
+                if isinstance(exc, Damaged):
+                    self._alarm(str(exc))
+                err = exc if isinstance(exc, StorageError) else StorageError(f"append: {exc}")
                 for _, future, _ in batch:
                     if not future.done():
                         future.set_exception(err)
                 return
             view.committed()
+        if note is not None:  # the batch's checkpoint, in each of its appends' receipt
+            self._write_sidecar(note, every=SIDECAR_EVERY)
+            done = self._build_receipts(done, note)
         written = sum(1 for _, r in done if not r.existing)
         self._appended = self._appended or written > 0
         self.count("appends", written)
         for future, result in done:  # acknowledged only once durable
             future.set_result(result)
 
+    def _write_sidecar(self, note: bytes, every: float = 0.0) -> None:
+        """Write ``note`` to the sidecar (if it is newer), unless the last write was less
+        than ``every`` seconds ago (the checkpoint thread, or ``close``, writes it then).
+
+        The receipt is durable in the database whatever the sidecar says; the sidecar is
+        the copy outside the file that an older database put back is checked against,
+        and two fsyncs for every group commit would cost more than it protects. A
+        failure leaves the entries acknowledged: it is counted, shown in ``/healthz``,
+        retried.
+        """
+        if self.sidecar is None:
+            return
+        now = _time.monotonic()
+        if every and now - self._sidecar_written < every:
+            return
+        try:
+            write_sidecar(self.sidecar, note)
+            self._sidecar_written = now
+        except OSError as exc:
+            self.count("checkpoint_failures")
+            self.checkpoint_error = f"sidecar not written: {exc}"
+            logger.warning("the sidecar %s was not written (retrying): %s", self.sidecar, exc)
+
     def _commit_locked(
         self, view: SQLiteState, batch: list[tuple[Entry | Builder, Future, frozenset]]
-    ) -> list[tuple[Future, Appended]]:
-        """Inside the write transaction: check, sequence and write one batch."""
+    ) -> tuple[list[tuple[Future, Appended]], bytes | None]:
+        """Inside the write transaction: check, sequence and write one batch, and sign
+        its checkpoint (one signature per group commit); returns the results and it."""
         size = self.store.size()
         if view.size != size:  # only after an upgrade, if ``state()`` was not asked first
             self._replay_tail(view)
@@ -517,7 +762,7 @@ class Log:
                     entry = built
             index = seen.get(entry.id)
             if index is None:
-                index = self.store.find(entry.id)
+                index = self._find(entry)
             if index is not None:
                 done.append((future, Appended(entry.id, index, existing=True)))
                 continue
@@ -542,13 +787,16 @@ class Log:
             rows.append(StoredLeaf(size, entry.id, entry.kind, leaf.time, entry.raw))
             refs.append(ref_of(view, size, leaf))
             seen[entry.id] = size
-            done.append((future, Appended(entry.id, size, entry=entry)))
+            done.append((future, Appended(entry.id, size, entry=entry, time=leaf.time)))
             last_time = leaf.time
             size += 1
+        note = None
         if rows:
             self.store.append(rows, nodes)  # durable when the transaction commits
             self.store.add_refs(refs)
-        return done
+            if self.signer is not None:  # the receipts' checkpoint, committed with them
+                note = publish_locked(self.store, self.signer, overlay, size, int(self.clock()))
+        return done, note
 
     def count(self, name: str, n: int = 1) -> None:
         with self._counters_lock:
@@ -583,6 +831,8 @@ class Log:
                     latest = self.store.latest_checkpoint()
                     if latest is None or latest[0] < self.store.size():
                         self.checkpoint()
+                    elif self.sidecar is not None:  # the latest group commit's, if newer
+                        write_sidecar(self.sidecar, latest[1])
                 except Exception as exc:  # any failure (a full disk, ...): say so, try again
                     self.count("checkpoint_failures")
                     self.checkpoint_error = f"{type(exc).__name__}: {exc}"
@@ -614,8 +864,8 @@ class Log:
             self._ticker = None
         if self.signer is not None and self._appended:  # its last appends are covered too
             try:
-                self.checkpoint()
-            except LineageError as exc:
+                self.checkpoint()  # and the sidecar, if the writer's last one is older
+            except Exception as exc:  # a full disk too: closing goes on, and says so
                 logger.warning("no final checkpoint published: %s", exc)
         close = getattr(self.store, "close", None)
         if close is not None:
@@ -651,3 +901,9 @@ def _outcome(future: Future, timeout: float | None) -> Appended:
                 f"the ledger did not take the entry up within {timeout} s; nothing was written"
             ) from None
         return future.result()
+
+
+def _stored_leaf_hash(stored: StoredLeaf) -> bytes:
+    """The leaf hash of a stored leaf, from its bytes as stored (``Leaf.raw``, unparsed)."""
+    raw = b'{"entry":' + stored.entry + b',"time":' + str(stored.time).encode() + b"}"
+    return leaf_hash(raw)

@@ -111,6 +111,7 @@ class Store(Protocol):
         *,
         credential: str | None = None,
         holder: str | None = None,
+        kid: str | None = None,
     ) -> int | None: ...
     def append(
         self, leaves: Sequence[StoredLeaf], nodes: Sequence[tuple[Coord, bytes]]
@@ -428,6 +429,7 @@ class SQLiteStore:
         *,
         credential: str | None = None,
         holder: str | None = None,
+        kid: str | None = None,
     ) -> int | None:
         """``find``, trusting no index alone: the index of the leaf holding the entry
         ``entry_id`` (of ``kind``, if given), or None.
@@ -436,9 +438,11 @@ class SQLiteStore:
         read by its index (the table's own key), hash to ``entry_id``. A second b-tree
         answers too, for the kinds whose repeat would change what the ledger allows: a
         ``grant`` or ``delegation`` by the chain state's ``credentials`` key (its id);
-        a ``genesis``, ``key`` or ``policy`` entry among the leaves of that kind in
-        ``refs`` (each read by its index: a few anchors); a ``revocation`` among the
-        revocations of its target (``credential`` or ``holder`` kid) in ``refs``.
+        the ``genesis`` at index 0; a ``key`` entry among the entries that added or
+        retired its key (``kid``) in ``chain_keys``; a ``revocation`` among the
+        revocations of its target (``credential`` or ``holder`` kid) in ``refs``. A
+        ``policy`` needs none: a repeat does not follow the version in force, and the
+        rules refuse it. Each is one indexed lookup, whatever the size of the log.
         An ``access`` has none: the ``nonces`` key refuses its invocation twice.
 
         Raises ``StorageError`` if the entry-id index names a leaf that is not this
@@ -459,12 +463,14 @@ class SQLiteStore:
             column, value = ("credential", credential) if credential else ("holder", holder)
             sql = f"SELECT idx FROM refs WHERE kind = 'revocation' AND {column} = ?"
             params = (value,)
-        elif kind in ("genesis", "key", "policy"):
+        elif kind == "key" and kid:
             sql = (
-                "SELECT idx FROM leaves NOT INDEXED WHERE entry_id = ? "
-                "AND idx IN (SELECT idx FROM refs WHERE kind = ?)"
+                "SELECT added FROM chain_keys WHERE kid = ? UNION "
+                "SELECT retired FROM chain_keys WHERE kid = ? AND retired IS NOT NULL"
             )
-            params = (entry_id, kind)
+            params = (kid, kid)
+        elif kind == "genesis":
+            sql, params = "SELECT 0", ()
         else:
             return found
         others = [i for (i,) in self._query(sql, params) if self._holds(i, entry_id)]

@@ -30,6 +30,7 @@ import rfc8785
 from prometheus_client.parser import text_string_to_metric_families
 
 from lineage.verifier.merkle import verify_consistency, verify_inclusion
+from lineage.verifier.receipt import verify_receipt
 from tests.api_server import (
     Server,
     checkpoint_at_least,
@@ -186,7 +187,8 @@ def test_revoked_ancestor_denied(srv: Server) -> None:
         srv.url("/oauth/revoke"), data={"token": grant}, headers=srv.bearer(srv.operator)
     )
     assert r.status_code == 200, r.text
-    assert r.json() == {}
+    receipt = verify_receipt(r.json()["lineage_receipt"], srv.log.log_key)
+    assert receipt.leaf.entry.body.credential == grant
     r = srv.access(srv.invoke(srv.reader, sub))
     assert r.status_code == 200, r.text
     assert r.json()["decision"] == "deny"
@@ -320,6 +322,8 @@ def test_healthz(srv: Server) -> None:
         "tree_size": 2,
         "checkpoint_failures": 0,
         "checkpoint_error": None,
+        "proof_failures": 0,
+        "damage": None,
     }
     chain(srv)
     assert srv.size() == 4

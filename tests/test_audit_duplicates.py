@@ -205,28 +205,26 @@ def test_a_stored_id_other_than_the_entrys_cannot_hide_a_repeat(base: Base, tmp_
     assert (out["check"], out["index"]) == ("entry", index)
 
 
-def test_a_retried_entry_after_the_id_index_is_corrupted_is_refused_or_named(
-    base: Base, tmp_path: Path
+@pytest.mark.parametrize("kind", [k for k in KINDS if k != "access"])
+def test_a_retried_entry_after_the_id_index_is_corrupted_is_never_logged_twice(
+    base: Base, tmp_path: Path, kind: str
 ):
     """The campaign's case through the real writer: the index corrupted, a client
-    retries an entry already logged. The writer either refuses it, or logs it again
-    and the audit names the duplicate."""
+    retries an entry already logged (a grant: its budget would start again). The writer
+    refuses it (the index disagrees with a second b-tree, or the rules refuse a repeat)
+    and nothing is written; the audit still passes on what is there."""
     db = _copy(base, tmp_path)
     shutil.copytree(base.keys, tmp_path / "keys")
-    original, raw = base.leaves["revocation"]
+    _, raw = base.leaves[kind]
     _flip_in_id_index(db, parse_entry(raw).id)
     log = open_ledger(db, tmp_path / "keys")
+    size = log.size
     try:
-        appended = log.append(raw)
-    except LedgerError:
-        appended = None
+        with pytest.raises(LedgerError):
+            log.append(raw)
+        assert log.size == size
     finally:
         close(log)
-    if appended is None or appended.index == original:
-        return  # refused, or found: nothing logged twice
-    with pytest.raises(AuditFailure) as info:
-        audit(db, base.log_key)
-    assert (info.value.what, info.value.index) == ("duplicate", appended.index)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -240,7 +238,8 @@ def test_find_confirmed_finds_each_entry_where_it_is(base: Base, kind: str):
         store.close()
 
 
-@pytest.mark.parametrize("kind", [k for k in KINDS if k != "access"])
+# An access has its nonce, a policy its version: the rules refuse their repeats.
+@pytest.mark.parametrize("kind", [k for k in KINDS if k not in ("access", "policy")])
 def test_find_confirmed_does_not_trust_a_corrupt_id_index(base: Base, tmp_path: Path, kind: str):
     """Where ``find`` says "not in the log" through a corrupt index, ``find_confirmed``
     asks a second b-tree and refuses to answer."""
@@ -251,6 +250,8 @@ def test_find_confirmed_does_not_trust_a_corrupt_id_index(base: Base, tmp_path: 
     store = SQLiteStore(db)
     body = parse_entry(raw).body
     about = {}
+    if kind == "key":  # a key entry among those that added or retired its key
+        about = {"kid": body.key.kid}
     if kind == "revocation":  # a revocation is looked for among its target's
         about = {"credential": body.credential} if body.credential else {"holder": body.holder.kid}
     try:

@@ -9,6 +9,7 @@ to end, including the errors it raises and a pinned log key that does not match.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from lineage.client import Agent, AsyncLineageClient, LineageClient, LineageHTTPError, LogKeyError
+from lineage.client import (
+    Agent,
+    AsyncLineageClient,
+    LineageClient,
+    LineageHTTPError,
+    LogKeyError,
+    ReceiptError,
+)
 from lineage.ledger.config import Settings
 from lineage.verifier.errors import ProofError, SignatureError
 from lineage.verifier.merkle import verify_inclusion
@@ -143,8 +151,11 @@ def test_verify_lineage_refuses_without_a_pinned_log_key(srv: Server) -> None:
 
 def test_a_pinned_log_key_refuses_a_server_showing_another(srv: Server, tmp_path: Path) -> None:
     impostor = Signer.generate(ORIGIN).verifier.vkey
+    with LineageClient(srv.base) as unpinned:
+        _, _, reader, sub = chain_of_two(unpinned, srv)
     with LineageClient(srv.base, log_key=impostor) as lineage:
-        _, _, reader, sub = chain_of_two(lineage, srv)
+        with pytest.raises(ReceiptError, match="does not verify"):  # the first receipt
+            chain_of_two(lineage, srv)
         with pytest.raises(SignatureError):  # the bundle is not signed by the pinned key
             lineage.verify_lineage(reader, sub)
         with pytest.raises(LogKeyError, match="not the pinned"):
@@ -157,10 +168,10 @@ def test_trust_on_first_use_pins_the_first_key_and_refuses_another(
     srv: Server, tmp_path: Path
 ) -> None:
     with LineageClient(srv.base, trust_on_first_use=True) as lineage:
-        _, _, reader, sub = chain_of_two(lineage, srv)
         assert lineage.pinned_log_key is None
-        lineage.verify_lineage(reader, sub)
+        _, _, reader, sub = chain_of_two(lineage, srv)  # the first receipt pins the key
         assert lineage.pinned_log_key == srv.log.log_key.vkey
+        lineage.verify_lineage(reader, sub)
         # the address now answers with another log (same origin, another key): refused
         with running(tmp_path / "other") as other:
             lineage._flows.base = other.base  # as if the name now pointed elsewhere
@@ -245,3 +256,46 @@ def test_the_client_fetches_checkpoints_and_proofs(srv: Server) -> None:
         assert proof  # non-empty: the log grew
         with pytest.raises(ProofError):  # a proof for other sizes does not fit
             verify_inclusion(0, size, leaf, path, grown.checkpoint.root_hash)
+
+
+def test_the_client_verifies_each_receipt_and_proves_it_later(srv: Server) -> None:
+    """Every answer that appended carries a receipt; the client checks it under the pinned
+    key before returning, and ``still_included`` proves later that the log kept it."""
+    agent = Agent.ephemeral()
+    with (
+        LineageClient(srv.base, log_key=srv.log.log_key.vkey) as lineage,
+        LineageClient(srv.base, token=srv.operator) as operator,
+    ):
+        grant = lineage.grant(srv.alice, "alice@corp", agent, task="t", scope=read_scope())
+        entry = srv.log.leaf(srv.log.find(grant)).entry
+        answer = lineage.exchange(entry, agent)  # a repeat: the same receipt shape
+        receipt = answer["lineage_receipt"]
+        assert receipt["leaf"]["entry"]["sigs"] == entry.obj["sigs"]
+        revoked = operator.revoke(grant)
+        assert revoked is not None and revoked["index"] > receipt["index"]
+        later = lineage.still_included(receipt)
+        assert later.checkpoint.size > receipt["index"]
+
+
+def test_the_client_refuses_a_receipt_that_does_not_verify(srv: Server) -> None:
+    """A service (or a proxy) answering with a receipt for another entry, or a forged one,
+    is caught before the answer reaches the agent."""
+    agent = Agent.ephemeral()
+    forged = Signer.generate(ORIGIN)
+
+    def tamper(response: httpx.Response) -> None:
+        if response.request.url.path == "/oauth/token" and response.status_code == 200:
+            response.read()
+            body = response.json()
+            body["lineage_receipt"]["leaf"]["time"] += 1  # re-timed: the proof breaks
+            response._content = json.dumps(body).encode()
+
+    with LineageClient(srv.base, log_key=srv.log.log_key.vkey) as lineage:
+        lineage._http.event_hooks["response"].append(tamper)
+        with pytest.raises(ReceiptError, match="does not verify"):
+            lineage.grant(srv.alice, "alice@corp", agent, task="t", scope=read_scope())
+    with (
+        LineageClient(srv.base, log_key=forged.verifier.vkey) as lineage,
+        pytest.raises(ReceiptError, match="no signature by a known key"),
+    ):
+        lineage.grant(srv.alice, "alice@corp", agent, task="t2", scope=read_scope())

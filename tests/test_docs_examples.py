@@ -38,6 +38,7 @@ from lineage.verifier.errors import EntryFormatError, KeyFormatError
 from lineage.verifier.invocation import sign_invocation
 from lineage.verifier.keys import SigningKey, key_file_text, load_key_file, parse_key_file
 from lineage.verifier.note import Signer, format_skey
+from lineage.verifier.receipt import verify_receipt
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -205,6 +206,10 @@ def test_the_ledger_decides_the_quoted_invocation(ledger: Log, clock: Clock):
     assert (decision.policy, decision.index) == (1, 5)
     assert decision.entry.raw == example("access")
     assert ledger.leaf(5).raw + b"\n" == (EXAMPLES / "access.leaf.json").read_bytes()
+    # ... and its answer carries the receipt FORMAT.md §9.4 quotes, exactly
+    quoted = json.loads(quoted_in_format("receipts/valid-access.json"))
+    assert decision.receipt is not None and decision.receipt.to_json() == quoted
+    assert verify_receipt(quoted, ledger.log_key, decision.id).index == 5
 
 
 def test_the_ledger_denies_a_mutated_invocation(ledger: Log, clock: Clock):

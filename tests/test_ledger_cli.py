@@ -71,12 +71,12 @@ def made(cli: Cli, tmp_path: Path) -> Verifier:
 def _append(tmp_path: Path, first: int, last: int, *, checkpoint: bool = True) -> None:
     """Append policy entries first..last through the library (the CLI has no append).
 
-    Closing a log that signs publishes a final checkpoint; ``checkpoint=False`` closes
-    it as a process without the log key would, leaving the new leaves uncovered."""
+    Each group commit of a log that signs publishes a checkpoint; ``checkpoint=False``
+    appends as a process without the log key would, leaving the new leaves uncovered."""
     log = open_ledger(tmp_path / DB, tmp_path / KEYS)
-    log.append_many([policy(log, v) for v in range(first, last + 1)])
     if not checkpoint:
-        log.signer = None
+        log.signer = None  # its group commits sign nothing, and closing publishes nothing
+    log.append_many([policy(log, v) for v in range(first, last + 1)])
     close(log)
 
 

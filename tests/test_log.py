@@ -85,7 +85,8 @@ def test_appends_get_consecutive_indexes_and_read_back(log: Log, clock: FixedClo
     assert log.leaf(2).time == T0 + 10
     assert log.find(first.id) == 1
     assert [i for i, _ in log.leaves()] == [0, 1, 2]
-    assert first.to_json() == {"id": first.id, "index": 1}
+    assert {k: first.to_json()[k] for k in ("id", "index")} == {"id": first.id, "index": 1}
+    assert first.receipt is not None and first.to_json()["receipt"]["index"] == 1
 
 
 def test_integrated_time_never_goes_backwards(log: Log, clock: FixedClock):
@@ -103,11 +104,13 @@ def test_an_entry_already_in_the_log_returns_its_original_index(log: Log, clock:
     before = (log.size, log.root(), _rows(log.store.path))
     clock.now += 1000
     again = log.append(entry)
-    assert again == Appended(entry.id, original.index, existing=True)
+    assert (again.id, again.index, again.existing) == (entry.id, original.index, True)
+    assert again.receipt is not None and again.receipt.leaf == original.receipt.leaf
     assert log.append(entry.raw) == again  # as bytes too
     assert (log.size, log.root(), _rows(log.store.path)) == before  # nothing written
     in_batch = log.append_many([entry, policy(log, 3), entry])
-    assert in_batch[0] == in_batch[2] == Appended(entry.id, 1, existing=True)
+    assert in_batch[0] == in_batch[2]
+    assert (in_batch[0].id, in_batch[0].index, in_batch[0].existing) == (entry.id, 1, True)
     assert in_batch[1].index == 3
     assert log.leaf(1).time == T0  # not re-timed
     assert log.size == before[0] + 1
@@ -601,13 +604,17 @@ def test_the_checkpoint_ticker_survives_a_failed_publish(tmp_path, caplog):
             raise StorageError("disk busy")
         return real(*args, **kw)
 
-    log.store.add_checkpoint = flaky
-    log.append(
+    # An append by a process that does not sign (its group commit publishes nothing)
+    # leaves the checkpoint to the ticker of one that does.
+    unsigned = open_ledger(tmp_path / "t.db", log_key=log.log_key.vkey)
+    unsigned.append(
         sign_entry(
             {"kind": "policy", "v": 1, "log": log.origin, "version": 1, "document": {}},
             [log.keys.operator],
         )
     )
+    unsigned.close()
+    log.store.add_checkpoint = flaky
     log.start_checkpointing(0.05)
     deadline = _t.monotonic() + 5
     while _t.monotonic() < deadline and log.store.latest_checkpoint()[0] < log.size:

@@ -17,7 +17,9 @@ import httpx
 import pytest
 
 from lineage.ledger.errors import StorageError
+from lineage.ledger.ledger import open_ledger, sidecar_path
 from lineage.ledger.store import SQLiteStore
+from lineage.verifier.receipt import verify_receipt
 from tests import issuance_helpers as ih
 from tests.api_server import running
 from tests.conftest import policy
@@ -45,7 +47,11 @@ def test_a_raw_storage_error_does_not_kill_the_checkpoint_thread(tmp_path: Path,
             return publish()
 
         monkeypatch.setattr(log, "checkpoint", flaky)
-        log.append(policy(log, 1))  # something new to cover
+        # Something new to cover, appended by a process without the log key (whose group
+        # commits sign nothing): the server's checkpoint thread must cover it.
+        unsigned = open_ledger(log.store.path, log_key=log.log_key.vkey)
+        unsigned.append(policy(log, 1))
+        unsigned.close()
         assert _wait(lambda: log.counters.get("checkpoint_failures", 0) >= 1)
         health = httpx.get(srv.url("/healthz")).json()
         if failures["left"]:  # still failing: the health check says so, and why
@@ -57,10 +63,36 @@ def test_a_raw_storage_error_does_not_kill_the_checkpoint_thread(tmp_path: Path,
         assert "lineage_checkpoint_failures 2.0" in httpx.get(srv.url("/metrics")).text
 
 
-def test_shutdown_publishes_a_final_checkpoint(tmp_path: Path):
+def test_every_acknowledged_append_is_covered_by_a_checkpoint_when_answered(tmp_path: Path):
+    """Regression: an append was acknowledged with its index alone and covered by a
+    checkpoint up to a second later, or never (none at shutdown, none after a failure).
+    Now its group commit signs the checkpoint and the answer is the receipt."""
     w = ih.world(tmp_path)
-    w.log.checkpoint()
+    appended = w.log.append(w.grant())
+    size = w.log.size
+    assert w.log.store.latest_checkpoint()[0] == size
+    assert appended.receipt is not None
+    assert verify_receipt(appended.receipt.to_json(), w.log.log_key, appended.id).index == (
+        appended.index
+    )
+    latest = w.log.latest_checkpoint()
+    w.close()
+    assert sidecar_path(w.log.store.path).read_bytes() == latest  # written by close at last
+    log = ih.reopen(w)
+    try:
+        assert log.store.latest_checkpoint()[0] == size
+    finally:
+        log.close()
+
+
+def test_shutdown_publishes_a_final_checkpoint(tmp_path: Path):
+    """Leaves appended by a process that does not sign are covered when a signing
+    process that appended closes."""
+    w = ih.world(tmp_path)
     w.append(w.grant())
+    unsigned = open_ledger(w.log.store.path, log_key=w.log.log_key.vkey, clock=w.clock)
+    unsigned.append(w.grant(expires_at=w.now + 600))
+    unsigned.close()
     size = w.log.size
     assert w.log.store.latest_checkpoint()[0] < size
     w.close()

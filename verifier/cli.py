@@ -1,5 +1,9 @@
 """``lineage-verify BUNDLE --log-key KEY [--since CHECKPOINT] [--json]``: offline bundle audit.
 
+``lineage-verify RECEIPT --receipt --log-key KEY [--entry-id ID] [--json]`` checks an
+append's receipt instead (FORMAT.md §9.4): the log key signed a checkpoint that
+includes this leaf at this index.
+
 Exit status: 0 when everything holds; 1 when a check fails (the first failure
 is named: which entry, which check); 2 for unusable input (unreadable files,
 a malformed key). Needs nothing but this package and pynacl.
@@ -26,6 +30,7 @@ from .errors import (
     printable,
 )
 from .note import parse_vkey
+from .receipt import VerifiedReceipt, verify_receipt
 
 __all__ = ["main"]
 
@@ -76,6 +81,28 @@ def summary(vb: VerifiedBundle) -> dict:
     }
 
 
+def receipt_summary(vr: VerifiedReceipt) -> dict:
+    cp = vr.checkpoint.checkpoint
+    return {
+        "ok": True,
+        "origin": cp.origin,
+        "tree_size": cp.size,
+        "root_hash": cp.root_hash.hex(),
+        "index": vr.index,
+        "entry": vr.leaf.entry.id,
+        "kind": vr.leaf.entry.kind,
+        "time": vr.leaf.time,
+    }
+
+
+def _human_receipt(s: dict) -> str:
+    lines = [
+        f"OK  {s['origin']}: checkpoint of {s['tree_size']} leaves, root {s['root_hash']}",
+        f"    includes entry {s['entry']} ({s['kind']}) at index {s['index']}, time {s['time']}",
+    ]
+    return "\n".join(printable(line) for line in lines)
+
+
 def _human(s: dict) -> str:
     lines = [
         f"OK  {s['origin']}: checkpoint of {s['tree_size']} leaves, root {s['root_hash']}",
@@ -108,11 +135,19 @@ def _failure(exc: LineageError) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="lineage-verify", description=__doc__.splitlines()[0])
-    ap.add_argument("bundle", help="evidence bundle (JSON), or - for standard input")
+    ap.add_argument(
+        "bundle", help="evidence bundle (JSON), a receipt with --receipt, or - for standard input"
+    )
     ap.add_argument("--log-key", required=True, help="the log's verifier-key string, or a file")
     ap.add_argument("--since", help="an older checkpoint (signed note file) to prove growth from")
+    ap.add_argument("--receipt", action="store_true", help="the file is an append's receipt")
+    ap.add_argument("--entry-id", help="with --receipt: the id of the entry you appended")
     ap.add_argument("--json", action="store_true", help="machine-readable result")
     args = ap.parse_args(argv)
+    if args.receipt and args.since:
+        ap.error("--since checks a bundle; a receipt names its own checkpoint")
+    if args.entry_id and not args.receipt:
+        ap.error("--entry-id goes with --receipt")
     try:
         data = _read(args.bundle)
         since = _read(args.since) if args.since else None
@@ -124,7 +159,10 @@ def main(argv: list[str] | None = None) -> int:
         print(printable(f"lineage-verify: --log-key: {exc}"), file=sys.stderr)
         return 2
     try:
-        result = summary(verify_bundle(data, log_key, since))
+        if args.receipt:
+            result = receipt_summary(verify_receipt(data, log_key, args.entry_id))
+        else:
+            result = summary(verify_bundle(data, log_key, since))
     except LineageError as exc:
         failure = _failure(exc)
         if args.json:
@@ -132,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(printable(f"FAIL  {failure['check']}: {exc}"), file=sys.stderr)
         return 1
-    print(_json(result) if args.json else _human(result))
+    human = _human_receipt if args.receipt else _human
+    print(_json(result) if args.json else human(result))
     return 0
 
 

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from lineage.ledger.decide import InvalidInvocation, decide
 
 from ..errors import ApiError
+from ..models import Receipt
 from ..service import Caller, Service, caller, require, service
 
 __all__ = ["router"]
@@ -32,6 +33,7 @@ class AccessDecision(BaseModel):
     policy: int
     id: str
     index: int
+    receipt: Receipt = Field(description="the access entry's receipt (FORMAT.md §9.4)")
 
 
 @router.post("/access", response_model=AccessDecision)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -17,26 +17,43 @@ from lineage.ledger.export import (
     rows_jsonl,
 )
 from lineage.ledger.query import Filter
-from lineage.verifier.fields import HEX_ID
 
 from ..errors import ApiError
-from ..params import OptionalIndex, Time
+from ..models import Bundle
+from ..params import CredentialId, Time, optional_index
 from ..service import Caller, Service, caller, may_read, service
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/v1", tags=["evidence"])
 
+# What /v1/export answers, by format: a bundle is JSON, rows are JSON Lines, CSV or DOT
+EXPORT_TYPES = {
+    "bundle": "application/json",
+    "jsonl": "application/jsonl",
+    "csv": "text/csv",
+    "dot": "text/vnd.graphviz",
+}
+FromSize = optional_index("format=bundle only: the size of an older checkpoint, at most the log's")
+_TEXT = {"schema": {"type": "string"}}
+EXPORT_RESPONSES: dict[int | str, dict] = {
+    200: {
+        "description": "format=bundle: an evidence bundle (JSON); jsonl: one JSON object a line "
+        "(index, id, time, kind, leaf_hash, entry); csv: a header and a row a leaf; dot: a "
+        "Graphviz digraph of the chains",
+        "model": Bundle,  # for application/json
+        "content": {media: _TEXT for fmt, media in EXPORT_TYPES.items() if fmt != "bundle"},
+    }
+}
 
-@router.get("/credentials/{credential}/lineage")
+
+@router.get("/credentials/{credential}/lineage", responses={200: {"model": Bundle}})
 def lineage(
-    credential: str,
+    credential: CredentialId,
     svc: Annotated[Service, Depends(service)],
     who: Annotated[Caller, Depends(caller)],
 ) -> JSONResponse:
     """The credential's chain, human first, with what came of it: an evidence bundle."""
-    if not HEX_ID.fullmatch(credential):
-        raise ApiError(400, "invalid_request", "a credential handle is 64 lower-case hex digits")
     rec = svc.credential(credential)
     if rec is None:
         raise ApiError(404, "not_found", f"no credential {credential}")
@@ -55,15 +72,15 @@ def _chunks(text: str, size: int = 65536) -> Iterator[str]:
         yield text[i : i + size]
 
 
-@router.get("/export")
+@router.get("/export", response_class=StreamingResponse, responses=EXPORT_RESPONSES)
 def export(
     svc: Annotated[Service, Depends(service)],
     who: Annotated[Caller, Depends(caller)],
     principal: str | None = None,
     since: Time = None,
     until: Time = None,
-    format: Annotated[str, Query(pattern="^(bundle|jsonl|csv|dot)$")] = "bundle",
-    from_size: OptionalIndex = None,
+    format: Annotated[Literal["bundle", "jsonl", "csv", "dot"], Query()] = "bundle",
+    from_size: FromSize = None,
 ) -> StreamingResponse:
     """Everything about ``principal`` in [since, until), as a bundle or rows, streamed.
 
@@ -90,10 +107,10 @@ def export(
     if format == "bundle":
         doc = principal_bundle(svc.log, principal, since, until, since=from_size)
         return StreamingResponse(
-            _chunks(json.dumps(doc, indent=1, sort_keys=True)), media_type="application/json"
+            _chunks(json.dumps(doc, indent=1, sort_keys=True)), media_type=EXPORT_TYPES[format]
         )
     rows = {"jsonl": rows_jsonl, "csv": rows_csv, "dot": rows_dot}[format]
-    media = {"jsonl": "application/jsonl", "csv": "text/csv", "dot": "text/vnd.graphviz"}[format]
     return StreamingResponse(
-        iter(rows(svc.log, Filter(principal=principal, since=since, until=until))), media_type=media
+        iter(rows(svc.log, Filter(principal=principal, since=since, until=until))),
+        media_type=EXPORT_TYPES[format],
     )

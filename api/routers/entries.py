@@ -15,7 +15,7 @@ from lineage.verifier.jcs import canonical, parse
 
 from ..errors import CHALLENGE, ApiError
 from ..models import AppendResult, EntryPage, LeafView
-from ..params import Count, Index, Time
+from ..params import Count, EntryId, Index, Time
 from ..service import Caller, Service, caller, service
 from .log import leaf_json
 
@@ -47,7 +47,7 @@ async def append(request: Request, svc: Annotated[Service, Depends(service)]) ->
 
 @router.get("/{entry_id}", responses={200: {"model": LeafView}})
 def get(
-    entry_id: str,
+    entry_id: EntryId,
     svc: Annotated[Service, Depends(service)],
     who: Annotated[Caller, Depends(caller)],
 ) -> dict[str, Any]:

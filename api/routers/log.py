@@ -18,13 +18,20 @@ from lineage.verifier.entry import Leaf
 
 from ..errors import ApiError
 from ..models import ConsistencyProof, InclusionProof, LeafPage, LeafView
-from ..params import Index, OptionalSize, PathIndex, Size
+from ..params import OptionalSize, PathIndex, index, size
 from ..service import Caller, Service, caller, may_read, service
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/v1/log", tags=["log"])
 MAX_PAGE = 1000
+
+# What no schema can say is in the descriptions: one size against another, or against the log's
+Start = index("the first leaf; below the log's size and below end")
+LeafIndex = index("the leaf; below tree_size")
+TreeSize = size("the tree the proof is in; at most the log's size")
+First = size("the older tree size; at most second")
+Second = size("the newer tree size; at most the log's size")
 
 
 def _b64(hashes: list[bytes]) -> list[str]:
@@ -75,7 +82,7 @@ def entry(
 def entries(
     svc: Annotated[Service, Depends(service)],
     who: Annotated[Caller, Depends(caller)],
-    start: Index,
+    start: Start,
     end: OptionalSize = None,
 ) -> dict[str, Any]:
     """Leaves ``start <= index < end``, at most 1000 at a time."""
@@ -92,7 +99,7 @@ def entries(
 
 @router.get("/proof/inclusion", responses={200: {"model": InclusionProof}})
 def inclusion(
-    svc: Annotated[Service, Depends(service)], index: Index, tree_size: Size
+    svc: Annotated[Service, Depends(service)], index: LeafIndex, tree_size: TreeSize
 ) -> dict[str, Any]:
     if tree_size > svc.log.size or index >= tree_size:
         raise ApiError(400, "invalid_request", f"need index < tree_size <= {svc.log.size}")
@@ -105,7 +112,7 @@ def inclusion(
 
 @router.get("/proof/consistency", responses={200: {"model": ConsistencyProof}})
 def consistency(
-    svc: Annotated[Service, Depends(service)], first: Size, second: Size
+    svc: Annotated[Service, Depends(service)], first: First, second: Second
 ) -> dict[str, Any]:
     if not first <= second <= svc.log.size:
         raise ApiError(400, "invalid_request", f"need 0 < first <= second <= {svc.log.size}")

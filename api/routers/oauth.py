@@ -15,6 +15,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import JSONResponse
 
+from lineage.ledger.log import Appended
 from lineage.verifier.chain import CredentialRecord
 from lineage.verifier.entry import Entry, parse_entry
 from lineage.verifier.errors import FormatError, SignatureError
@@ -153,9 +154,14 @@ def token(
             "expires_in": max(expires, 0),
             "authorization_details": scope,
             "lineage_index": appended.index,
+            "lineage_receipt": _receipt(appended),
         },
         headers={"Cache-Control": "no-store"},
     )
+
+
+def _receipt(appended: Appended) -> dict[str, Any] | None:
+    return appended.receipt.to_json() if appended.receipt is not None else None
 
 
 def _act(chain: list[CredentialRecord]) -> dict[str, Any] | None:
@@ -282,4 +288,7 @@ def revoke(
         raise ApiError(400, "invalid_request", str(exc)) from None
     if not appended.existing:
         svc.metrics.appends.labels(kind="revocation").inc()
-    return JSONResponse({}, headers={"Cache-Control": "no-store"})
+    # RFC 7009: the client needs only the status; the receipt is for whoever keeps it.
+    return JSONResponse(
+        {"lineage_receipt": _receipt(appended)}, headers={"Cache-Control": "no-store"}
+    )

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import sqlite3
@@ -48,6 +49,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 from lineage.verifier.chain import DEFAULT_INVOCATION_WINDOW, Replay
@@ -57,7 +59,7 @@ from lineage.verifier.errors import ChainError, FormatError, SignatureError, pri
 from lineage.verifier.keys import PublicKey
 from lineage.verifier.kinds import Access, Delegation, Genesis, Grant, KeyChange
 from lineage.verifier.merkle import leaf_hash, node_hash, tree_root
-from lineage.verifier.note import Verifier
+from lineage.verifier.note import Verifier, parse_vkey
 
 from .errors import LedgerError
 from .ledger import sidecar_path
@@ -66,6 +68,7 @@ from .refs import ref_of
 __all__ = ["AuditFailure", "AuditReport", "CannotOpen", "audit", "first_repeat"]
 
 PARALLEL_FROM = 4096  # leaves; below this a process pool costs more than it saves
+CHECKPOINT_CHUNK = 2048  # stored checkpoints opened per job
 CHUNK = 2048
 
 Progress = Callable[[str, int, int], None]
@@ -203,6 +206,20 @@ def _scan(rows: Sequence[tuple[int, str, str, int, bytes]]) -> tuple[list[bytes]
 
 
 # -- pass 2 (parallel): verify signatures against the known keys ----------------------------
+
+
+def _open_notes(args: tuple[str, Sequence[tuple[Any, Any, bytes]]]) -> list[tuple]:
+    """Open each stored checkpoint note under the log key: (size, root, the checkpoint's
+    body, or why it does not verify), in order."""
+    vkey, rows = args
+    key = parse_vkey(vkey)
+    out = []
+    for size, root, note in rows:
+        try:
+            out.append((size, root, open_checkpoint(note, key, key.name).checkpoint))
+        except (FormatError, SignatureError) as exc:
+            out.append((size, root, str(exc)))
+    return out
 
 
 def _verify(args: tuple[Sequence[tuple[int, int, bytes]], dict[str, bytes]]) -> set:
@@ -370,19 +387,21 @@ def _audit(
         ).fetchone()[0]
         if extra:
             raise AuditFailure("tree", f"{extra} stored nodes above the top of the tree")
-        # 3. checkpoints
+        # 3. checkpoints: every group commit signs one, so there may be as many as
+        # leaves; their signatures are checked in the pool, a chunk at a time, ahead
         count = 0
-        notes = [
-            (s, r, n, f"checkpoint of size {s}")
-            for s, r, n in conn.execute("SELECT size, root, note FROM checkpoints ORDER BY size")
-        ]
+        rows = conn.execute("SELECT size, root, note FROM checkpoints ORDER BY size")
+        chunks = iter(lambda: rows.fetchmany(CHECKPOINT_CHUNK), [])
+        opened = _ahead(pool, _open_notes, ((log_key.vkey, chunk) for chunk in chunks))
+        stored = ((s, r, o, f"checkpoint of size {s}") for chunk in opened for s, r, o in chunk)
         if sidecar is not None:
-            notes.append((None, None, sidecar, f"sidecar {sidecar_path(db).name}"))
-        for stored_size, stored_root, note, what in notes:
-            try:
-                cp = open_checkpoint(note, log_key, log_key.name).checkpoint
-            except (FormatError, SignatureError) as exc:
-                raise AuditFailure("checkpoint", f"{what} does not verify: {exc}") from None
+            side = _open_notes((log_key.vkey, [(None, None, sidecar)]))
+            stored = itertools.chain(
+                stored, [(None, None, side[0][2], f"sidecar {sidecar_path(db).name}")]
+            )
+        for stored_size, stored_root, cp, what in stored:
+            if isinstance(cp, str):
+                raise AuditFailure("checkpoint", f"{what} does not verify: {cp}")
             if stored_size is not None and (cp.size != stored_size or cp.root_hash != stored_root):
                 raise AuditFailure("checkpoint", f"{what}: stored size/root differ from its note")
             if cp.size > size:

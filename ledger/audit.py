@@ -462,6 +462,13 @@ def _audit(
                     )
             done += len(rows)
             tick("replay", done, size)
+        # A refs row beyond the last leaf would refuse every later append at its index
+        # (the writer writes refs with their leaf), a denial of service no leaf shows.
+        stray = conn.execute("SELECT MIN(idx) FROM refs WHERE idx >= ?", (size,)).fetchone()[0]
+        if stray is not None:
+            raise AuditFailure(
+                "index", f"the refs table has a row at index {stray}, beyond the last leaf"
+            )
         return AuditReport(
             size, tree_root(size, tree), count, len(replay.credentials), replay.access_count
         )

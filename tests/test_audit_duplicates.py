@@ -262,3 +262,17 @@ def test_find_confirmed_does_not_trust_a_corrupt_id_index(base: Base, tmp_path: 
             store.find_confirmed(entry_id, kind, **about)
     finally:
         store.close()
+
+
+def test_a_refs_row_beyond_the_last_leaf_fails_the_audit(base: Base, tmp_path: Path):
+    """Regression (security review): one refs row at the next index made every append
+    fail, and the audit passed, since it compared only rows of existing leaves."""
+    db = _copy(base, tmp_path)
+    conn = raw_connection(db)
+    size = conn.execute("SELECT MAX(idx) + 1 FROM leaves").fetchone()[0]
+    conn.execute("INSERT INTO refs (idx, kind, time) VALUES (?, 'policy', 0)", (size,))
+    conn.commit()
+    conn.close()
+    with pytest.raises(AuditFailure) as info:
+        audit(db, base.log_key)
+    assert info.value.what == "index" and f"index {size}, beyond" in str(info.value)

@@ -2,14 +2,18 @@
 
     lineage serve [--db PATH] [--host 127.0.0.1] [--port 8000]
     lineage token create --role operator|auditor|enforcement --name NAME
+    lineage token list [--json]
+    lineage token revoke TOKEN_ID
 
-Every other command is ``lineage.ledger.cli``'s; this module only adds these two, so
+Every other command is ``lineage.ledger.cli``'s; this module only adds these, so
 the ledger never imports the web layer.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -20,7 +24,8 @@ from lineage.ledger.cli_common import DbOption, KeysOption, fail
 from lineage.ledger.config import load_settings
 from lineage.ledger.keys import keys_dir
 from lineage.ledger.ledger import DEFAULT_DB, init_ledger, open_ledger
-from lineage.ledger.tokens import ROLES, TokenStore
+from lineage.ledger.store import SQLiteStore
+from lineage.ledger.tokens import ROLES, TokenInfo, TokenStore
 from lineage.verifier.errors import LineageError
 
 __all__ = ["main"]
@@ -80,14 +85,85 @@ def token_create(
     """Create a token and print it once (only its hash is stored)."""
     try:
         ledger = open_ledger(db, keys)
-        token, secret = TokenStore(ledger.store).create(role, name)
-        ledger.close()
+        try:
+            token, secret = TokenStore(ledger.store).create(role, name)
+        finally:
+            ledger.close()
     except (LineageError, ValueError) as exc:
         raise fail(str(exc)) from None
     typer.echo(secret)
     typer.echo(
         f"created {token.role} token {token.id} for {token.name}; it is shown only once", err=True
     )
+
+
+def _iso(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _tokens(db: Path) -> tuple[SQLiteStore, TokenStore]:
+    """The token table needs no keys: whoever may write the database file may revoke."""
+    store = SQLiteStore(db)
+    return store, TokenStore(store)
+
+
+@token_app.command("list")
+def token_list(
+    db: DbOption = Path(DEFAULT_DB),
+    as_json: Annotated[bool, typer.Option("--json", help="a JSON array")] = False,
+) -> None:
+    """List every token: id, role, name, created, revoked (never a secret or its hash)."""
+    try:
+        store, tokens = _tokens(db)
+        try:
+            found = tokens.list()
+        finally:
+            store.close()
+    except LineageError as exc:
+        raise fail(str(exc)) from None
+    if as_json:
+        typer.echo(json.dumps([_token_json(t) for t in found]))
+        return
+    if not found:
+        typer.echo("no tokens", err=True)
+    width = max((len(t.name) for t in found), default=0)
+    for t in found:
+        line = f"{t.id}  {t.role:<11}  {t.name:<{width}}  created {_iso(t.created)}"
+        typer.echo(line + (f"  revoked {_iso(t.revoked)}" if t.revoked is not None else ""))
+
+
+def _token_json(t: TokenInfo) -> dict[str, str | None]:
+    return {
+        "id": t.id,
+        "role": t.role,
+        "name": t.name,
+        "created": _iso(t.created),
+        "revoked": None if t.revoked is None else _iso(t.revoked),
+    }
+
+
+@token_app.command("revoke")
+def token_revoke(
+    token_id: Annotated[str, typer.Argument(help="the id `lineage token list` shows")],
+    db: DbOption = Path(DEFAULT_DB),
+) -> None:
+    """Revoke a token: every process serving the database refuses it from the next request."""
+    try:
+        store, tokens = _tokens(db)
+        try:
+            token, revoked_now = tokens.revoke(token_id)
+        finally:
+            store.close()
+    except LineageError as exc:
+        raise fail(str(exc)) from None
+    if revoked_now:
+        typer.echo(f"revoked {token.role} token {token.id} ({token.name})")
+    else:
+        when = "" if token.revoked is None else f" at {_iso(token.revoked)}"
+        typer.echo(
+            f"{token.role} token {token.id} ({token.name}) was already revoked{when}; "
+            "nothing changed"
+        )
 
 
 def main() -> None:

@@ -115,6 +115,8 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(LineageError)
     async def _lineage(request: Request, exc: LineageError):
+        if isinstance(exc, Damaged) and not exc.noted:  # wherever found, the service says so
+            request.app.state.service.log.note_damage(str(exc))
         return render(request, *lineage_status(exc))
 
     @app.exception_handler(RequestValidationError)

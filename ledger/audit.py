@@ -152,6 +152,10 @@ def _connect(db: Path) -> sqlite3.Connection:
     try:
         conn = sqlite3.connect(uri, uri=True)
         conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()  # opens the file
+    except UnicodeDecodeError as exc:  # SQLite quoted bytes of a corrupt schema in its message
+        if conn is not None:
+            conn.close()
+        raise AuditFailure("database", f"{db}: the schema is corrupt ({exc.reason})") from None
     except sqlite3.DatabaseError as exc:
         if conn is not None:
             conn.close()
@@ -533,6 +537,16 @@ def _state_size(conn: sqlite3.Connection) -> int | None:
     return row[0]
 
 
+def _roles(text: object) -> object:
+    """A chain_keys row's roles as the replay holds them; what is not a JSON list of names
+    is kept as it is, so the comparison names the row instead of raising."""
+    try:
+        roles = json.loads(text)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return text
+    return tuple(roles) if isinstance(roles, list) else text
+
+
 def check_state(conn: sqlite3.Connection, replay: Replay, policy_at: int | None) -> None:
     """The ledger's chain state tables (ledger/state.py) hold exactly what ``replay`` gives
     at the size they record: a counter edited in the file (a use forgotten, a revocation
@@ -543,7 +557,7 @@ def check_state(conn: sqlite3.Connection, replay: Replay, policy_at: int | None)
     keys = conn.execute("SELECT kid, key, roles, principal, added, retired FROM chain_keys")
     _same(
         "chain_keys",
-        [(k, bytes(raw), tuple(json.loads(roles)), p, a, r) for k, raw, roles, p, a, r in keys],
+        [(k, bytes(raw), _roles(roles), p, a, r) for k, raw, roles, p, a, r in keys],
         [
             (kid, k.key.raw, k.roles, k.principal, k.added, k.retired)
             for kid, k in replay.keys.items()

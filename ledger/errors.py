@@ -57,7 +57,11 @@ class Busy(StorageError):
 
 class Damaged(StorageError):
     """The stored tree or leaves disagree with a checkpoint the log signed: a proof that
-    does not verify, a leaf missing below the size. Nothing built on them is served."""
+    does not verify, a leaf missing below the size. Nothing built on them is served.
+
+    ``noted`` is set once the log has raised the alarm for it (``Log.note_damage``)."""
+
+    noted = False
 
 
 class RollbackError(StorageError):

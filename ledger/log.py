@@ -181,6 +181,7 @@ class Log:
         self._writer_lock = threading.Lock()
         self._ticker: threading.Thread | None = None
         self._closed = threading.Event()
+        self._finished = False  # close() has run
         self._check_open()
 
     @property
@@ -304,10 +305,14 @@ class Log:
         The alarm: an error in the log, ``proof_failures`` in the metrics, and ``/healthz``
         answering ``damaged`` with the reason (``lineage verify --db`` says the rest).
         """
-        self._alarm(reason)
-        return Damaged(f"the ledger is damaged: {reason}")
+        self.note_damage(reason)
+        err = Damaged(f"the ledger is damaged: {reason}")
+        err.noted = True  # the service's error handler need not raise the alarm again
+        return err
 
-    def _alarm(self, reason: str) -> None:
+    def note_damage(self, reason: str) -> None:
+        """Raise the alarm: the ledger is damaged (``/healthz``, metric, log)."""
+        reason = reason.removeprefix("the ledger is damaged: ")
         self.damaged = reason
         self.count("proof_failures")
         logger.error("the ledger is damaged: %s", reason)
@@ -496,7 +501,8 @@ class Log:
                 entry.id, kind, credential=credential, holder=holder, kid=kid
             )
         except Damaged as exc:
-            self._alarm(str(exc))
+            self.note_damage(str(exc))
+            exc.noted = True
             raise
 
     def presign(self, entry: Entry) -> frozenset[tuple[str, str]]:
@@ -684,7 +690,8 @@ class Log:
                     done, note = self._commit_locked(view, batch)
             except BaseException as exc:  # nothing was written; the futures must never hang
                 if isinstance(exc, Damaged):
-                    self._alarm(str(exc))
+                    self.note_damage(str(exc))
+                    exc.noted = True
                 err = exc if isinstance(exc, StorageError) else StorageError(f"append: {exc}")
                 for _, future, _ in batch:
                     if not future.done():
@@ -852,8 +859,12 @@ class Log:
 
     def close(self) -> None:
         """Finish what is queued, stop the writer and ticker, publish a final checkpoint
-        (when this log signs and appended something), release the database."""
+        (when this log signs and appended something), release the database. Closing
+        twice does nothing the second time."""
         with self._writer_lock:
+            if self._finished:
+                return
+            self._finished = True
             self._closed.set()  # from here on _submit refuses; nothing more is queued
             if self._writer is not None:
                 self._queue.put(None)

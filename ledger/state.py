@@ -40,10 +40,11 @@ from typing import TYPE_CHECKING
 
 from lineage.verifier.chain import ChainView, CredentialRecord, Effects, KeyRecord
 from lineage.verifier.entry import parse_entry
+from lineage.verifier.errors import LineageError
 from lineage.verifier.keys import PublicKey
 from lineage.verifier.kinds import Delegation, Grant, Policy
 
-from .errors import StorageError
+from .errors import Damaged, StorageError
 
 if TYPE_CHECKING:
     from .store import SQLiteStore
@@ -180,7 +181,7 @@ class SQLiteState(ChainView):
         if at is None:
             return None
         if self._policy is None or self._policy[0] != at:
-            body = parse_entry(self.store.leaf(at).entry).body
+            body = _stored_entry(self.store.leaf(at).entry, at).body
             if not isinstance(body, Policy):
                 raise StorageError(f"the chain state's policy at {at} is a {type(body).__name__}")
             self._policy = (at, body)
@@ -198,7 +199,13 @@ class SQLiteState(ChainView):
     @lru_cache(maxsize=1024)
     def _key(row: tuple) -> KeyRecord:
         key, roles, principal, added, retired = row
-        return KeyRecord(PublicKey(bytes(key)), tuple(json.loads(roles)), principal, added, retired)
+        try:
+            parsed = json.loads(roles)
+            if not isinstance(parsed, list) or not all(isinstance(r, str) for r in parsed):
+                raise ValueError("roles are not a list of names")
+            return KeyRecord(PublicKey(bytes(key)), tuple(parsed), principal, added, retired)
+        except (ValueError, TypeError, LineageError) as exc:  # the file, not the caller
+            raise Damaged(f"the ledger is damaged: a chain_keys row is corrupt: {exc}") from None
 
     def key(self, kid: str) -> KeyRecord | None:
         row = self._one(
@@ -241,7 +248,7 @@ class SQLiteState(ChainView):
             parent = self.credential(parent_id)
             if parent is None:
                 raise StorageError(f"credential {cid[:16]}'s parent {parent_id[:16]} is missing")
-        entry = parse_entry(raw)
+        entry = _stored_entry(raw, index)
         body = entry.body
         if not isinstance(body, Grant | Delegation) or entry.id != cid:
             raise StorageError(f"the chain state's credential {cid[:16]} is not its leaf")
@@ -444,3 +451,14 @@ class SQLiteState(ChainView):
         """The transaction this view wrote in has committed: its records may be cached."""
         self.cache.put(self.fresh.values())
         self.fresh.clear()
+
+
+def _stored_entry(raw: bytes, index: int):
+    """The entry stored at ``index``; ``Damaged`` if its bytes no longer parse (a fault of
+    the file, never the caller's: not a 400)."""
+    try:
+        return parse_entry(raw)
+    except LineageError as exc:
+        raise Damaged(
+            f"the ledger is damaged: the entry at index {index} is corrupt: {exc}"
+        ) from None

@@ -232,7 +232,7 @@ class SQLiteStore:
         self.path = Path(path)
         if not self.path.exists():
             if not create:
-                raise Damaged(f"no ledger at {self.path} (run `lineage init`)")
+                raise StorageError(f"no ledger at {self.path} (run `lineage init`)")
             _create_owner_only(self.path)
         _tighten(self.path)
         self._local = threading.local()  # .tx: the connection of this thread's transaction
@@ -253,8 +253,8 @@ class SQLiteStore:
             conn.execute("PRAGMA busy_timeout = 10000")
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = FULL")  # an acknowledged append survives power loss
-        except sqlite3.Error as exc:
-            raise Damaged(f"cannot open {self.path}: {exc}") from None
+        except (sqlite3.Error, UnicodeDecodeError) as exc:
+            raise StorageError(f"cannot open {self.path}: {exc}") from None
         return conn
 
     @property
@@ -304,7 +304,7 @@ class SQLiteStore:
         counted so that ``close`` waits for it."""
         with self._idle:
             if self._closed:
-                raise Damaged(f"{self.path} is closed")
+                raise StorageError(f"{self.path} is closed")
             self._active += 1
         tx = getattr(self._local, "tx", None) or getattr(self._local, "snap", None)
         conn = tx if tx is not None else self._borrow()
@@ -359,12 +359,13 @@ class SQLiteStore:
                             raise
                 version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
-                raise Damaged(
+                raise StorageError(
                     f"{self.path} has schema version {version}; this Lineage knows "
                     f"{SCHEMA_VERSION}: upgrade Lineage"
                 )
-        except sqlite3.DatabaseError as exc:
-            raise Damaged(f"{self.path} is not a usable Lineage ledger: {exc}") from None
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
+            # SQLite quotes a corrupt schema's bytes in its message, which may not be UTF-8
+            raise StorageError(f"{self.path} is not a usable Lineage ledger: {exc}") from None
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -372,8 +373,8 @@ class SQLiteStore:
         with self._using() as conn:
             try:
                 return conn.execute(sql, params).fetchall()
-            except sqlite3.Error as exc:
-                raise Damaged(f"reading {self.path}: {exc}") from None
+            except (sqlite3.Error, UnicodeDecodeError) as exc:
+                raise StorageError(f"reading {self.path}: {exc}") from None
 
     def size(self) -> int:
         return self._query("SELECT IFNULL(MAX(idx) + 1, 0) FROM leaves")[0][0]

@@ -452,6 +452,17 @@ class SQLiteStore:
         lag behind (a ledger whose chain state or refs are catching up): its silence
         alone is not a fault.
         """
+        with self.snapshot():  # both answers from one committed state, or they race
+            return self._find_confirmed(entry_id, kind, credential, holder, kid)
+
+    def _find_confirmed(
+        self,
+        entry_id: str,
+        kind: str | None,
+        credential: str | None,
+        holder: str | None,
+        kid: str | None,
+    ) -> int | None:
         found = self.find(entry_id)
         if found is not None and not self._holds(found, entry_id):
             raise Damaged(

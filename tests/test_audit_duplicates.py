@@ -19,8 +19,10 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
+import threading
 from dataclasses import dataclass
 from pathlib import Path
+from unittest.mock import patch
 
 import pytest
 from typer.testing import CliRunner
@@ -34,6 +36,7 @@ from lineage.verifier.entry import Leaf, parse_entry, sign_entry
 from lineage.verifier.keys import SigningKey
 from lineage.verifier.merkle import nodes_completed_by_append
 from lineage.verifier.note import Verifier
+from tests import issuance_helpers as ih
 from tests.conftest import close, raw_connection
 from tests.issuance_helpers import world
 
@@ -276,3 +279,30 @@ def test_a_refs_row_beyond_the_last_leaf_fails_the_audit(base: Base, tmp_path: P
     with pytest.raises(AuditFailure) as info:
         audit(db, base.log_key)
     assert info.value.what == "index" and f"index {size}, beyond" in str(info.value)
+
+
+def test_find_confirmed_reads_one_snapshot_while_the_entry_is_committed(tmp_path: Path):
+    """Regression: "is it already in the log?" read the id index, then a second b-tree,
+    in two snapshots; an identical append committed by another thread in between made
+    the two disagree, and an honest retry was refused as damage (seen under load)."""
+    w = ih.world(tmp_path)
+    grant = w.grant()
+    other = ih.reopen(w)
+    real_find = w.log.store.find
+    committed: list[int] = []
+
+    def find_then_commit(entry_id):
+        out = real_find(entry_id)
+        if out is None and entry_id == grant.id and not committed:
+            t = threading.Thread(target=lambda: committed.append(other.append(grant).index))
+            t.start()
+            t.join(30)
+        return out
+
+    try:
+        with patch.object(w.log.store, "find", find_then_commit):
+            assert w.log.store.find_confirmed(grant.id, "grant") is None  # as of its snapshot
+        assert committed and w.log.store.find_confirmed(grant.id, "grant") == committed[0]
+    finally:
+        other.close()
+        w.close()

@@ -14,6 +14,8 @@ import fcntl
 import functools
 import os
 import tempfile
+import threading
+from collections import OrderedDict
 from pathlib import Path
 
 from lineage.verifier.checkpoint import (
@@ -31,6 +33,7 @@ from .store import Store
 
 __all__ = [
     "check_published",
+    "checkpoint_of",
     "opened",
     "publish",
     "publish_locked",
@@ -83,7 +86,7 @@ def publish_locked(store: Store, signer: Signer, reader: HashReader, size: int, 
         return latest[1]
     root = tree_root(size, reader)
     if latest is not None and latest[0] > 0:
-        old = opened(latest[1], signer.verifier).checkpoint
+        old = checkpoint_of(latest[1], signer.verifier)
         proof = consistency_proof(old.size, size, reader)
         try:
             verify_consistency(old.size, size, old.root_hash, root, proof)
@@ -91,9 +94,27 @@ def publish_locked(store: Store, signer: Signer, reader: HashReader, size: int, 
             raise Damaged(
                 f"the stored tree does not extend the checkpoint of size {old.size}: {exc}"
             ) from None
-    note = sign_checkpoint(Checkpoint(signer.name, size, root), signer)
+    body = Checkpoint(signer.name, size, root)
+    note = sign_checkpoint(body, signer)
     store.add_checkpoint(size, root, note, now)
+    with _signed_lock:  # this process made it: its body needs no verifying
+        _signed[(note, signer.verifier.vkey)] = body
+        while len(_signed) > 64:
+            _signed.popitem(last=False)
     return note
+
+
+_signed: OrderedDict[tuple[bytes, str], Checkpoint] = OrderedDict()
+_signed_lock = threading.Lock()
+
+
+def checkpoint_of(note: bytes, log_key: Verifier) -> Checkpoint:
+    """The body of ``note``, a checkpoint of the log: one this process just signed as it
+    signed it, any other once its signature verifies under ``log_key``."""
+    body = _signed.get((note, log_key.vkey))
+    if body is not None:
+        return body
+    return opened(note, log_key).checkpoint
 
 
 @functools.lru_cache(maxsize=64)

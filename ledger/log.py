@@ -54,7 +54,7 @@ from lineage.verifier.receipt import Receipt
 
 from .checkpoints import (
     check_published,
-    opened,
+    checkpoint_of,
     publish,
     publish_locked,
     write_atomic,
@@ -319,7 +319,7 @@ class Log:
 
     def _opened(self, note: bytes) -> Any:
         try:
-            return opened(note, self.log_key).checkpoint
+            return checkpoint_of(note, self.log_key)
         except (FormatError, SignatureError) as exc:
             raise self._damage(f"a stored checkpoint does not verify: {exc}") from None
 

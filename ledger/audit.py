@@ -187,6 +187,10 @@ def _scan(rows: Sequence[tuple[int, str, str, int, bytes]]) -> tuple[list[bytes]
     """Parse a chunk of leaves: their leaf hashes, the keys they introduce, faults."""
     hashes, keys, faults = [], {}, []
     for index, entry_id, kind, time, raw in rows:
+        if not isinstance(raw, bytes):  # a byte changed the column's storage class
+            faults.append((index, f"index {index}: the stored entry is {type(raw).__name__}"))
+            hashes.append(leaf_hash(str(raw).encode()))
+            continue
         try:
             entry = parse_entry(raw)
             leaf = Leaf.build(entry, time)
@@ -534,6 +538,8 @@ def _state_size(conn: sqlite3.Connection) -> int | None:
     row = conn.execute("SELECT size FROM chain_state").fetchone()
     if row is None:
         raise AuditFailure("state", "the chain_state table is empty")
+    if type(row[0]) is not int or row[0] < 0:
+        raise AuditFailure("state", f"the chain_state size is {row[0]!r}, not a leaf count")
     return row[0]
 
 

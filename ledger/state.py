@@ -146,19 +146,27 @@ class SQLiteState(ChainView):
         # that check it ask the same questions, and only ``apply`` changes the answers.
         self._memo: dict[tuple, object] = {}
 
-    def _one(self, sql: str, params: tuple = ()) -> tuple | None:
+    def _one(self, sql: str, params: tuple = (), types: str = "") -> tuple | None:
+        """The first row ``sql`` gives, each column checked against ``types`` (``i`` an
+        integer, ``n`` an integer or NULL, ``s`` text, ``S`` text or NULL, ``b`` bytes):
+        a byte changed in the file can turn a counter into text or NULL, and the rules
+        must see that as damage, not fail on it with a TypeError."""
         key = (sql, params)
         if key in self._memo:
             return self._memo[key]  # type: ignore[return-value]
         rows = self.store._query(sql, params)
         row = rows[0] if rows else None
+        if row is not None and types:
+            _check_row(row, types, sql)
         self._memo[key] = row
         return row
 
     # -- where the state is ------------------------------------------------------------------
 
     def _head(self) -> tuple[int, int, int, int | None]:
-        row = self._one("SELECT size, time, policy_version, policy_idx FROM chain_state")
+        row = self._one(
+            "SELECT size, time, policy_version, policy_idx FROM chain_state", (), "iiin"
+        )
         if row is None:
             raise StorageError(f"{self.store.path} has no chain state")
         return row
@@ -239,6 +247,7 @@ class SQLiteState(ChainView):
             "SELECT c.idx, c.parent, c.principal, l.time, l.entry FROM credentials c "
             "JOIN leaves l ON l.idx = c.idx WHERE c.id = ?",
             (cid,),
+            "iSsib",
         )
         if row is None:
             return None
@@ -260,11 +269,11 @@ class SQLiteState(ChainView):
         return rec
 
     def revoked_at(self, cid: str) -> int | None:
-        row = self._one("SELECT revoked FROM credentials WHERE id = ?", (cid,))
+        row = self._one("SELECT revoked FROM credentials WHERE id = ?", (cid,), "n")
         return row[0] if row else None
 
     def holder_revoked_at(self, kid: str) -> int | None:
-        row = self._one("SELECT idx FROM revoked_holders WHERE kid = ?", (kid,))
+        row = self._one("SELECT idx FROM revoked_holders WHERE kid = ?", (kid,), "i")
         return row[0] if row else None
 
     def is_revoked(self, rec: CredentialRecord, index: int) -> bool:
@@ -272,6 +281,7 @@ class SQLiteState(ChainView):
             "SELECT c.revoked, h.idx FROM credentials c "
             "LEFT JOIN revoked_holders h ON h.kid = c.holder WHERE c.id = ?",
             (rec.id,),
+            "nn",
         )
         if row is None:
             return False
@@ -281,11 +291,11 @@ class SQLiteState(ChainView):
         return self._one("SELECT 1 FROM credentials WHERE holder = ? LIMIT 1", (kid,)) is not None
 
     def children(self, cid: str) -> int:
-        row = self._one("SELECT children FROM credentials WHERE id = ?", (cid,))
+        row = self._one("SELECT children FROM credentials WHERE id = ?", (cid,), "i")
         return row[0] if row else 0
 
     def use_count(self, cid: str) -> int:
-        row = self._one("SELECT uses FROM credentials WHERE id = ?", (cid,))
+        row = self._one("SELECT uses FROM credentials WHERE id = ?", (cid,), "i")
         return row[0] if row else 0
 
     def uses_after(self, cid: str, time: int) -> int:
@@ -294,12 +304,13 @@ class SQLiteState(ChainView):
             "AND time <= ?2 ORDER BY time DESC, seq DESC LIMIT 1), 0) "
             "FROM credentials c WHERE c.id = ?1",
             (cid, time),
+            "i",
         )
         return row[0] if row else 0
 
     def nonce_seen(self, cid: str, nonce: str, *, allowed_only: bool) -> bool:
         row = self._one(
-            "SELECT allowed FROM nonces WHERE credential = ? AND nonce = ?", (cid, nonce)
+            "SELECT allowed FROM nonces WHERE credential = ? AND nonce = ?", (cid, nonce), "i"
         )
         return row is not None and (bool(row[0]) or not allowed_only)
 
@@ -462,3 +473,31 @@ def _stored_entry(raw: bytes, index: int):
         raise Damaged(
             f"the ledger is damaged: the entry at index {index} is corrupt: {exc}"
         ) from None
+
+
+_TYPES = {
+    "i": (int,),
+    "n": (int, type(None)),
+    "s": (str,),
+    "S": (str, type(None)),
+    "b": (bytes,),
+}
+
+
+def _check_row(row: tuple, types: str, sql: str) -> None:
+    for value, want in zip(row, types, strict=True):
+        if type(value) not in _TYPES[want]:
+            table = sql.split(" FROM ", 1)[1].split()[0]
+            raise Damaged(
+                f"the ledger is damaged: a {table} row holds {type(value).__name__} "
+                f"{str(value)[:40]!r} where the chain state keeps {_NAMES[want]}"
+            )
+
+
+_NAMES = {
+    "i": "an integer",
+    "n": "an integer or NULL",
+    "s": "text",
+    "S": "text or NULL",
+    "b": "bytes",
+}

@@ -16,8 +16,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from lineage.ledger.errors import StorageError
+from lineage.ledger.audit import AuditFailure, audit
+from lineage.ledger.errors import Damaged, StorageError
 from lineage.ledger.ledger import open_ledger, sidecar_path
+from lineage.ledger.state import RecordCache
 from lineage.ledger.store import SQLiteStore
 from lineage.verifier.receipt import verify_receipt
 from tests import issuance_helpers as ih
@@ -169,3 +171,47 @@ def test_the_audit_checks_each_leafs_stored_kind_against_its_entry(tmp_path: Pat
     with pytest.raises(AuditFailure) as info:
         audit(db, log_key)
     assert info.value.what == "entry" and "stored kind 'policy'" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("sql", "read"),
+    [
+        ("UPDATE chain_state SET time = 'noon'", lambda state, cid: state.time),
+        ("UPDATE chain_state SET size = 'x'", lambda state, cid: state.size),
+        ("UPDATE credentials SET uses = 'many'", lambda state, cid: state.use_count(cid)),
+        ("UPDATE credentials SET revoked = 'x'", lambda state, cid: state.revoked_at(cid)),
+    ],
+)
+def test_a_state_row_of_the_wrong_type_is_damage_not_a_500(tmp_path: Path, sql: str, read):
+    """Regression (fault harness): a byte flip in chain_state made a counter NULL and the
+    next append raised TypeError in the request's thread (a 500); the audit raised too.
+    Now the audit fails by name, and the rules see damage (503 ledger_damaged)."""
+    w = ih.world(tmp_path)
+    grant = w.append(w.grant())
+    w.close()
+    conn = sqlite3.connect(w.db, isolation_level=None)
+    conn.execute(sql)
+    conn.close()
+    with pytest.raises(AuditFailure):
+        audit(w.db, w.log.log_key)
+    log = ih.reopen(w)
+    try:
+        with pytest.raises(Damaged):
+            read(log.store.state(RecordCache()), grant.id)
+    finally:
+        log.close()
+
+
+def test_an_entry_stored_as_text_fails_the_audit_by_name(tmp_path: Path):
+    """Regression (fault harness): a byte flip turned a leaf's entry into TEXT and the
+    audit raised TypeError (a traceback) instead of naming the leaf."""
+    w = ih.world(tmp_path)
+    w.append(w.grant())
+    w.close()
+    conn = sqlite3.connect(w.db, isolation_level=None)
+    conn.execute("DROP TRIGGER IF EXISTS leaves_no_update")
+    conn.execute("UPDATE leaves SET entry = CAST(entry AS TEXT) WHERE idx = 1")
+    conn.close()
+    with pytest.raises(AuditFailure) as info:
+        audit(w.db, w.log.log_key)
+    assert "index 1" in str(info.value)

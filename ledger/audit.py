@@ -407,9 +407,19 @@ def _audit(
             stored = itertools.chain(
                 stored, [(None, None, side[0][2], f"sidecar {sidecar_path(db).name}")]
             )
+        held: dict[int, bytes] = {}  # the stored checkpoints' sizes and roots
         for stored_size, stored_root, cp, what in stored:
             if isinstance(cp, str):
                 raise AuditFailure("checkpoint", f"{what} does not verify: {cp}")
+            if stored_size is None and cp.size <= size and held.get(cp.size) != cp.root_hash:
+                # publication stores a checkpoint before it writes the sidecar
+                raise AuditFailure(
+                    "checkpoint",
+                    f"{what} names a checkpoint of size {cp.size} the database does not "
+                    "hold: a checkpoint row was deleted",
+                )
+            if stored_size is not None:
+                held[stored_size] = stored_root
             if stored_size is not None and (cp.size != stored_size or cp.root_hash != stored_root):
                 raise AuditFailure("checkpoint", f"{what}: stored size/root differ from its note")
             if cp.size > size:

@@ -251,9 +251,12 @@ class Log:
         database if it is behind it or disagrees with it, then write it (or the stored
         latest, if newer) as the sidecar and record the restore. Returns its size."""
         check_published(self.store, self.log_key, note, "the trusted checkpoint")
-        size = open_checkpoint(note, self.log_key, self.origin).checkpoint.size
+        cp = open_checkpoint(note, self.log_key, self.origin).checkpoint
+        size = cp.size
         latest = self.store.latest_checkpoint()
         newest = latest[1] if latest is not None and latest[0] > size else note
+        if latest is None or latest[0] < size:  # the database holds what the sidecar names
+            self.store.add_checkpoint(size, cp.root_hash, note, int(self.clock()))
         if self.sidecar is not None:
             write_atomic(self.sidecar, newest)
         self.store.meta_once(f"trusted_checkpoint:{int(self.clock())}:{size}", str(size))

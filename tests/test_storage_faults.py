@@ -215,3 +215,19 @@ def test_an_entry_stored_as_text_fails_the_audit_by_name(tmp_path: Path):
     with pytest.raises(AuditFailure) as info:
         audit(w.db, w.log.log_key)
     assert "index 1" in str(info.value)
+
+
+def test_the_audit_refuses_a_sidecar_whose_checkpoint_row_was_deleted(tmp_path: Path):
+    """Regression (fault harness, "latest checkpoint row deleted", 0 of 30): each
+    checkpoint verifies alone, so a deleted row contradicted nothing. Publication
+    stores a checkpoint before it writes the sidecar: the database must hold it."""
+    w = ih.world(tmp_path)
+    w.append(w.grant())
+    w.close()
+    audit(w.db, w.log.log_key)  # a clean ledger passes
+    conn = sqlite3.connect(w.db, isolation_level=None)
+    conn.execute("DROP TRIGGER IF EXISTS checkpoints_no_delete")
+    conn.execute("DELETE FROM checkpoints WHERE size = (SELECT MAX(size) FROM checkpoints)")
+    conn.close()
+    with pytest.raises(AuditFailure, match="does not hold: a checkpoint row was deleted"):
+        audit(w.db, w.log.log_key)

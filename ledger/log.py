@@ -278,14 +278,19 @@ class Log:
 
     def _stored(self, index: int) -> StoredLeaf:
         try:
-            return self.store.leaf(index)
+            stored = self.store.leaf(index)
         except NotFound:
             size = self.size
             if 0 <= index < size:  # a hole below the size: the file lost a leaf
                 raise self._damage(f"the leaf at index {index} is missing (size {size})") from None
             raise
+        if type(stored.entry) is not bytes or type(stored.time) is not int:
+            raise self._damage(f"the leaf at index {index} is stored with the wrong types")
+        return stored
 
     def _leaf(self, stored: StoredLeaf) -> Leaf:
+        if type(stored.entry) is not bytes or type(stored.time) is not int:
+            raise self._damage(f"the leaf at index {stored.index} is stored with the wrong types")
         try:
             return Leaf(parse_entry(stored.entry), stored.time)
         except FormatError as exc:

@@ -48,7 +48,6 @@ import contextlib
 import errno
 import gc
 import hashlib
-import importlib.util
 import json
 import logging
 import os
@@ -66,7 +65,6 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import httpx
@@ -103,25 +101,9 @@ from lineage.verifier.merkle import (  # noqa: E402
 from lineage.verifier.note import Signer, Verifier  # noqa: E402
 from tests import api_server  # noqa: E402
 from tests import issuance_helpers as ih  # noqa: E402
+from tests.bench_modules import load_bench  # noqa: E402
 
-
-def _kill_bench() -> ModuleType:
-    """bench/kill_bench.py, by path (bench/ is not a package), once per process."""
-    name = "kill_bench"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / "kill_bench.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # before running it: its dataclasses look it up
-        try:
-            spec.loader.exec_module(module)
-        except BaseException:
-            del sys.modules[name]
-            raise
-    return sys.modules[name]
-
-
-kb = _kill_bench()
+kb = load_bench("kill_bench")
 
 __all__ = [
     "Base",

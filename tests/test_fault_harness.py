@@ -11,11 +11,8 @@ all are fixed, and they guard against their return.
 
 from __future__ import annotations
 
-import importlib.util
 import sqlite3
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import httpx
 import pytest
@@ -25,27 +22,13 @@ from lineage.ledger.errors import StorageError
 from lineage.ledger.ledger import open_ledger
 from tests import issuance_helpers as ih
 from tests.api_server import running
+from tests.bench_modules import load_bench
 from tests.conftest import policy
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _load_harness() -> ModuleType:
-    name = "fault_bench"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / "fault_bench.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # before running it: its dataclasses look it up
-        try:
-            spec.loader.exec_module(module)
-        except BaseException:
-            del sys.modules[name]
-            raise
-    return sys.modules[name]
-
-
-fb = _load_harness()
+fb = load_bench("fault_bench")
 SEED = 20261130
 
 

@@ -14,11 +14,8 @@ operations; thread timing still differs).
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
@@ -26,27 +23,13 @@ from lineage.verifier.bodies import grant_body
 from lineage.verifier.entry import Entry, Leaf, sign_entry
 from lineage.verifier.invocation import sign_invocation
 from lineage.verifier.keys import SigningKey
+from tests.bench_modules import load_bench
 
 ROOT = Path(__file__).resolve().parent.parent
 NONCE, OTHER_NONCE = "A" * 22, "AQEBAQEBAQEBAQEBAQEBAQ"  # base64url of 16 bytes
 
 
-def _load_harness() -> ModuleType:
-    name = "kill_bench"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / "kill_bench.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # before running it: its dataclasses look it up
-        try:
-            spec.loader.exec_module(module)
-        except BaseException:
-            del sys.modules[name]
-            raise
-    return sys.modules[name]
-
-
-kb = _load_harness()
+kb = load_bench("kill_bench")
 
 
 # -- the checks, on a made-up log: they can fail ----------------------------------------------

@@ -535,10 +535,17 @@ def effect(before: dict[str, Any], after: dict[str, Any]) -> str:
     changed = [k for k in before.keys() | after.keys() if before.get(k) != after.get(k)]
     if not changed:
         return "none"
-    if isinstance(after.get("sqlite_master"), str):
+    master_before, master_after = before.get("sqlite_master"), after.get("sqlite_master")
+    if isinstance(master_after, str):
         return "changed"  # the schema no longer reads
-    rows = [k for k in changed if k != "sqlite_master"]  # a schema edit may change rows too
-    if not rows:
+    # One byte changed: if it is in the schema's SQL text (type, name, table and root page
+    # as they were), no page of any table or index changed, however SQLite now reads them
+    # (a column renamed or retyped).
+    same_places = sorted(r[:4] for r in master_before) == sorted(r[:4] for r in master_after)
+    if master_before != master_after and same_places:
+        return "schema"
+    rows = [k for k in changed if k != "sqlite_master"]
+    if not rows:  # schema rows added or removed (a trigger dropped), no table read differs
         return "schema"
     if rows == ["chain_state"] and _same_but_first(before["chain_state"], after["chain_state"]):
         return "unread"

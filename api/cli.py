@@ -1,6 +1,7 @@
 """``lineage``: the ledger's command line plus the commands that need the service.
 
     lineage serve [--db PATH] [--host 127.0.0.1] [--port 8000]
+    lineage gateway [--config lineage.toml] [--host 127.0.0.1] [--port 8080]
     lineage token create --role operator|auditor|enforcement --name NAME
     lineage token list [--json]
     lineage token revoke TOKEN_ID
@@ -27,6 +28,8 @@ from lineage.ledger.ledger import DEFAULT_DB, init_ledger, open_ledger
 from lineage.ledger.store import SQLiteStore
 from lineage.ledger.tokens import ROLES, TokenInfo, TokenStore
 from lineage.verifier.errors import LineageError
+
+from .gateway.config import load_gateway_config
 
 __all__ = ["main"]
 
@@ -68,11 +71,53 @@ def serve(
         raise fail(f"{trust_checkpoint}: {exc.strerror}") from None
     except LineageError as exc:
         raise fail(str(exc)) from None
+    try:
+        gateway_cfg = load_gateway_config(config)
+    except LineageError as exc:
+        ledger.close()
+        raise fail(str(exc)) from None
     log.info("ledger %s: log %s, %d leaves", db, ledger.origin, ledger.size)
     log.info("keys in %s/ (owner-only); verifier key: %s", keys_dir(keys), ledger.log_key.vkey)
     host, port = host or settings.host, port or settings.port
     log.info("auditors fetch the verifier key at http://%s:%d/v1/log/key", host, port)
-    uvicorn.run(create_app(ledger, settings), host=host, port=port, log_level="info")
+    if gateway_cfg is not None and gateway_cfg.mount:
+        names = ", ".join(gateway_cfg.upstreams) or "no upstreams"
+        log.info("gateway at http://%s:%d%s (%s)", host, port, gateway_cfg.mount, names)
+    app_ = create_app(ledger, settings, gateway=gateway_cfg)
+    uvicorn.run(app_, host=host, port=port, log_level="info")
+
+
+@app.command()
+def gateway(
+    config: Annotated[Path | None, typer.Option(help="TOML settings file with [gateway]")] = None,
+    host: Annotated[str | None, typer.Option(help="default gateway.host, 127.0.0.1")] = None,
+    port: Annotated[int | None, typer.Option(help="default gateway.port, 8080")] = None,
+) -> None:
+    """Run the gateway on its own: agents' requests, decided by the service at
+    gateway.service, forwarded to the upstreams with secrets the agents never hold."""
+    import uvicorn
+
+    from .gateway.app import Gateway
+    from .gateway.decider import RemoteDecider
+    from .gateway.secrets import SecretCache, SecretError
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        cfg = load_gateway_config(config)
+    except LineageError as exc:
+        raise fail(str(exc)) from None
+    if cfg is None:
+        raise fail("no [gateway] table: pass --config FILE or write one into lineage.toml")
+    if not cfg.service or cfg.token is None:
+        raise fail("gateway.service and gateway.token: the decision point and the token to ask it")
+    try:
+        token = SecretCache(cfg.token).get().reveal()
+    except SecretError as exc:
+        raise fail(f"gateway.token: {exc}") from None
+    decider = RemoteDecider(cfg.service, token, cfg.log_key or None)
+    host, port = host or cfg.host, port or cfg.port
+    log.info("gateway on http://%s:%d for %s", host, port, ", ".join(cfg.upstreams) or "nothing")
+    uvicorn.run(Gateway(cfg, decider), host=host, port=port, log_level="info")
 
 
 @token_app.command("create")

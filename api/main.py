@@ -22,6 +22,9 @@ from lineage.ledger.tokens import TokenStore
 
 from .dpop import NonceSource
 from .errors import install_handlers, render
+from .gateway.app import Gateway
+from .gateway.config import GatewayConfig
+from .gateway.decider import LocalDecider
 from .openapi import install_openapi
 from .routers import access, credentials, entries, oauth, ops
 from .routers import log as log_routes
@@ -39,11 +42,11 @@ class BodyLimit:
     to it, so a chunked upload cannot slip past a declared length.
     """
 
-    def __init__(self, app: ASGIApp, limit: int):
-        self.app, self.limit = app, limit
+    def __init__(self, app: ASGIApp, limit: int, skip: str = ""):
+        self.app, self.limit, self.skip = app, limit, skip
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or self._skipped(scope["path"]):
             return await self.app(scope, receive, send)
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
@@ -72,6 +75,10 @@ class BodyLimit:
 
         await self.app(scope, replay, send)
 
+    def _skipped(self, path: str) -> bool:
+        """The mounted gateway streams bodies under its own limits."""
+        return bool(self.skip) and (path == self.skip or path.startswith(self.skip + "/"))
+
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = render(
             Request(scope),
@@ -82,7 +89,15 @@ class BodyLimit:
         await response(scope, receive, send)
 
 
-def create_app(log: Log, settings: Settings | None = None, *, checkpoints: bool = True) -> FastAPI:
+def create_app(
+    log: Log,
+    settings: Settings | None = None,
+    *,
+    checkpoints: bool = True,
+    gateway: GatewayConfig | None = None,
+) -> FastAPI:
+    """The service; with ``gateway`` (a ``[gateway]`` table with a ``mount``), the gateway
+    too, at that path, deciding with this ledger in this process."""
     settings = settings or Settings()
     # One nonce secret for every process serving this database, so that a nonce one
     # worker issued is accepted by the next (it only proves freshness: not a key).
@@ -111,6 +126,8 @@ def create_app(log: Log, settings: Settings | None = None, *, checkpoints: bool 
         if checkpoints:
             log.start_checkpointing(settings.checkpoint_interval)
         yield
+        if mounted is not None:
+            await mounted.aclose()
         log.close()
 
     app = FastAPI(
@@ -121,6 +138,10 @@ def create_app(log: Log, settings: Settings | None = None, *, checkpoints: bool 
         "credentials recorded in an RFC 9162 transparency log.",
     )
     app.state.service = svc
+    mounted = None
+    if gateway is not None and gateway.mount:
+        mounted = Gateway(gateway, LocalDecider(svc, gateway.name), prefix=gateway.mount)
+        app.mount(gateway.mount, mounted)
     install_handlers(app)
     install_openapi(app)
     for module in (oauth, entries, access, credentials, log_routes, ops):
@@ -136,5 +157,5 @@ def create_app(log: Log, settings: Settings | None = None, *, checkpoints: bool 
         )
         return response
 
-    app.add_middleware(BodyLimit, limit=MAX_BODY)
+    app.add_middleware(BodyLimit, limit=MAX_BODY, skip=mounted.prefix if mounted else "")
     return app

@@ -83,7 +83,9 @@ def load_settings(path: str | Path | None = None, env: dict[str, str] | None = N
             data = tomllib.loads(Path(path).read_text())
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"config file {path}: {exc}") from None
-        values.update(data.get("lineage", data))
+        table = data.get("lineage", data)
+        # [gateway] is the gateway's own table (lineage.api.gateway.config), not a setting.
+        values.update({k: v for k, v in table.items() if k != "gateway"})
     kinds = {f.name: f.type for f in fields(Settings)}
     for name in kinds:
         key = "LINEAGE_" + name.upper()

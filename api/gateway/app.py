@@ -1,0 +1,644 @@
+"""The gateway as an ASGI app: decide, log, attach the secret, forward (docs/GATEWAY.md).
+
+For each request to ``/{upstream}/{path}``, in this order, stopping at the first refusal:
+
+1. ``Authorization: DPoP <credential>``, one ``DPoP`` proof for this URL by the key the
+   invocation is signed with, one ``Lineage-Invocation``: else 401 with a DPoP challenge.
+2. The path, canonical (``lineage.client.gateway.canonical_segments``), the query, and the
+   body the route's fields need (read up to ``body_limit``): else 400, 413, 414 or 415.
+3. The request derived from them must be exactly the invocation's: else 401.
+4. The upstream's secret is read (cached): else 503, nothing logged.
+5. The decision, logged before anything is forwarded: 403 with the reason when denied;
+   503 when no durable decision can be had (fail closed).
+6. Forwarded: exactly the canonical path, the query as received, the body, the agent's
+   headers but its credentials and hop-by-hop ones, and the secret. No redirect followed.
+   The upstream's answer streams back; its status (or failure: 502, 504) is logged as a
+   ``result`` entry naming the access.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import json
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from starlette.datastructures import Headers
+
+from lineage.client.gateway import (
+    ATTR_BODY,
+    DESCRIPTION_PATH,
+    INVOCATION_HEADER,
+    MappingError,
+    canonical_segments,
+    check_query,
+    decode_invocation,
+    derive_request,
+    field_attributes,
+)
+from lineage.verifier.errors import FormatError
+from lineage.verifier.fields import HEX_ID
+from lineage.verifier.request import request_to_json
+
+from ..dpop import DPoPError, verify_dpop
+from .config import Attach, GatewayConfig, Upstream
+from .decider import Decider, Refused, Unavailable
+from .secrets import SecretCache, SecretError
+
+__all__ = ["Gateway"]
+
+log = logging.getLogger("lineage.gateway")
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+NOT_FORWARDED = HOP_BY_HOP | {
+    "host",
+    "authorization",
+    "dpop",
+    INVOCATION_HEADER.lower(),
+    "content-length",
+    "expect",
+    "cookie",
+}
+CHALLENGE = 'DPoP algs="EdDSA Ed25519"'
+BUFFER = 1 << 20  # bytes of a body read before deciding when no field needs it
+
+
+class _Refusal(Exception):
+    def __init__(self, status: int, error: str, description: str, headers=None, extra=None):
+        super().__init__(description)
+        self.status, self.error, self.headers, self.extra = status, error, headers or {}, extra
+
+
+class _BodyMismatch(Exception):
+    pass
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _unauthorized(error: str, description: str) -> _Refusal:
+    challenge = f'DPoP error="{error}", algs="EdDSA Ed25519"'
+    return _Refusal(401, error, description, {"WWW-Authenticate": challenge})
+
+
+class _Jtis:
+    """DPoP proof ids seen recently: a proof is good for one request at this gateway. (The
+    invocation's nonce is single-use in the log, across every gateway.)"""
+
+    def __init__(self, size: int = 200_000):
+        self.seen: OrderedDict[str, int] = OrderedDict()
+        self.size = size
+
+    def remember(self, jti: str, expires: int) -> bool:
+        now = int(time.time())
+        while self.seen and (next(iter(self.seen.values())) < now or len(self.seen) >= self.size):
+            self.seen.popitem(last=False)
+        if jti in self.seen:
+            return False
+        self.seen[jti] = expires
+        return True
+
+
+class _Attaching(httpx.AsyncBaseTransport):
+    """Puts the secret on the request below httpx's own logging, which names the URL."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport):
+        self.inner = inner
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        attach: tuple[Attach, str] | None = request.extensions.get("lineage_attach")
+        if attach is not None:
+            how, secret = attach
+            headers = request.headers.copy()
+            url = request.url
+            if how.how == "bearer":
+                headers["Authorization"] = f"Bearer {secret}"
+            elif how.how == "header":
+                headers[how.name] = secret
+            elif how.how == "basic":
+                headers["Authorization"] = httpx.BasicAuth(how.name, secret)._auth_header
+            else:
+                raw = url.raw_path
+                sep = b"&" if b"?" in raw else b"?"
+                pair = f"{quote(how.name, safe='')}={quote(secret, safe='')}".encode()
+                url = url.copy_with(raw_path=raw + sep + pair)
+            extensions = {k: v for k, v in request.extensions.items() if k != "lineage_attach"}
+            request = httpx.Request(
+                request.method, url, headers=headers, stream=request.stream, extensions=extensions
+            )
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "lineage_gateway_requests",
+            "Requests by upstream and outcome (allowed, denied, refused, failed, unavailable)",
+            ["upstream", "outcome"],
+            registry=self.registry,
+        )
+        self.upstream = Histogram(
+            "lineage_gateway_upstream_seconds",
+            "Time to the upstream's response headers",
+            ["upstream"],
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+        )
+        self.decision = Histogram(
+            "lineage_gateway_decision_seconds",
+            "Time to a durable decision",
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+        )
+        self.results_failed = Counter(
+            "lineage_gateway_results_failed",
+            "Result entries that could not be written",
+            registry=self.registry,
+        )
+
+
+class Gateway:
+    """The gateway's ASGI app. ``prefix`` is its mount path inside ``lineage serve``."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        decider: Decider,
+        *,
+        prefix: str = "",
+        upstream_transport: httpx.AsyncBaseTransport | None = None,
+    ):
+        self.cfg, self.decider, self.prefix = config, decider, prefix.rstrip("/")
+        self.secrets = {
+            name: SecretCache(up.secret) for name, up in config.upstreams.items() if up.secret
+        }
+        self.metrics = Metrics()
+        self.jtis = _Jtis()
+        self._transport = upstream_transport
+        self._client: httpx.AsyncClient | None = None
+        self._pending: set[asyncio.Task] = set()
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            inner = self._transport or httpx.AsyncHTTPTransport(
+                limits=httpx.Limits(
+                    max_connections=self.cfg.max_connections,
+                    max_keepalive_connections=self.cfg.max_connections,
+                )
+            )
+            self._client = httpx.AsyncClient(transport=_Attaching(inner), follow_redirects=False)
+        return self._client
+
+    async def aclose(self) -> None:
+        if self._pending:  # results still being written: give them a moment
+            await asyncio.wait(list(self._pending), timeout=10)
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+        await self.decider.aclose()
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await self.aclose()
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        raw = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
+        path = raw.partition("?")[0]
+        if self.prefix and (path == self.prefix or path.startswith(self.prefix + "/")):
+            path = path[len(self.prefix) :]
+        try:
+            if path == DESCRIPTION_PATH:
+                return await self._json(send, 200, self.description())
+            if path == "/healthz":
+                return await self._json(send, 200, {"status": "ok"})
+            if path == "/metrics":
+                body = generate_latest(self.metrics.registry)
+                return await self._send(send, 200, body, "text/plain; version=0.0.4")
+            name, _, rest = path[1:].partition("/")
+            upstream = self.cfg.upstreams.get(name)
+            if upstream is None:
+                raise _Refusal(404, "not_found", "no such upstream")
+            await self._proxy(upstream, path, "/" + rest if rest else "", scope, receive, send)
+        except _Refusal as r:
+            body = {"error": r.error, "error_description": r.args[0], **(r.extra or {})}
+            await self._json(send, r.status, body, r.headers)
+
+    def description(self) -> dict[str, Any]:
+        """What agents need to sign requests (routes), nothing about where they go or how the
+        gateway authenticates there."""
+        return {"routes": [up.route.to_json() for up in self.cfg.upstreams.values()]}
+
+    # --- one request ------------------------------------------------------------------
+
+    async def _proxy(self, up: Upstream, path: str, rest: str, scope, receive, send) -> None:
+        name = up.route.name
+        method = scope["method"]
+        headers = Headers(scope=scope)
+        try:
+            handle, proof_key = self._authenticate(scope, headers, path, method)
+            segments = canonical_segments(rest)
+            query = check_query(scope.get("query_string", b"").decode("latin-1"))
+            if (
+                up.attach is not None
+                and up.attach.how == "query"
+                and _has_param(query, up.attach.name)
+            ):
+                raise MappingError(f"query: {up.attach.name} is the gateway's to set", 400, "query")
+            body, more = await self._read(up, headers, receive)
+            invs = headers.getlist(INVOCATION_HEADER)
+            if len(invs) != 1:
+                raise _unauthorized("invalid_token", f"send exactly one {INVOCATION_HEADER}")
+            try:
+                inv = decode_invocation(invs[0])
+            except FormatError as exc:
+                raise _unauthorized("invalid_token", f"{INVOCATION_HEADER}: {exc}") from None
+            if inv.credential != handle:
+                raise _unauthorized("invalid_token", "the invocation is for another credential")
+            if inv.sig.kid != proof_key:
+                raise _unauthorized(
+                    "invalid_token", "the invocation and the DPoP proof have different keys"
+                )
+            fields = field_attributes(
+                up.route, query, body if up.route.needs_body else None, headers.get("content-type")
+            )
+            expected = derive_request(up.route, method, segments, query, body, fields)
+            signed = request_to_json(inv.request)
+            claimed_digest = dict(signed.get("attributes", {})).get(ATTR_BODY)
+            if more:  # the body streams: its digest is checked as it passes (hold-back)
+                expected["attributes"][ATTR_BODY] = claimed_digest
+            differs = _first_difference(signed, expected)
+            if differs is not None:
+                raise _unauthorized(
+                    "invalid_token", f"the invocation does not cover this request: {differs}"
+                )
+        except MappingError as exc:
+            self.metrics.requests.labels(name, "refused").inc()
+            raise _Refusal(exc.status, "invalid_request", str(exc)) from None
+        except _Refusal:
+            self.metrics.requests.labels(name, "refused").inc()
+            raise
+
+        secret = None
+        if up.secret is not None:
+            try:
+                secret = await self.secrets[name].aget()
+            except SecretError as exc:
+                log.error("upstream %s: its secret cannot be read: %s", name, exc)
+                self.metrics.requests.labels(name, "unavailable").inc()
+                raise _Refusal(
+                    503, "temporarily_unavailable", "the upstream is not configured"
+                ) from None
+
+        context: dict[str, Any] = {"upstream": name}
+        client = scope.get("client")
+        if client:
+            context["source_ip"] = str(client[0])
+        asserted = {a: fields[a] for a in up.asserts if a in fields}
+        if asserted:
+            context["attributes"] = asserted
+        started = time.perf_counter()
+        try:
+            verdict = await self.decider.decide(inv, context)
+        except Refused as exc:
+            self.metrics.requests.labels(name, "refused").inc()
+            if exc.status == 401:
+                raise _unauthorized("invalid_token", exc.args[0]) from None
+            raise _Refusal(exc.status, exc.error, exc.args[0]) from None
+        except Unavailable as exc:
+            log.error("upstream %s: no decision, nothing forwarded: %s", name, exc)
+            self.metrics.requests.labels(name, "unavailable").inc()
+            raise _Refusal(
+                503, "temporarily_unavailable", "no decision could be logged; nothing was forwarded"
+            ) from None
+        self.metrics.decision.observe(time.perf_counter() - started)
+        if not verdict.allowed:
+            self.metrics.requests.labels(name, "denied").inc()
+            raise _Refusal(
+                403,
+                "access_denied",
+                verdict.reason,
+                extra={"id": verdict.id, "index": verdict.index, "receipt": verdict.receipt},
+            )
+        self.metrics.requests.labels(name, "allowed").inc()
+        await self._forward(
+            up,
+            verdict.id,
+            method,
+            segments,
+            scope,
+            headers,
+            body,
+            more,
+            receive,
+            claimed_digest,
+            secret,
+            send,
+        )
+
+    def _authenticate(self, scope, headers: Headers, path: str, method: str) -> tuple[str, str]:
+        """(credential handle, the DPoP key's kid), or a 401 with a DPoP challenge."""
+        given = headers.getlist("authorization")
+        if not given:
+            raise _Refusal(
+                401,
+                "invalid_token",
+                "send Authorization: DPoP <credential>",
+                {"WWW-Authenticate": CHALLENGE},
+            )
+        if len(given) > 1:
+            raise _unauthorized("invalid_request", "send one Authorization header")
+        scheme, _, handle = given[0].partition(" ")
+        handle = handle.strip()
+        if scheme.lower() != "dpop" or not HEX_ID.fullmatch(handle):
+            raise _unauthorized("invalid_token", "send Authorization: DPoP <credential>")
+        proofs = headers.getlist("dpop")
+        if len(proofs) != 1:
+            raise _unauthorized("invalid_dpop_proof", "send exactly one DPoP proof")
+        try:
+            proof = verify_dpop(
+                proofs[0],
+                method=method,
+                url=self._public(scope) + self.prefix + path,
+                access_token=handle,
+                remember_jti=self.jtis.remember,
+            )
+        except DPoPError as exc:
+            raise _unauthorized(exc.error, str(exc)) from None
+        return handle, proof.key.kid
+
+    def _public(self, scope) -> str:
+        if self.cfg.public_url:
+            return self.cfg.public_url
+        host = Headers(scope=scope).get("host") or "{}:{}".format(*scope["server"])
+        return f"{scope.get('scheme', 'http')}://{host}"
+
+    async def _read(self, up: Upstream, headers: Headers, receive) -> tuple[bytes, bool]:
+        """The body, whole (``more`` False), or its first part when it is longer than what is
+        read before deciding and no field needs it (``more`` True: the rest streams)."""
+        declared = headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > up.max_body):
+            raise _Refusal(413, "request_too_large", f"bodies are limited to {up.max_body} bytes")
+        limit = up.route.body_limit if up.route.needs_body else min(BUFFER, up.max_body)
+        chunks, seen = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                raise _Refusal(400, "invalid_request", "the client went away")
+            chunk = message.get("body", b"")
+            chunks.append(chunk)
+            seen += len(chunk)
+            if not message.get("more_body"):
+                return b"".join(chunks), False
+            if seen > limit:
+                if up.route.needs_body:
+                    raise _Refusal(
+                        413,
+                        "request_too_large",
+                        f"bodies this route reads are limited to {limit} bytes",
+                    )
+                return b"".join(chunks), True
+
+    async def _forward(
+        self,
+        up,
+        access,
+        method,
+        segments,
+        scope,
+        headers,
+        body,
+        more,
+        receive,
+        digest,
+        secret,
+        send,
+    ) -> None:
+        name = up.route.name
+        base = up.url.raw_path.decode("ascii").rstrip("/")
+        raw = (base + "".join("/" + s for s in segments)) or "/"
+        query = scope.get("query_string", b"")
+        target = up.url.copy_with(raw_path=raw.encode() + (b"?" + query if query else b""))
+        drop = set(NOT_FORWARDED)
+        for value in headers.getlist("connection"):  # RFC 9110 §7.6.1
+            drop |= {v.strip().lower() for v in value.split(",")}
+        if up.attach is not None and up.attach.how == "header":
+            drop.add(up.attach.name.lower())
+        out = [
+            (k.decode("latin-1"), v.decode("latin-1"))
+            for k, v in scope["headers"]
+            if k.decode("latin-1").lower() not in drop
+        ]
+        content: bytes | AsyncIterator[bytes] = body
+        if more:
+            content = self._stream(up, body, receive, digest)
+            if headers.get("content-length") is not None:
+                out.append(("content-length", headers["content-length"]))
+        extensions = {"lineage_attach": (up.attach, secret.reveal())} if secret else {}
+        request = self.client.build_request(
+            method,
+            target,
+            headers=out,
+            content=content,
+            timeout=httpx.Timeout(up.timeout, connect=up.connect_timeout, pool=up.connect_timeout),
+            extensions=extensions,
+        )
+        started = time.perf_counter()
+        try:
+            response = await self.client.send(request, stream=True)
+        except (_BodyMismatch, _TooLarge) as exc:
+            self._result(access, failure="cancelled")
+            if isinstance(exc, _TooLarge):
+                raise _Refusal(413, "request_too_large", str(exc)) from None
+            raise _unauthorized("invalid_token", str(exc)) from None
+        except httpx.PoolTimeout:
+            self._result(access, failure="cancelled")
+            log.warning("upstream %s: no connection free", name)
+            raise _Refusal(503, "temporarily_unavailable", "the gateway is busy") from None
+        except httpx.TimeoutException:
+            self._result(access, failure="timeout")
+            log.warning("upstream %s: timed out", name)
+            self.metrics.requests.labels(name, "failed").inc()
+            raise _Refusal(504, "upstream_timeout", f"{name} did not answer in time") from None
+        except httpx.ConnectError:
+            self._result(access, failure="unreachable")
+            log.warning("upstream %s: unreachable", name)
+            self.metrics.requests.labels(name, "failed").inc()
+            raise _Refusal(502, "upstream_unreachable", f"{name} cannot be reached") from None
+        except httpx.HTTPError as exc:
+            self._result(access, failure="bad_response")
+            log.warning("upstream %s: %s", name, type(exc).__name__)
+            self.metrics.requests.labels(name, "failed").inc()
+            raise _Refusal(502, "bad_upstream_response", f"{name} answered badly") from None
+        self.metrics.upstream.labels(name).observe(time.perf_counter() - started)
+        self._result(access, upstream_status=response.status_code)
+        scrub = _Scrubber(_spellings(up.attach, secret.reveal()) if secret else ())
+        encoded = response.headers.get("content-encoding", "identity").lower() != "identity"
+        skip = HOP_BY_HOP | ({"content-encoding", "content-length"} if encoded else set())
+        back = [
+            (k.lower().encode("latin-1"), v.encode("latin-1"))
+            for k, v in response.headers.multi_items()
+            if k.lower() not in skip and not scrub.found(v.encode("latin-1"))
+        ]
+        back.append((b"lineage-access", access.encode()))
+        # A careless upstream may echo its own key (httpbin's /headers does): every spelling
+        # of the secret is masked in the body, byte for byte (the length stays the same). A
+        # compressed body is decoded first, so that no spelling hides in it.
+        chunks = response.aiter_bytes() if encoded else response.aiter_raw()
+        try:
+            await send(
+                {"type": "http.response.start", "status": response.status_code, "headers": back}
+            )
+            async for chunk in chunks:
+                out = scrub.feed(chunk)
+                if out:
+                    await send({"type": "http.response.body", "body": out, "more_body": True})
+            await send({"type": "http.response.body", "body": scrub.end(), "more_body": False})
+        except httpx.HTTPError:
+            log.warning("upstream %s: the response broke off", name)
+        finally:
+            await response.aclose()
+
+    async def _stream(self, up: Upstream, first: bytes, receive, digest: str | None):
+        """The body from ``first`` on, hashed as it passes; the last chunk is held back until
+        the digest matches the invocation's, so an upstream never gets a complete body the
+        agent did not sign."""
+        h, total, held = hashlib.sha256(first), len(first), first
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                raise _BodyMismatch("the client went away")
+            chunk = message.get("body", b"")
+            total += len(chunk)
+            if total > up.max_body:
+                raise _TooLarge(f"bodies are limited to {up.max_body} bytes")
+            h.update(chunk)
+            if held:
+                yield held
+            held = chunk
+            if not message.get("more_body"):
+                break
+        if digest != "sha-256:" + h.hexdigest():
+            raise _BodyMismatch("the body is not the one the invocation signed (http.body)")
+        if held:
+            yield held
+
+    def _result(self, access: str, **outcome: Any) -> None:
+        async def write() -> None:
+            try:
+                await self.decider.result(access, **outcome)
+            except Exception as exc:  # logged and counted; the agent's answer does not wait
+                self.metrics.results_failed.inc()
+                log.error("access %s: its result was not logged: %s", access, type(exc).__name__)
+
+        task = asyncio.get_running_loop().create_task(write())
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    # --- answers -----------------------------------------------------------------------
+
+    async def _json(self, send, status: int, body: Any, headers=None) -> None:
+        data = json.dumps(body, separators=(",", ":")).encode()
+        await self._send(send, status, data, "application/json", headers)
+
+    async def _send(self, send, status, data: bytes, ctype: str, headers=None) -> None:
+        out = [
+            (b"content-type", ctype.encode()),
+            (b"content-length", str(len(data)).encode()),
+            (b"cache-control", b"no-store"),
+        ]
+        out += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+        with contextlib.suppress(Exception):  # the client may be gone
+            await send({"type": "http.response.start", "status": status, "headers": out})
+            await send({"type": "http.response.body", "body": data})
+
+
+def _spellings(attach: Attach | None, secret: str) -> tuple[bytes, ...]:
+    """The secret as it may come back: itself, percent-encoded, JSON-escaped, and the whole
+    Basic credential (base64 of ``user:secret``)."""
+    found = {secret, quote(secret, safe=""), json.dumps(secret)[1:-1]}
+    if attach is not None and attach.how == "basic":
+        found.add(base64.b64encode(f"{attach.name}:{secret}".encode()).decode())
+    return tuple(sorted({s.encode() for s in found if s}, key=len, reverse=True))
+
+
+class _Scrubber:
+    """Masks every spelling of the secret in a stream, across chunk boundaries: the last
+    ``longest - 1`` bytes are held until the next chunk (or the end) shows what follows."""
+
+    def __init__(self, spellings: tuple[bytes, ...]):
+        self.spellings = spellings
+        self.keep = max((len(s) for s in spellings), default=1) - 1
+        self.tail = b""
+
+    def found(self, data: bytes) -> bool:
+        return any(s in data for s in self.spellings)
+
+    def _mask(self, data: bytes) -> bytes:
+        for s in self.spellings:
+            data = data.replace(s, b"*" * len(s))
+        return data
+
+    def feed(self, chunk: bytes) -> bytes:
+        if not self.spellings:
+            return chunk
+        data = self._mask(self.tail + chunk)
+        cut = max(0, len(data) - self.keep)
+        self.tail = data[cut:]
+        return data[:cut]
+
+    def end(self) -> bytes:
+        out, self.tail = self._mask(self.tail), b""
+        return out
+
+
+def _has_param(query: str, name: str) -> bool:
+    from urllib.parse import unquote_plus
+
+    return any(unquote_plus(p.partition("=")[0]) == name for p in query.split("&") if p)
+
+
+def _first_difference(signed: dict[str, Any], expected: dict[str, Any]) -> str | None:
+    for key in ("type", "action", "location", "resource"):
+        if signed.get(key) != expected.get(key):
+            return f"request.{key}"
+    a, b = dict(signed.get("attributes", {})), dict(expected.get("attributes", {}))
+    for key in sorted(a.keys() | b.keys()):
+        if a.get(key) != b.get(key):
+            return f"request.attributes.{key}"
+    return None

@@ -1,0 +1,145 @@
+"""Where the gateway's decisions come from: the service over HTTP (``lineage gateway``), or
+the ledger in the same process (mounted in ``lineage serve``). Either way the access entry
+is durable before ``decide`` returns, and any doubt is an error: the gateway fails closed.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import anyio
+import httpx
+
+from lineage.client import AsyncLineageClient, LineageHTTPError, ReceiptError
+from lineage.verifier.invocation import SignedInvocation
+
+__all__ = ["Decider", "LocalDecider", "Refused", "RemoteDecider", "Unavailable", "Verdict"]
+
+log = logging.getLogger("lineage.gateway")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    allowed: bool
+    reason: str
+    id: str
+    index: int
+    receipt: dict[str, Any] | None
+
+
+class Refused(Exception):
+    """The decision point refused the question itself: an invocation that is no proof of
+    possession (401) or a malformed one (400). Nothing was logged."""
+
+    def __init__(self, status: int, error: str, description: str):
+        super().__init__(description)
+        self.status, self.error = status, error
+
+
+class Unavailable(Exception):
+    """No durable decision could be had: the gateway forwards nothing."""
+
+
+class Decider(Protocol):
+    async def decide(self, invocation: SignedInvocation, context: dict[str, Any]) -> Verdict: ...
+
+    async def result(
+        self, access: str, *, upstream_status: int | None = None, failure: str | None = None
+    ) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class RemoteDecider:
+    """Asks the service's ``POST /v1/access`` with the gateway's enforcement token; with a
+    pinned log key, each answer's receipt is verified before it is believed."""
+
+    def __init__(self, service: str, token: str, log_key: str | None = None, timeout: float = 10.0):
+        self.client = AsyncLineageClient(
+            service,
+            token=token,
+            log_key=log_key or None,
+            client=httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(max_connections=64)),
+        )
+
+    async def decide(self, invocation: SignedInvocation, context: dict[str, Any]) -> Verdict:
+        try:
+            answer = await self.client.access(invocation, context)
+        except LineageHTTPError as exc:
+            if exc.status in (400, 401, 413, 422):
+                raise Refused(exc.status, exc.error, exc.description) from None
+            raise Unavailable(f"the decision point answered {exc.status} {exc.error}") from None
+        except ReceiptError as exc:
+            raise Unavailable(f"the decision's receipt does not verify: {exc}") from None
+        except (httpx.HTTPError, ValueError) as exc:
+            raise Unavailable(
+                f"the decision point cannot be reached: {type(exc).__name__}"
+            ) from None
+        try:
+            return Verdict(
+                answer["decision"] == "allow",
+                str(answer["reason"]),
+                str(answer["id"]),
+                int(answer["index"]),
+                answer.get("receipt"),
+            )
+        except (KeyError, TypeError, ValueError):
+            raise Unavailable("the decision point's answer is malformed") from None
+
+    async def result(
+        self, access: str, *, upstream_status: int | None = None, failure: str | None = None
+    ) -> None:
+        await self.client.result(access, upstream_status=upstream_status, failure=failure)
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+class LocalDecider:
+    """Decides with the ledger this process serves (``lineage serve`` with a mount)."""
+
+    def __init__(self, service: Any, name: str):
+        self.svc, self.name = service, name
+
+    async def decide(self, invocation: SignedInvocation, context: dict[str, Any]) -> Verdict:
+        from lineage.ledger.decide import InvalidInvocation, decide
+        from lineage.ledger.errors import LedgerError, RejectedEntry
+
+        svc = self.svc
+
+        def run():
+            return decide(
+                svc.log, invocation, context, self.name, window=svc.settings.invocation_window
+            )
+
+        try:
+            d = await anyio.to_thread.run_sync(run)
+        except InvalidInvocation as exc:
+            svc.metrics.invalid_proofs.labels(reason=exc.reason).inc()
+            raise Refused(401, "invalid_invocation", f"{exc.reason}: {exc}") from None
+        except RejectedEntry as exc:
+            raise Refused(400, "invalid_request", str(exc)) from None
+        except LedgerError as exc:
+            raise Unavailable(f"the ledger cannot decide: {type(exc).__name__}") from None
+        svc.metrics.decisions.labels(outcome="allow" if d.allowed else "deny").inc()
+        svc.metrics.appends.labels(kind="access").inc()
+        receipt = d.receipt.to_json() if d.receipt is not None else None
+        return Verdict(d.allowed, d.reason, d.id, d.index, receipt)
+
+    async def result(
+        self, access: str, *, upstream_status: int | None = None, failure: str | None = None
+    ) -> None:
+        from lineage.ledger.decide import record_result
+
+        def run():
+            return record_result(
+                self.svc.log, access, self.name, upstream_status=upstream_status, failure=failure
+            )
+
+        await anyio.to_thread.run_sync(run)
+        self.svc.metrics.appends.labels(kind="result").inc()
+
+    async def aclose(self) -> None:
+        return None

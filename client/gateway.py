@@ -1,0 +1,542 @@
+"""Through the gateway: one HTTP request as an authorisation request (docs/GATEWAY.md).
+
+The gateway and the agent must derive the same request from the same HTTP
+request, byte for byte, or the agent's signature would cover something else.
+Both use this module: the gateway (``lineage gateway``) to decide, and the
+agent's transport to sign.
+
+    import httpx
+    from lineage.client import Agent
+    from lineage.client.gateway import gateway_session
+
+    agent = Agent.ephemeral()                   # holds the credential's key
+    with gateway_session("http://127.0.0.1:8080", agent, credential) as mail:
+        r = mail.get("https://mail.example.com/v1/messages/17")   # the real API's URL
+
+The transport reads the gateway's routes once (``/.well-known/lineage-gateway``),
+sends each request to the gateway instead of the real API, and signs it on the
+way out: ``Authorization: DPoP <credential>``, a ``DPoP`` proof, and the
+invocation in ``Lineage-Invocation``. The API's secret is attached by the
+gateway; the agent never holds it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl
+
+import httpx
+
+from lineage.verifier.errors import FormatError
+from lineage.verifier.invocation import SignedInvocation
+from lineage.verifier.request import parse_request, request_to_json
+from lineage.verifier.resource import Resource, parse_resource
+
+from .dpop import make_proof
+from .flows import Agent
+
+__all__ = [
+    "ATTR_BODY",
+    "ATTR_METHOD",
+    "ATTR_QUERY",
+    "DESCRIPTION_PATH",
+    "INVOCATION_HEADER",
+    "AsyncGatewayTransport",
+    "Field",
+    "GatewayTransport",
+    "MappingError",
+    "NotBehindGateway",
+    "Route",
+    "async_gateway_session",
+    "body_digest",
+    "canonical_segments",
+    "decode_invocation",
+    "derive_request",
+    "encode_invocation",
+    "field_attributes",
+    "gateway_session",
+]
+
+INVOCATION_HEADER = "Lineage-Invocation"
+DESCRIPTION_PATH = "/.well-known/lineage-gateway"
+ATTR_METHOD, ATTR_QUERY, ATTR_BODY = "http.method", "http.query", "http.body"
+MAX_QUERY = 1024  # an attribute's value is at most 1,024 characters (SCOPE.md §5.1)
+MAX_VALUE = 1024
+MAX_INVOCATION_HEADER = 12288  # base64url characters
+ROUTE_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+FIELD_KINDS = ("string", "integer", "url", "path")
+METHOD = re.compile(r"[A-Z]{1,16}")
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_HEX = frozenset("0123456789abcdefABCDEF")
+_QUERY_CHARS = frozenset(
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,;=:@/?%"
+)
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+class MappingError(ValueError):
+    """This HTTP request cannot be decided as it stands: ``status`` is the HTTP answer
+    (400, 405, 413, 414 or 415) and ``field`` names what is wrong."""
+
+    def __init__(self, message: str, status: int = 400, field: str | None = None):
+        super().__init__(message)
+        self.status, self.field = status, field
+
+
+@dataclass(frozen=True)
+class Field:
+    """One attribute read from the request: ``source`` is ``query`` or ``body`` (a top-level
+    member of a JSON object), ``key`` the parameter or member, ``kind`` how it is read."""
+
+    attribute: str
+    source: str
+    key: str
+    kind: str = "string"
+
+    def to_json(self) -> dict[str, str]:
+        return {
+            "attribute": self.attribute,
+            "from": self.source,
+            "key": self.key,
+            "type": self.kind,
+        }
+
+
+@dataclass(frozen=True)
+class Route:
+    """An upstream as agents see it: what the gateway publishes, never where it forwards
+    nor how it authenticates there."""
+
+    name: str
+    type: str
+    location: str  # the canonical location (SCOPE.md §2 rule 8) requests name
+    resource: str  # "url": location + path; else a namespace or name the path extends
+    actions: Mapping[str, str] = field(default_factory=dict)  # METHOD -> action
+    fields: tuple[Field, ...] = ()
+    body_limit: int = 1 << 20  # bytes read before deciding when a field needs the body
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "type": self.type,
+            "location": self.location,
+            "resource": self.resource,
+            "actions": dict(sorted(self.actions.items())),
+            "fields": [f.to_json() for f in self.fields],
+            "body_limit": self.body_limit,
+        }
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> Route:
+        try:
+            fields_ = tuple(
+                Field(f["attribute"], f["from"], f["key"], f["type"]) for f in obj["fields"]
+            )
+            return cls(
+                obj["name"],
+                obj["type"],
+                obj["location"],
+                obj["resource"],
+                dict(obj["actions"]),
+                fields_,
+                int(obj["body_limit"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MappingError(f"the gateway's route description is malformed: {exc}") from None
+
+    @property
+    def needs_body(self) -> bool:
+        return any(f.source == "body" for f in self.fields)
+
+    def action(self, method: str) -> str:
+        if not self.actions:
+            return method.lower()
+        found = self.actions.get(method)
+        if found is None:
+            allowed = ", ".join(sorted(self.actions))
+            raise MappingError(f"{method} is not mapped for {self.name}: use {allowed}", 405)
+        return found
+
+    def resource_of(self, segments: tuple[str, ...]) -> Resource:
+        """The request's resource: the path's segments under the route's base."""
+        if self.resource == "url":
+            base = parse_resource(self.location, allow_wildcard=False, url_only=True)
+        elif ":" in self.resource:
+            base = parse_resource(self.resource, allow_wildcard=False)
+        else:
+            base = Resource(self.resource, ())
+        try:
+            return Resource(base.prefix, base.segments + segments)
+        except FormatError as exc:
+            raise MappingError(f"path: {exc}", 400, "path") from None
+
+
+def _normal_segment(raw: str) -> str:
+    """RFC 3986 §6.2.2.1 and §6.2.2.2 on one segment: percent-escapes upper-case, escaped
+    unreserved characters decoded. Nothing else is rewritten; what is still not canonical
+    is refused by the resource grammar (SCOPE.md §2)."""
+    out, i = [], 0
+    while i < len(raw):
+        c = raw[i]
+        if c == "%" and i + 2 < len(raw) and set(raw[i + 1 : i + 3]) <= _HEX:
+            octet = chr(int(raw[i + 1 : i + 3], 16))
+            out.append(octet if octet in _UNRESERVED else "%" + raw[i + 1 : i + 3].upper())
+            i += 3
+            continue
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def canonical_segments(raw_path: str) -> tuple[str, ...]:
+    """The segments of a raw (still percent-encoded) path, canonical, or MappingError.
+
+    ``/`` and the empty path have none. Dot-segments, empty segments (``a//b``, a
+    trailing ``/``), ``%2F``, double encoding and the rest of SCOPE.md §2 rules 1 and 9
+    are refused, never resolved: the gateway decides on, and forwards, one spelling.
+    """
+    if not raw_path.isascii() or any(ord(c) < 0x21 or ord(c) == 0x7F for c in raw_path):
+        raise MappingError("path: only printable ASCII (percent-encode the rest)", 400, "path")
+    if raw_path in ("", "/"):
+        return ()
+    if not raw_path.startswith("/"):
+        raise MappingError("path: must start with '/'", 400, "path")
+    segments = tuple(_normal_segment(s) for s in raw_path[1:].split("/"))
+    try:
+        Resource("path", segments)  # every segment rule of SCOPE.md §2
+    except FormatError as exc:
+        raise MappingError(f"path: {exc}", 400, "path") from None
+    return segments
+
+
+def check_query(query: str) -> str:
+    """The raw query as sent (no ``?``): printable ASCII, at most 1,024 characters."""
+    if len(query) > MAX_QUERY:
+        raise MappingError(f"query: longer than {MAX_QUERY} characters", 414, "query")
+    if not set(query) <= _QUERY_CHARS:
+        raise MappingError("query: only URL characters (percent-encode the rest)", 400, "query")
+    return query
+
+
+def body_digest(body: bytes) -> str:
+    return "sha-256:" + hashlib.sha256(body).hexdigest()
+
+
+def _url_origin(value: str, at: str) -> str:
+    """A URL as a fetcher reads it: ``scheme://host:port``, or MappingError for anything
+    two parsers could read differently (userinfo, ``\\``, ``%`` in the host, IP literals,
+    numeric hosts that are not a dotted quad, whitespace, controls, non-ASCII)."""
+    bad = MappingError(f"{at}: not a URL this gateway reads unambiguously", 400, at)
+    if not value.isascii() or any(ord(c) <= 0x20 or ord(c) == 0x7F or c == "\\" for c in value):
+        raise bad
+    scheme, sep, rest = value.partition("://")
+    if not sep or not re.fullmatch(r"[a-z][a-z0-9+.-]*", scheme):
+        raise bad
+    authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    if "@" in authority or "%" in authority or authority.startswith("["):
+        raise bad
+    host, colon, port = authority.rpartition(":")
+    if not colon:
+        host, port = authority, str(_DEFAULT_PORTS.get(scheme, ""))
+    if not port:
+        raise MappingError(f"{at}: the URL must name its port", 400, at)
+    try:
+        return str(Resource(f"{scheme}://{host.lower()}:{port}", ()))
+    except FormatError:
+        raise bad from None
+
+
+def _path_value(value: str, at: str) -> str:
+    if not value.startswith("/"):
+        raise MappingError(f"{at}: a path must start with '/'", 400, at)
+    segments = canonical_segments(value) if value != "/" else ()
+    shown = "/" + "/".join(segments)
+    if shown != value:
+        raise MappingError(f"{at}: not a canonical path (reads as {shown!r})", 400, at)
+    return shown
+
+
+def _read(f: Field, value: Any) -> str | int:
+    at = f"{f.source}.{f.key}"
+    if f.kind == "integer":
+        if isinstance(value, str) and f.source == "query":
+            if not re.fullmatch(r"-?(0|[1-9][0-9]{0,15})", value):
+                raise MappingError(f"{at}: not a decimal integer", 400, at)
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or abs(value) > 2**53 - 1:
+            raise MappingError(f"{at}: must be an integer within ±(2^53 − 1)", 400, at)
+        return value
+    if not isinstance(value, str):
+        raise MappingError(f"{at}: must be a string", 400, at)
+    if f.kind == "url":
+        return _url_origin(value, at)
+    if f.kind == "path":
+        return _path_value(value, at)
+    if len(value) > MAX_VALUE:
+        raise MappingError(f"{at}: longer than {MAX_VALUE} characters", 400, at)
+    return value
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise MappingError(f"body: member {k!r} appears twice", 400, f"body.{k}")
+        out[k] = v
+    return out
+
+
+def _no_constant(name: str) -> Any:
+    raise MappingError(f"body: {name} is not JSON", 400, "body")
+
+
+def field_attributes(
+    route: Route, query: str, body: bytes | None, content_type: str | None
+) -> dict[str, str | int]:
+    """The attributes ``route.fields`` read from the query and the body, as the upstream
+    would read them; a field the request does not carry is absent (constraints on it then
+    deny). ``body`` is None only when the route needs none."""
+    out: dict[str, str | int] = {}
+    wanted_q = [f for f in route.fields if f.source == "query"]
+    if wanted_q:
+        if ";" in query:  # some servers split on ';' too: one reading only
+            raise MappingError("query: ';' is not accepted where fields are read", 400, "query")
+        try:
+            pairs = parse_qsl(
+                query,
+                keep_blank_values=True,
+                strict_parsing=bool(query),
+                encoding="utf-8",
+                errors="strict",
+            )
+        except (ValueError, UnicodeDecodeError):
+            raise MappingError(
+                "query: not application/x-www-form-urlencoded", 400, "query"
+            ) from None
+        seen: dict[str, str] = {}
+        for k, v in pairs:
+            if k in seen and any(f.key == k for f in wanted_q):
+                raise MappingError(f"query: parameter {k!r} appears twice", 400, f"query.{k}")
+            seen[k] = v
+        for f in wanted_q:
+            if f.key in seen:
+                out[f.attribute] = _read(f, seen[f.key])
+    wanted_b = [f for f in route.fields if f.source == "body"]
+    if wanted_b:
+        assert body is not None
+        if body:
+            media = (content_type or "").split(";")[0].strip().lower()
+            if media != "application/json" and not media.endswith("+json"):
+                raise MappingError("body: fields are read from JSON bodies only", 415, "body")
+            try:
+                doc = json.loads(
+                    body.decode("utf-8"),
+                    object_pairs_hook=_no_duplicates,
+                    parse_constant=_no_constant,
+                )
+            except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+                if isinstance(exc, MappingError):
+                    raise
+                raise MappingError("body: not JSON", 400, "body") from None
+            if not isinstance(doc, dict):
+                raise MappingError("body: fields are read from a JSON object", 400, "body")
+            for f in wanted_b:
+                if f.key in doc:
+                    if doc[f.key] is None:
+                        raise MappingError(f"body.{f.key}: null", 400, f"body.{f.key}")
+                    out[f.attribute] = _read(f, doc[f.key])
+    return out
+
+
+def derive_request(
+    route: Route,
+    method: str,
+    segments: tuple[str, ...],
+    query: str,
+    body: bytes,
+    fields: Mapping[str, str | int],
+) -> dict[str, Any]:
+    """The authorisation request (SCOPE.md §5.1) one HTTP request is decided as."""
+    if not METHOD.fullmatch(method):
+        raise MappingError(f"method {method!r} is not supported", 405, "method")
+    attributes: dict[str, str | int] = {
+        **fields,
+        ATTR_METHOD: method,
+        ATTR_QUERY: query,
+        ATTR_BODY: body_digest(body),
+    }
+    request = {
+        "type": route.type,
+        "action": route.action(method),
+        "location": route.location,
+        "resource": str(route.resource_of(segments)),
+        "attributes": attributes,
+    }
+    try:
+        return request_to_json(parse_request(request))
+    except FormatError as exc:
+        raise MappingError(f"the request does not parse: {exc}", 400) from None
+
+
+def encode_invocation(inv: SignedInvocation) -> str:
+    return base64.urlsafe_b64encode(inv.to_bytes()).rstrip(b"=").decode("ascii")
+
+
+def decode_invocation(value: str) -> SignedInvocation:
+    """Parse a ``Lineage-Invocation`` header (base64url of the canonical JSON); FormatError."""
+    from lineage.verifier.invocation import parse_invocation_bytes
+
+    if len(value) > MAX_INVOCATION_HEADER or not re.fullmatch(r"[A-Za-z0-9_-]+", value):
+        raise FormatError(
+            f"{INVOCATION_HEADER} must be base64url, at most {MAX_INVOCATION_HEADER} characters"
+        )
+    try:
+        data = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+    except ValueError:
+        raise FormatError(f"{INVOCATION_HEADER} is not base64url") from None
+    return parse_invocation_bytes(data)
+
+
+# --- the agent's side: a transport that signs every request on its way out ----------------
+
+
+class NotBehindGateway(httpx.RequestError):
+    """The request's URL is neither the gateway's nor a location the gateway fronts."""
+
+
+@dataclass
+class _Signer:
+    gateway: str
+    agent: Agent
+    credential: str
+    routes: dict[str, Route] | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def load(self, description: Mapping[str, Any]) -> None:
+        routes = description.get("routes") if isinstance(description, Mapping) else None
+        if not isinstance(routes, list):
+            raise MappingError("the gateway's description has no routes")
+        self.routes = {r.name: r for r in map(Route.from_json, routes)}
+
+    def _place(self, url: httpx.URL) -> tuple[Route, str]:
+        """(route, raw path under it) for a URL to the gateway or to a fronted location."""
+        assert self.routes is not None
+        gw = httpx.URL(self.gateway)
+        raw = url.raw_path.decode("ascii").partition("?")[0]
+        base = gw.raw_path.decode("ascii").rstrip("/")
+        if (url.scheme, url.host, url.port) == (gw.scheme, gw.host, gw.port) and raw.startswith(
+            base + "/"
+        ):
+            name, _, rest = raw[len(base) + 1 :].partition("/")
+            if name in self.routes:
+                return self.routes[name], "/" + rest if rest else ""
+        port = url.port or _DEFAULT_PORTS.get(url.scheme)
+        origin = f"{url.scheme}://{url.host}:{port}"
+        for route in self.routes.values():
+            loc = httpx.URL(route.location)
+            loc_origin = f"{loc.scheme}://{loc.host}:{loc.port or _DEFAULT_PORTS.get(loc.scheme)}"
+            loc_path = loc.raw_path.decode("ascii").rstrip("/")
+            if origin == loc_origin and (raw == loc_path or raw.startswith(loc_path + "/")):
+                return route, raw[len(loc_path) :]
+        raise NotBehindGateway(f"{url} is not behind the gateway {self.gateway}")
+
+    def sign(self, request: httpx.Request, body: bytes) -> httpx.Request:
+        route, rest = self._place(request.url)
+        query = check_query(request.url.query.decode("ascii"))
+        segments = canonical_segments(rest)
+        ctype = request.headers.get("content-type")
+        fields = field_attributes(route, query, body if route.needs_body else None, ctype)
+        asked = derive_request(route, request.method, segments, query, body, fields)
+        inv = self.agent.invoke(self.credential, asked)
+        path = self.gateway.rstrip("/") + "/" + route.name + "".join("/" + s for s in segments)
+        target = httpx.URL(path + ("?" + query if query else ""))
+        headers = httpx.Headers(request.headers)
+        for name in ("host", "authorization", "dpop", INVOCATION_HEADER.lower()):
+            headers.pop(name, None)
+        headers["Authorization"] = f"DPoP {self.credential}"
+        headers["DPoP"] = make_proof(
+            self.agent.key.seed, request.method, path, access_token=self.credential
+        )
+        headers[INVOCATION_HEADER] = encode_invocation(inv)
+        return httpx.Request(
+            request.method, target, headers=headers, content=body, extensions=request.extensions
+        )
+
+
+class GatewayTransport(httpx.BaseTransport):
+    """Sends every request through the gateway, signed by ``agent`` for ``credential``."""
+
+    def __init__(
+        self,
+        gateway: str,
+        agent: Agent,
+        credential: str,
+        *,
+        transport: httpx.BaseTransport | None = None,
+    ):
+        self._signer = _Signer(gateway, agent, credential)
+        self._inner = transport or httpx.HTTPTransport()
+
+    def _routes(self) -> None:
+        with self._signer._lock:
+            if self._signer.routes is None:
+                url = self._signer.gateway.rstrip("/") + DESCRIPTION_PATH
+                response = self._inner.handle_request(httpx.Request("GET", url))
+                response.read()
+                if response.status_code != 200:
+                    raise MappingError(f"{url}: {response.status_code}")
+                self._signer.load(response.json())
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self._routes()
+        return self._inner.handle_request(self._signer.sign(request, request.read()))
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+class AsyncGatewayTransport(httpx.AsyncBaseTransport):
+    """The async twin of :class:`GatewayTransport`."""
+
+    def __init__(
+        self,
+        gateway: str,
+        agent: Agent,
+        credential: str,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ):
+        self._signer = _Signer(gateway, agent, credential)
+        self._inner = transport or httpx.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self._signer.routes is None:
+            url = self._signer.gateway.rstrip("/") + DESCRIPTION_PATH
+            response = await self._inner.handle_async_request(httpx.Request("GET", url))
+            await response.aread()
+            if response.status_code != 200:
+                raise MappingError(f"{url}: {response.status_code}")
+            self._signer.load(response.json())
+        body = await request.aread()
+        return await self._inner.handle_async_request(self._signer.sign(request, body))
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+def gateway_session(gateway: str, agent: Agent, credential: str, **kw: Any) -> httpx.Client:
+    """An ``httpx.Client`` whose every request goes through the gateway, signed."""
+    return httpx.Client(transport=GatewayTransport(gateway, agent, credential), **kw)
+
+
+def async_gateway_session(
+    gateway: str, agent: Agent, credential: str, **kw: Any
+) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=AsyncGatewayTransport(gateway, agent, credential), **kw)

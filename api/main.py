@@ -89,6 +89,19 @@ class BodyLimit:
         await response(scope, receive, send)
 
 
+class _Metadata:
+    """Routes RFC 9728 metadata requests for the mounted gateway's MCP servers to it."""
+
+    def __init__(self, gateway: Gateway, prefix: str):
+        self.gateway, self.prefix = gateway, prefix
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        name = scope.get("raw_path", b"").decode("latin-1").partition("?")[0][len(self.prefix) :]
+        await self.gateway.metadata_asgi(name.lstrip("/"), scope, send)
+
+
 def create_app(
     log: Log,
     settings: Settings | None = None,
@@ -142,6 +155,9 @@ def create_app(
     if gateway is not None and gateway.mount:
         mounted = Gateway(gateway, LocalDecider(svc, gateway.name), prefix=gateway.mount)
         app.mount(gateway.mount, mounted)
+        # RFC 9728: the metadata of <base>/gateway/x is at <base>/.well-known/...-resource/gateway/x
+        well_known = f"/.well-known/oauth-protected-resource{gateway.mount}"
+        app.mount(well_known, _Metadata(mounted, well_known))
     install_handlers(app)
     install_openapi(app)
     for module in (oauth, entries, access, credentials, log_routes, ops):

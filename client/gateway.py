@@ -48,10 +48,12 @@ __all__ = [
     "ATTR_QUERY",
     "DESCRIPTION_PATH",
     "INVOCATION_HEADER",
+    "TOOL_ACTION",
     "AsyncGatewayTransport",
     "Field",
     "GatewayTransport",
     "MappingError",
+    "McpAuth",
     "NotBehindGateway",
     "Route",
     "async_gateway_session",
@@ -62,6 +64,9 @@ __all__ = [
     "encode_invocation",
     "field_attributes",
     "gateway_session",
+    "mcp_auth",
+    "parse_json_object",
+    "tool_request",
 ]
 
 INVOCATION_HEADER = "Lineage-Invocation"
@@ -121,10 +126,12 @@ class Route:
     actions: Mapping[str, str] = field(default_factory=dict)  # METHOD -> action
     fields: tuple[Field, ...] = ()
     body_limit: int = 1 << 20  # bytes read before deciding when a field needs the body
+    kind: str = "http"  # http | mcp (an MCP server's streamable HTTP endpoint, §8)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "name": self.name,
+            "kind": self.kind,
             "type": self.type,
             "location": self.location,
             "resource": self.resource,
@@ -147,6 +154,7 @@ class Route:
                 dict(obj["actions"]),
                 fields_,
                 int(obj["body_limit"]),
+                str(obj.get("kind", "http")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise MappingError(f"the gateway's route description is malformed: {exc}") from None
@@ -166,13 +174,13 @@ class Route:
 
     def resource_of(self, segments: tuple[str, ...]) -> Resource:
         """The request's resource: the path's segments under the route's base."""
-        if self.resource == "url":
-            base = parse_resource(self.location, allow_wildcard=False, url_only=True)
-        elif ":" in self.resource:
-            base = parse_resource(self.resource, allow_wildcard=False)
-        else:
-            base = Resource(self.resource, ())
         try:
+            if self.resource == "url":
+                base = parse_resource(self.location, allow_wildcard=False, url_only=True)
+            elif ":" in self.resource:
+                base = parse_resource(self.resource, allow_wildcard=False)
+            else:  # a bare namespace: the path's segments are the name's
+                return Resource(self.resource, segments)
             return Resource(base.prefix, base.segments + segments)
         except FormatError as exc:
             raise MappingError(f"path: {exc}", 400, "path") from None
@@ -335,18 +343,7 @@ def field_attributes(
             media = (content_type or "").split(";")[0].strip().lower()
             if media != "application/json" and not media.endswith("+json"):
                 raise MappingError("body: fields are read from JSON bodies only", 415, "body")
-            try:
-                doc = json.loads(
-                    body.decode("utf-8"),
-                    object_pairs_hook=_no_duplicates,
-                    parse_constant=_no_constant,
-                )
-            except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-                if isinstance(exc, MappingError):
-                    raise
-                raise MappingError("body: not JSON", 400, "body") from None
-            if not isinstance(doc, dict):
-                raise MappingError("body: fields are read from a JSON object", 400, "body")
+            doc = parse_json_object(body)
             for f in wanted_b:
                 if f.key in doc:
                     if doc[f.key] is None:
@@ -402,6 +399,118 @@ def decode_invocation(value: str) -> SignedInvocation:
     except ValueError:
         raise FormatError(f"{INVOCATION_HEADER} is not base64url") from None
     return parse_invocation_bytes(data)
+
+
+# --- MCP: a tools/call as an authorisation request (docs/GATEWAY.md §8) -------------------
+
+TOOL_ACTION = "call"
+
+
+def parse_json_object(body: bytes, what: str = "body") -> dict[str, Any]:
+    """A JSON object as every reader reads it: UTF-8, no repeated member, no NaN."""
+    try:
+        doc = json.loads(
+            body.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_no_constant
+        )
+    except MappingError:
+        raise
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise MappingError(f"{what}: not JSON", 400, what) from None
+    if not isinstance(doc, dict):
+        raise MappingError(f"{what}: must be a JSON object (no batches)", 400, what)
+    return doc
+
+
+def tool_request(route: Route, message: Mapping[str, Any], body: bytes) -> dict[str, Any]:
+    """The request a JSON-RPC ``tools/call`` is decided as: action ``call``, the tool's name
+    as the last segment of the resource, and each argument whose name is an attribute name
+    and whose value a string (at most 1,024 characters) or an integer as an attribute. Other
+    arguments are not attributes, so a constraint on one denies (missing)."""
+    params = message.get("params")
+    if not isinstance(params, Mapping):
+        raise MappingError("params: must be an object", 400, "params")
+    name = params.get("name")
+    if not isinstance(name, str) or not name:
+        raise MappingError("params.name: the tool's name", 400, "params.name")
+    arguments = params.get("arguments", {})
+    if arguments is None:
+        arguments = {}
+    if not isinstance(arguments, Mapping):
+        raise MappingError("params.arguments: must be an object", 400, "params.arguments")
+    attributes: dict[str, str | int] = {}
+    for key, value in arguments.items():
+        if not re.fullmatch(r"[a-z0-9_.:-]{1,64}", key) or key.startswith("http."):
+            continue
+        text = isinstance(value, str) and len(value) <= MAX_VALUE
+        number = isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**53
+        if text or number:
+            attributes[key] = value
+    attributes.update({ATTR_METHOD: "POST", ATTR_QUERY: "", ATTR_BODY: body_digest(body)})
+    try:
+        resource = str(route.resource_of((name,)))
+    except MappingError:
+        raise MappingError(f"params.name: {name!r} is not a resource segment", 400) from None
+    request = {
+        "type": route.type,
+        "action": TOOL_ACTION,
+        "location": route.location,
+        "resource": resource,
+        "attributes": attributes,
+    }
+    try:
+        return request_to_json(parse_request(request))
+    except FormatError as exc:
+        raise MappingError(f"the request does not parse: {exc}", 400) from None
+
+
+try:  # the mcp SDK 2.x sends with httpx2; an Auth for both works with either SDK
+    import httpx2 as _httpx2
+
+    _AUTH_BASES: tuple[type, ...] = (_httpx2.Auth, httpx.Auth)
+except ImportError:  # pragma: no cover - httpx2 comes with mcp 2.x only
+    _AUTH_BASES = (httpx.Auth,)
+
+
+class McpAuth(*_AUTH_BASES):  # type: ignore[misc]
+    """Signs an MCP client's requests to an MCP server behind the gateway: each one carries
+    the credential and a DPoP proof, and each ``tools/call`` an invocation over its exact
+    bytes. Give it to the SDK's HTTP client: ``httpx2.AsyncClient(auth=mcp_auth(...))``."""
+
+    requires_request_body = True
+
+    def __init__(self, agent: Agent, credential: str, route: Route):
+        if route.kind != "mcp":
+            raise MappingError(f"{route.name} is not an MCP server")
+        self.agent, self.credential, self.route = agent, credential, route
+
+    def auth_flow(self, request):  # type: ignore[override]
+        url = str(request.url).split("?")[0]
+        request.headers["Authorization"] = f"DPoP {self.credential}"
+        request.headers["DPoP"] = make_proof(
+            self.agent.key.seed, request.method, url, access_token=self.credential
+        )
+        body = request.content
+        if request.method == "POST" and body:
+            try:
+                message = parse_json_object(body)
+            except MappingError:
+                message = {}
+            if message.get("method") == "tools/call":
+                asked = tool_request(self.route, message, body)
+                inv = self.agent.invoke(self.credential, asked)
+                request.headers[INVOCATION_HEADER] = encode_invocation(inv)
+        yield request
+
+
+def mcp_auth(gateway: str, name: str, agent: Agent, credential: str) -> McpAuth:
+    """An ``McpAuth`` for the MCP server the gateway fronts as ``name`` (its endpoint is
+    ``gateway + "/" + name``), reading the route from the gateway's description."""
+    r = httpx.get(gateway.rstrip("/") + DESCRIPTION_PATH, timeout=10)
+    r.raise_for_status()
+    routes = {x["name"]: Route.from_json(x) for x in r.json()["routes"]}
+    if name not in routes:
+        raise MappingError(f"the gateway fronts no {name!r}")
+    return McpAuth(agent, credential, routes[name])
 
 
 # --- the agent's side: a transport that signs every request on its way out ----------------

@@ -72,3 +72,11 @@ def test_a_bad_configuration_is_refused_naming_the_key(mutation, field):
             mail[k] = v
     with pytest.raises(ConfigError, match=re.escape(field)):
         parse_gateway(data)
+
+
+def test_the_mcp_configuration_example_parses():
+    text = example("config") + "\n" + example("mcp-config")
+    cfg = parse_gateway(tomllib.loads(text)["gateway"])
+    tools = cfg.upstreams["tools"]
+    assert tools.kind == "mcp" and tools.route.resource == "tool" and tools.route.type == "mcp"
+    assert tools.secret.source == "command" and tools.attach.how == "bearer"

@@ -47,12 +47,14 @@ from lineage.client.gateway import (
 )
 from lineage.verifier.errors import FormatError
 from lineage.verifier.fields import HEX_ID
+from lineage.verifier.invocation import SignedInvocation
 from lineage.verifier.request import request_to_json
 
 from ..dpop import DPoPError, verify_dpop
+from . import mcp
 from .config import Attach, GatewayConfig, Upstream
-from .decider import Decider, Refused, Unavailable
-from .secrets import SecretCache, SecretError
+from .decider import Decider, Refused, Unavailable, Verdict
+from .secrets import Secret, SecretCache, SecretError
 
 __all__ = ["Gateway"]
 
@@ -82,6 +84,7 @@ NOT_FORWARDED = HOP_BY_HOP | {
 }
 CHALLENGE = 'DPoP algs="EdDSA Ed25519"'
 BUFFER = 1 << 20  # bytes of a body read before deciding when no field needs it
+MAX_TRANSFORMED = 8 << 20  # bytes of an answer the gateway rewrites (an MCP tools/list)
 
 
 class _Refusal(Exception):
@@ -250,14 +253,36 @@ class Gateway:
             if path == "/metrics":
                 body = generate_latest(self.metrics.registry)
                 return await self._send(send, 200, body, "text/plain; version=0.0.4")
+            if path.startswith(mcp.METADATA + "/"):
+                return await self.metadata(path[len(mcp.METADATA) + 1 :], scope, send)
             name, _, rest = path[1:].partition("/")
             upstream = self.cfg.upstreams.get(name)
             if upstream is None:
                 raise _Refusal(404, "not_found", "no such upstream")
-            await self._proxy(upstream, path, "/" + rest if rest else "", scope, receive, send)
+            rest = "/" + rest if rest else ""
+            if upstream.kind == "mcp":
+                return await mcp.handle(self, upstream, path, rest, scope, receive, send)
+            await self._proxy(upstream, path, rest, scope, receive, send)
         except _Refusal as r:
-            body = {"error": r.error, "error_description": r.args[0], **(r.extra or {})}
-            await self._json(send, r.status, body, r.headers)
+            await self._refuse(send, r)
+
+    async def _refuse(self, send, r: _Refusal) -> None:
+        body = {"error": r.error, "error_description": r.args[0], **(r.extra or {})}
+        await self._json(send, r.status, body, r.headers)
+
+    async def metadata_asgi(self, name: str, scope, send) -> None:
+        try:
+            await self.metadata(name, scope, send)
+        except _Refusal as r:
+            await self._refuse(send, r)
+
+    async def metadata(self, name: str, scope, send) -> None:
+        """RFC 9728 metadata for an MCP server the gateway fronts (``lineage serve`` routes
+        ``/.well-known/oauth-protected-resource<mount>/<name>`` here too)."""
+        found = mcp.metadata(self, scope, name)
+        if found is None:
+            raise _Refusal(404, "not_found", "no such MCP server")
+        await self._json(send, 200, found)
 
     def description(self) -> dict[str, Any]:
         """What agents need to sign requests (routes), nothing about where they go or how the
@@ -281,55 +306,92 @@ class Gateway:
             ):
                 raise MappingError(f"query: {up.attach.name} is the gateway's to set", 400, "query")
             body, more = await self._read(up, headers, receive)
-            invs = headers.getlist(INVOCATION_HEADER)
-            if len(invs) != 1:
-                raise _unauthorized("invalid_token", f"send exactly one {INVOCATION_HEADER}")
-            try:
-                inv = decode_invocation(invs[0])
-            except FormatError as exc:
-                raise _unauthorized("invalid_token", f"{INVOCATION_HEADER}: {exc}") from None
-            if inv.credential != handle:
-                raise _unauthorized("invalid_token", "the invocation is for another credential")
-            if inv.sig.kid != proof_key:
-                raise _unauthorized(
-                    "invalid_token", "the invocation and the DPoP proof have different keys"
-                )
+            inv = self._invocation(headers, handle, proof_key)
             fields = field_attributes(
                 up.route, query, body if up.route.needs_body else None, headers.get("content-type")
             )
             expected = derive_request(up.route, method, segments, query, body, fields)
-            signed = request_to_json(inv.request)
-            claimed_digest = dict(signed.get("attributes", {})).get(ATTR_BODY)
+            claimed = dict(request_to_json(inv.request).get("attributes", {})).get(ATTR_BODY)
             if more:  # the body streams: its digest is checked as it passes (hold-back)
-                expected["attributes"][ATTR_BODY] = claimed_digest
-            differs = _first_difference(signed, expected)
-            if differs is not None:
-                raise _unauthorized(
-                    "invalid_token", f"the invocation does not cover this request: {differs}"
-                )
+                expected["attributes"][ATTR_BODY] = claimed
+            self._covers(inv, expected)
         except MappingError as exc:
             self.metrics.requests.labels(name, "refused").inc()
             raise _Refusal(exc.status, "invalid_request", str(exc)) from None
         except _Refusal:
             self.metrics.requests.labels(name, "refused").inc()
             raise
+        secret = await self._secret(up)
+        asserted = {a: fields[a] for a in up.asserts if a in fields}
+        verdict = await self._decide(up, inv, scope, asserted)
+        if not verdict.allowed:
+            raise _Refusal(
+                403,
+                "access_denied",
+                verdict.reason,
+                extra={"id": verdict.id, "index": verdict.index, "receipt": verdict.receipt},
+            )
+        await self._forward(
+            up,
+            verdict.id,
+            method,
+            segments,
+            scope,
+            headers,
+            body,
+            more,
+            receive,
+            claimed,
+            secret,
+            send,
+        )
 
-        secret = None
-        if up.secret is not None:
-            try:
-                secret = await self.secrets[name].aget()
-            except SecretError as exc:
-                log.error("upstream %s: its secret cannot be read: %s", name, exc)
-                self.metrics.requests.labels(name, "unavailable").inc()
-                raise _Refusal(
-                    503, "temporarily_unavailable", "the upstream is not configured"
-                ) from None
+    def _invocation(self, headers: Headers, handle: str, proof_key: str) -> SignedInvocation:
+        """The one ``Lineage-Invocation``, for this credential, by the DPoP proof's key."""
+        invs = headers.getlist(INVOCATION_HEADER)
+        if len(invs) != 1:
+            raise _unauthorized("invalid_token", f"send exactly one {INVOCATION_HEADER}")
+        try:
+            inv = decode_invocation(invs[0])
+        except FormatError as exc:
+            raise _unauthorized("invalid_token", f"{INVOCATION_HEADER}: {exc}") from None
+        if inv.credential != handle:
+            raise _unauthorized("invalid_token", "the invocation is for another credential")
+        if inv.sig.kid != proof_key:
+            raise _unauthorized(
+                "invalid_token", "the invocation and the DPoP proof have different keys"
+            )
+        return inv
 
+    @staticmethod
+    def _covers(inv: SignedInvocation, expected: dict[str, Any]) -> None:
+        differs = _first_difference(request_to_json(inv.request), expected)
+        if differs is not None:
+            raise _unauthorized(
+                "invalid_token", f"the invocation does not cover this request: {differs}"
+            )
+
+    async def _secret(self, up: Upstream) -> Secret | None:
+        if up.secret is None:
+            return None
+        try:
+            return await self.secrets[up.route.name].aget()
+        except SecretError as exc:
+            log.error("upstream %s: its secret cannot be read: %s", up.route.name, exc)
+            self.metrics.requests.labels(up.route.name, "unavailable").inc()
+            raise _Refusal(
+                503, "temporarily_unavailable", "the upstream is not configured"
+            ) from None
+
+    async def _decide(
+        self, up: Upstream, inv: SignedInvocation, scope, asserted: dict[str, Any]
+    ) -> Verdict:
+        """A durable decision, or a refusal: nothing is forwarded without one."""
+        name = up.route.name
         context: dict[str, Any] = {"upstream": name}
         client = scope.get("client")
         if client:
             context["source_ip"] = str(client[0])
-        asserted = {a: fields[a] for a in up.asserts if a in fields}
         if asserted:
             context["attributes"] = asserted
         started = time.perf_counter()
@@ -347,29 +409,9 @@ class Gateway:
                 503, "temporarily_unavailable", "no decision could be logged; nothing was forwarded"
             ) from None
         self.metrics.decision.observe(time.perf_counter() - started)
-        if not verdict.allowed:
-            self.metrics.requests.labels(name, "denied").inc()
-            raise _Refusal(
-                403,
-                "access_denied",
-                verdict.reason,
-                extra={"id": verdict.id, "index": verdict.index, "receipt": verdict.receipt},
-            )
-        self.metrics.requests.labels(name, "allowed").inc()
-        await self._forward(
-            up,
-            verdict.id,
-            method,
-            segments,
-            scope,
-            headers,
-            body,
-            more,
-            receive,
-            claimed_digest,
-            secret,
-            send,
-        )
+        outcome = "allowed" if verdict.allowed else "denied"
+        self.metrics.requests.labels(name, outcome).inc()
+        return verdict
 
     def _authenticate(self, scope, headers: Headers, path: str, method: str) -> tuple[str, str]:
         """(credential handle, the DPoP key's kid), or a 401 with a DPoP challenge."""
@@ -448,13 +490,19 @@ class Gateway:
         digest,
         secret,
         send,
+        *,
+        transform: Any = None,
+        drop_also: frozenset[str] = frozenset(),
     ) -> None:
+        """Forward, and stream the answer back. ``access`` is the access entry the request
+        was allowed by (None for what is authenticated but not decided, such as an MCP
+        ``tools/list``); ``transform(body, content_type)`` rewrites a whole answer."""
         name = up.route.name
         base = up.url.raw_path.decode("ascii").rstrip("/")
         raw = (base + "".join("/" + s for s in segments)) or "/"
         query = scope.get("query_string", b"")
         target = up.url.copy_with(raw_path=raw.encode() + (b"?" + query if query else b""))
-        drop = set(NOT_FORWARDED)
+        drop = set(NOT_FORWARDED) | drop_also
         for value in headers.getlist("connection"):  # RFC 9110 §7.6.1
             drop |= {v.strip().lower() for v in value.split(",")}
         if up.attach is not None and up.attach.how == "header":
@@ -515,12 +563,30 @@ class Gateway:
             for k, v in response.headers.multi_items()
             if k.lower() not in skip and not scrub.found(v.encode("latin-1"))
         ]
-        back.append((b"lineage-access", access.encode()))
-        # A careless upstream may echo its own key (httpbin's /headers does): every spelling
-        # of the secret is masked in the body, byte for byte (the length stays the same). A
-        # compressed body is decoded first, so that no spelling hides in it.
-        chunks = response.aiter_bytes() if encoded else response.aiter_raw()
+        if access is not None:
+            back.append((b"lineage-access", access.encode()))
         try:
+            if transform is not None:
+                try:
+                    data = await _read_limited(response, MAX_TRANSFORMED)
+                    data = transform(data, response.headers.get("content-type", ""))
+                except (httpx.HTTPError, ValueError) as exc:
+                    log.warning("upstream %s: an answer that cannot be read: %s", name, exc)
+                    self.metrics.requests.labels(name, "failed").inc()
+                    raise _Refusal(502, "bad_upstream_response", f"{name} answered badly") from None
+                back = [
+                    (k, v) for k, v in back if k not in (b"content-length", b"content-encoding")
+                ]
+                back.append((b"content-length", str(len(data)).encode()))
+                await send(
+                    {"type": "http.response.start", "status": response.status_code, "headers": back}
+                )
+                await send({"type": "http.response.body", "body": scrub.end_with(data)})
+                return
+            # A careless upstream may echo its own key (httpbin's /headers does): every
+            # spelling of the secret is masked in the body, byte for byte (the length stays
+            # the same). A compressed body is decoded first, so that no spelling hides in it.
+            chunks = response.aiter_bytes() if encoded else response.aiter_raw()
             await send(
                 {"type": "http.response.start", "status": response.status_code, "headers": back}
             )
@@ -558,7 +624,10 @@ class Gateway:
         if held:
             yield held
 
-    def _result(self, access: str, **outcome: Any) -> None:
+    def _result(self, access: str | None, **outcome: Any) -> None:
+        if access is None:
+            return
+
         async def write() -> None:
             try:
                 await self.decider.result(access, **outcome)
@@ -586,6 +655,16 @@ class Gateway:
         with contextlib.suppress(Exception):  # the client may be gone
             await send({"type": "http.response.start", "status": status, "headers": out})
             await send({"type": "http.response.body", "body": data})
+
+
+async def _read_limited(response: httpx.Response, limit: int) -> bytes:
+    chunks, seen = [], 0
+    async for chunk in response.aiter_bytes():
+        seen += len(chunk)
+        if seen > limit:
+            raise httpx.DecodingError(f"the answer is longer than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _spellings(attach: Attach | None, secret: str) -> tuple[bytes, ...]:
@@ -625,6 +704,9 @@ class _Scrubber:
     def end(self) -> bytes:
         out, self.tail = self._mask(self.tail), b""
         return out
+
+    def end_with(self, data: bytes) -> bytes:
+        return self._mask(self.tail + data) if self.spellings else data
 
 
 def _has_param(query: str, name: str) -> bool:

@@ -194,7 +194,7 @@ def _upstream(name: str, data: Any, where: str) -> Upstream:
     rtype = t.get("type", str, "mcp" if kind == "mcp" else _REQUIRED)
     if not _TOKEN.fullmatch(rtype) or len(rtype) > 128:
         raise ConfigError(f"{where}.type: a token of [a-z0-9_.:-]")
-    resource = t.get("resource", str, "url")
+    resource = t.get("resource", str, "tool" if kind == "mcp" else "url")
     try:
         if resource != "url":
             base = (
@@ -231,7 +231,9 @@ def _upstream(name: str, data: Any, where: str) -> Upstream:
         if attach.how == "header" and attach.name.lower() in NEVER_ATTACH | {"authorization"}:
             raise ConfigError(f"{where}.attach: not that header (use bearer for Authorization)")
     body_limit = t.positive("body_limit", 1 << 20)
-    route = Route(name, rtype, location, resource, dict(actions), fields_, body_limit)
+    if kind == "mcp" and (actions or fields_):
+        raise ConfigError(f"{where}: an MCP server's action is call and its fields its arguments")
+    route = Route(name, rtype, location, resource, dict(actions), fields_, body_limit, kind)
     up = Upstream(
         route=route,
         url=target,

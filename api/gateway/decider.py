@@ -13,9 +13,19 @@ import anyio
 import httpx
 
 from lineage.client import AsyncLineageClient, LineageHTTPError, ReceiptError
+from lineage.verifier.errors import FormatError
 from lineage.verifier.invocation import SignedInvocation
+from lineage.verifier.scope import Detail, parse_scope
 
-__all__ = ["Decider", "LocalDecider", "Refused", "RemoteDecider", "Unavailable", "Verdict"]
+__all__ = [
+    "Decider",
+    "Holding",
+    "LocalDecider",
+    "Refused",
+    "RemoteDecider",
+    "Unavailable",
+    "Verdict",
+]
 
 log = logging.getLogger("lineage.gateway")
 
@@ -27,6 +37,16 @@ class Verdict:
     id: str
     index: int
     receipt: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class Holding:
+    """What a credential may do now, for requests that are authenticated but not decided
+    one by one (an MCP ``tools/list``): active or not, its holder key, its scope."""
+
+    active: bool
+    jkt: str
+    details: tuple[Detail, ...]
 
 
 class Refused(Exception):
@@ -48,6 +68,8 @@ class Decider(Protocol):
     async def result(
         self, access: str, *, upstream_status: int | None = None, failure: str | None = None
     ) -> None: ...
+
+    async def holding(self, credential: str) -> Holding | None: ...
 
     async def aclose(self) -> None: ...
 
@@ -92,6 +114,24 @@ class RemoteDecider:
         self, access: str, *, upstream_status: int | None = None, failure: str | None = None
     ) -> None:
         await self.client.result(access, upstream_status=upstream_status, failure=failure)
+
+    async def holding(self, credential: str) -> Holding | None:
+        """RFC 7662 introspection with the enforcement token; None if unknown or inactive."""
+        try:
+            answer = await self.client.introspect(credential)
+        except LineageHTTPError as exc:
+            raise Unavailable(f"introspection answered {exc.status} {exc.error}") from None
+        except (httpx.HTTPError, ValueError) as exc:
+            raise Unavailable(
+                f"the decision point cannot be reached: {type(exc).__name__}"
+            ) from None
+        if not isinstance(answer, dict) or answer.get("active") is not True:
+            return None
+        try:
+            details = parse_scope(answer["authorization_details"])
+            return Holding(True, str(answer["cnf"]["jkt"]), details)
+        except (KeyError, TypeError, FormatError):
+            raise Unavailable("the introspection answer is malformed") from None
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -140,6 +180,15 @@ class LocalDecider:
 
         await anyio.to_thread.run_sync(run)
         self.svc.metrics.appends.labels(kind="result").inc()
+
+    async def holding(self, credential: str) -> Holding | None:
+        rec = self.svc.credential(credential)
+        if rec is None:
+            return None
+        standing = await anyio.to_thread.run_sync(self.svc.standing, rec)
+        if not standing.active:
+            return None
+        return Holding(True, rec.holder.kid, tuple(rec.credential.scope))
 
     async def aclose(self) -> None:
         return None

@@ -22,6 +22,7 @@ import typer
 
 from lineage.ledger.cli import app
 from lineage.ledger.cli_common import DbOption, KeysOption, fail
+from lineage.ledger.cli_credentials import DEMO_STEPS
 from lineage.ledger.config import load_settings
 from lineage.ledger.keys import keys_dir
 from lineage.ledger.ledger import DEFAULT_DB, init_ledger, open_ledger
@@ -30,6 +31,7 @@ from lineage.ledger.tokens import ROLES, TokenInfo, TokenStore
 from lineage.verifier.errors import LineageError
 
 from .gateway.config import load_gateway_config
+from .gateway.demo import gateway_step
 
 __all__ = ["main"]
 
@@ -37,6 +39,7 @@ token_app = typer.Typer(
     no_args_is_help=True, help="API tokens for operators, auditors and enforcement points."
 )
 app.add_typer(token_app, name="token")
+DEMO_STEPS.append(gateway_step)  # `lineage demo` shows the gateway too
 log = logging.getLogger("lineage")
 
 

@@ -491,11 +491,15 @@ def export(
         raise fail(str(exc)) from None
 
 
+# Steps a layer above adds to `lineage demo` (the service adds its gateway step).
+DEMO_STEPS: list = []
+
+
 @app.command()
 def demo(db: DbOption = Path(DEFAULT_DB), keys: KeysOption = None) -> None:
     """Tell the whole story on a fresh ledger (refuses one that already holds entries)."""
     try:
-        run_demo(db, keys, typer.echo, load_settings())
+        run_demo(db, keys, typer.echo, load_settings(), extra=tuple(DEMO_STEPS))
     except LineageError as exc:
         raise fail(str(exc)) from None
     keys_arg = f" --keys {keys}" if keys else ""

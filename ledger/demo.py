@@ -9,8 +9,9 @@ offline with nothing but the log's verifier key.
 
 from __future__ import annotations
 
+import itertools
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from lineage.verifier.bodies import delegation_body, grant_body, revocation_body
@@ -34,10 +35,25 @@ MAIL = "https://mail.example.com:443"
 
 
 def run_demo(
-    db: Path, keys: Path | None, say: Callable[[str], None], settings: Settings | None = None
+    db: Path,
+    keys: Path | None,
+    say: Callable[[str], None],
+    settings: Settings | None = None,
+    *,
+    extra: Sequence[Callable[..., None]] = (),
 ) -> Path:
-    """Tell the story on ``db`` (created if absent; refused if it holds entries)."""
+    """Tell the story on ``db`` (created if absent; refused if it holds entries).
+
+    ``extra`` are steps told after the first access, each called as ``step(log, settings,
+    grant_id, triage_key, say, number)`` with the next step's number: ``lineage demo`` adds
+    the gateway this way (``lineage.api.gateway.demo``), a layer the ledger never imports.
+    """
     settings = settings or Settings()
+    numbers = itertools.count(1)
+
+    def step() -> int:
+        return next(numbers)
+
     if db.exists() and SQLiteStore(db).size() > 0:
         raise StorageError(
             f"{db} already holds entries and the demo tells its story on a fresh ledger:"
@@ -47,7 +63,7 @@ def run_demo(
     log.close()
     log = open_ledger(db, keys, settings=settings)
     now = int(log.clock())
-    say(f"1. A ledger: {db}, log {log.origin}")
+    say(f"{step()}. A ledger: {db}, log {log.origin}")
     say(f"   its verifier key, all an auditor needs: {log.log_key.vkey}")
 
     alice = SigningKey.generate()  # a demo: in real use alice makes it (`lineage keygen`)
@@ -55,7 +71,10 @@ def run_demo(
     log.append(
         bind_principal(log.origin, log.keys.operator, "alice@corp", alice.public, ["finance"])
     )
-    say("2. The operator binds alice@corp to her key (a public `key` entry, like a CT cert).")
+    say(
+        f"{step()}. The operator binds alice@corp to her key "
+        "(a public `key` entry, like a CT cert)."
+    )
     say("   (a demo: her key is made here; in real use she makes it, `lineage keygen`.)")
 
     triage, reader, drafter = (SigningKey.generate() for _ in range(3))
@@ -78,13 +97,13 @@ def run_demo(
             scope=scope,
             expires_at=now + settings.ttl_default,
             max_depth=2,
-            max_children=2,
+            max_children=3,
         ),
         [alice],
     )
     g = log.append(grant)
     say(
-        f"3. alice signs a grant to agent 'triage' for task inbox-triage, "
+        f"{step()}. alice signs a grant to agent 'triage' for task inbox-triage, "
         f"{settings.ttl_default // 60} minutes: "
         f"credential {g.id[:16]}… at index {g.index}"
     )
@@ -136,7 +155,7 @@ def run_demo(
     )
     d = log.append(drafter_cred)
     say(
-        f"4. triage delegates, signing with its own key: 'reader' may only read invoices "
+        f"{step()}. triage delegates, signing with its own key: 'reader' may only read invoices "
         f"({r.id[:16]}…), 'drafter' may send one reply within {single_use} s ({d.id[:16]}…)"
     )
 
@@ -158,9 +177,12 @@ def run_demo(
         return f"{verdict} ({decision.reason}) logged at index {decision.index}"
 
     say(
-        "5. reader reads an invoice; the gateway asserts the sender it saw: "
+        f"{step()}. reader reads an invoice; the gateway asserts the sender it saw: "
         + access(reader, r.id, "read", "mailbox:alice/inbox/msg-17", "billing@vendor.example")
     )
+
+    for told in extra:
+        told(log, settings, g.id, triage, say, step())
 
     wider = sign_entry(
         delegation_body(
@@ -188,12 +210,12 @@ def run_demo(
         raise AssertionError("a widening was appended")
     except RejectedEntry as exc:
         say(
-            f"6. triage tries to delegate 'delete', which alice never granted: REFUSED, "
+            f"{step()}. triage tries to delegate 'delete', which alice never granted: REFUSED, "
             f"field {exc.field}: {exc}"
         )
 
     say(
-        "7. drafter sends its one reply: "
+        f"{step()}. drafter sends its one reply: "
         + access(drafter, d.id, "send", "mailbox:alice/outbox/reply-1", "alice@corp")
     )
     say(
@@ -206,7 +228,7 @@ def run_demo(
             revocation_body(log.origin, credential=g.id, reason="task finished early"), [alice]
         )
     )
-    say("8. alice revokes her grant; the whole subtree goes with it.")
+    say(f"{step()}. alice revokes her grant; the whole subtree goes with it.")
     say(
         "   reader tries again: "
         + access(reader, r.id, "read", "mailbox:alice/inbox/msg-18", "billing@vendor.example")
@@ -219,7 +241,7 @@ def run_demo(
     vkey_file = db.with_name(db.stem + ".vkey")
     vkey_file.write_text(log.log_key.vkey + "\n")
     say(
-        f"9. An auditor exports alice's grant with everything that came of it "
+        f"{step()}. An auditor exports alice's grant with everything that came of it "
         f"({len(evidence['entries'])} entries, {out}) and verifies it offline: "
         f"{len(proved.chains())} chains, {len(proved.replay.accesses)} accesses, all proved."
     )

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+import lineage.api.cli
 from lineage.ledger.audit import audit
 from lineage.ledger.cli import app
 from lineage.ledger.config import Settings
@@ -165,6 +166,12 @@ def test_lineage_demo_on_the_command_line(tmp_path: Path, monkeypatch):
     assert result.exit_code == 0, (result.stdout, result.stderr)
     assert "ALLOW" in result.stdout and "REFUSED" in result.stdout
     assert "lineage serve --db lineage.db" in result.stdout
+    # `lineage` (lineage.api.cli, imported above) adds the gateway step: the agent reads
+    # through the gateway, its delete is denied before the mail API sees it.
+    gateway = _line(result.stdout.splitlines(), "6. A gateway fronts the mail API")
+    assert "fetcher" in gateway
+    assert "-> 200" in result.stdout and "-> 403 DENY" in result.stdout
+    assert "the mail API served 1 request" in result.stdout
     assert (tmp_path / "lineage.db").exists() and (tmp_path / "lineage-keys").is_dir()
     vkey = (tmp_path / "lineage.vkey").read_text().strip()
     verify_bundle((tmp_path / "lineage-bundle.json").read_bytes(), vkey)

@@ -525,3 +525,32 @@ attach = "header:X-Api-Key"
             out = proc.communicate(timeout=30)[0].decode()
     assert MAIL_SECRET not in out
     assert MAIL_SECRET.encode() not in (tmp_path / "lineage.db").read_bytes()
+
+
+def test_the_readme_gateway_example_runs(tmp_path, monkeypatch):
+    """The README's agent lines, as written but for the gateway's address."""
+    import re
+
+    monkeypatch.setenv("LINEAGE_TEST_MAIL_KEY", MAIL_SECRET)
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("## The gateway") :]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    scope = [
+        {
+            "type": "email",
+            "actions": ["read"],
+            "locations": [MAIL],
+            "resources": [f"{MAIL}/v3/messages/*"],
+        },
+        {
+            "type": "email",
+            "actions": ["send"],
+            "locations": [MAIL],
+            "resources": [f"{MAIL}/v3/send"],
+            "constraints": {"to": {"eq": "bob@corp.example"}},
+        },
+    ]
+    with stack(tmp_path, scope) as w:
+        code = code.replace("http://127.0.0.1:8000/gateway", w.base)
+        exec(compile(code, "README", "exec"), {"agent": w.agent, "credential": w.handle})
+        assert w.reached() == ["/v3/messages/17", "/v3/send"]

@@ -80,3 +80,13 @@ def test_the_mcp_configuration_example_parses():
     tools = cfg.upstreams["tools"]
     assert tools.kind == "mcp" and tools.route.resource == "tool" and tools.route.type == "mcp"
     assert tools.secret.source == "command" and tools.attach.how == "bearer"
+
+
+def test_the_readme_gateway_configuration_parses():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    m = re.search(r"<!-- readme-gateway -->\n```toml\n(.*?)\n```", readme, re.S)
+    assert m
+    cfg = parse_gateway(tomllib.loads(m.group(1))["gateway"])
+    assert cfg.mount == "/gateway" and sorted(cfg.upstreams) == ["mail", "tools"]
+    assert cfg.upstreams["tools"].kind == "mcp"
+    assert cfg.upstreams["mail"].secret.command[:2] == ("vault", "kv")

@@ -10,7 +10,8 @@ cannot know, ``install_openapi`` adds or corrects:
 - authentication: operator, auditor and enforcement-point bearer tokens, and DPoP
   (a credential handle or a principal name, with a proof), per operation;
 - request bodies the handlers read themselves (``POST /v1/entries``: a signed entry) or
-  declare loosely (the token exchange form, the invocation in ``POST /v1/access``);
+  declare loosely (the token exchange form, the invocation in ``POST /v1/access``, the
+  result's ``upstream_status`` or ``failure``, one of them and never ``null``);
 - optional parameters and form fields are absent or a value, never ``null``: FastAPI
   writes ``X | None`` as "X or null", and a client that sent ``null`` would be refused;
 - a form field FastAPI requires cannot be empty: it reads an empty value as absent.
@@ -57,6 +58,7 @@ STATUS = {
     "401": "Missing or invalid credentials, DPoP proof or invocation",
     "403": "Authenticated, but not allowed",
     "404": "No such entry, credential or leaf",
+    "409": "Conflicts with what the log holds: nothing was written",
     "413": "Request body over 1 MiB",
     "503": "The ledger cannot serve now",
 }
@@ -146,6 +148,7 @@ OPERATIONS: dict[tuple[str, str], tuple[str, list[dict[str, list]] | None]] = {
     ("get", "/v1/entries"): ("400 401 403 503", CALLERS),
     ("get", "/v1/entries/{entry_id}"): ("400 401 403 404 503", ANYONE),
     ("post", "/v1/access"): ("400 401 403 503", TOKENS),
+    ("post", "/v1/access/{access_id}/result"): ("400 401 403 404 409 503", TOKENS),
     ("get", "/v1/credentials/{credential}/lineage"): ("400 401 403 404 503", CALLERS),
     ("get", "/v1/export"): ("400 401 403 404 503", CALLERS),
     ("get", "/v1/log/checkpoint"): ("404 503", None),
@@ -262,6 +265,9 @@ def _document(app: FastAPI) -> dict[str, Any]:
     access = schemas.get("AccessRequest", {}).get("properties", {})
     if "invocation" in access:
         access["invocation"] = {"$ref": "#/components/schemas/Invocation"}
+    answer = schemas.get("ResultRequest", {}).get("properties", {})
+    for name, prop in list(answer.items()):  # one of the two, given: never null
+        answer[name] = _not_null(prop)
     components["securitySchemes"] = copy.deepcopy(SECURITY_SCHEMES)
     for path, operations in spec.get("paths", {}).items():
         for method, operation in operations.items():

@@ -77,6 +77,14 @@ class LineageClient:
     def access(self, invocation: SignedInvocation, context: Mapping[str, Any]) -> dict:
         return self._run(self._flows.access(invocation, context))
 
+    def result(
+        self, access_id: str, *, upstream_status: int | None = None, failure: str | None = None
+    ) -> dict[str, Any]:
+        """Record the upstream's answer to an allowed access: ``{id, index, receipt}``,
+        the receipt verified when a log key is pinned."""
+        flow = self._flows.result(access_id, upstream_status=upstream_status, failure=failure)
+        return self._run(flow)
+
     def introspect(self, credential: str, **as_who: Any) -> dict[str, Any]:
         """``holder=Agent`` or ``principal=name, principal_key=key``; else the token's."""
         return self._run(self._flows.introspect(credential, **as_who))
@@ -166,6 +174,12 @@ class AsyncLineageClient:
 
     async def access(self, invocation: SignedInvocation, context: Mapping[str, Any]) -> dict:
         return await self._run(self._flows.access(invocation, context))
+
+    async def result(
+        self, access_id: str, *, upstream_status: int | None = None, failure: str | None = None
+    ) -> dict[str, Any]:
+        flow = self._flows.result(access_id, upstream_status=upstream_status, failure=failure)
+        return await self._run(flow)
 
     async def introspect(self, credential: str, **as_who: Any) -> dict[str, Any]:
         return await self._run(self._flows.introspect(credential, **as_who))

@@ -10,8 +10,8 @@ log's verifier key (``lineage log key`` prints it) as ``log_key=``, or choose
 any other after that (``pinned_log_key`` is the key to save and pin next time).
 Without either, ``verify_lineage`` and ``checkpoint`` raise ``LogKeyError``.
 
-Every answer that appended an entry (a token exchange, a decision, a revocation)
-carries its receipt (FORMAT.md §9.4); with a log key pinned, the client verifies
+Every answer that appended an entry (a token exchange, a decision, a result, a
+revocation) carries its receipt (FORMAT.md §9.4); with a log key pinned, the client verifies
 it before returning and raises ``ReceiptError`` if it does not verify. Keep the
 receipt: ``still_included(receipt)`` later proves the log still holds the entry.
 
@@ -35,6 +35,7 @@ from lineage.verifier.bundle import verify_bundle
 from lineage.verifier.checkpoint import SignedCheckpoint, open_checkpoint
 from lineage.verifier.entry import Entry, sign_entry
 from lineage.verifier.errors import FormatError, LineageError
+from lineage.verifier.fields import HEX_ID
 from lineage.verifier.invocation import SignedInvocation, sign_invocation
 from lineage.verifier.keys import SigningKey, b64u_encode
 from lineage.verifier.merkle import verify_consistency
@@ -306,6 +307,30 @@ class _Flows:
         """(Enforcement point) ask for a decision; needs an enforcement token."""
         body = {"invocation": dict(invocation.to_json()), "context": dict(context)}
         answer = _check((yield self._req("POST", "/v1/access", json=body)))
+        return (yield from self._checked_receipt(answer, "receipt", answer.get("id")))
+
+    def result(
+        self,
+        access_id: str,
+        *,
+        upstream_status: int | None = None,
+        failure: str | None = None,
+    ) -> Flow:
+        """(Enforcement point) record what the upstream answered the request access entry
+        ``access_id`` allowed: its HTTP status, or a ``failure`` (``timeout``,
+        ``unreachable``, ``bad_response``, ``cancelled``); exactly one. Recording the same
+        answer again is answered with the entry already logged; another answer is a 409."""
+        if not isinstance(access_id, str) or not HEX_ID.fullmatch(access_id):
+            raise ValueError("access_id is an entry id: 64 lower-case hex digits")
+        if (upstream_status is None) == (failure is None):
+            raise ValueError("give exactly one of upstream_status and failure")
+        body: dict[str, Any] = (
+            {"upstream_status": upstream_status}
+            if upstream_status is not None
+            else {"failure": failure}
+        )
+        path = f"/v1/access/{access_id}/result"
+        answer = _check((yield self._req("POST", path, json=body)))
         return (yield from self._checked_receipt(answer, "receipt", answer.get("id")))
 
     def introspect(

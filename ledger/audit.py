@@ -19,7 +19,8 @@
 5. State: the chain state tables the ledger decides from (ledger/state.py) hold
    exactly what the replay gives at the size they record (the whole log, unless a
    ledger from before them has yet to replay into them): keys, credentials and
-   their counters, revocations, nonces and the uses kept for each rate window.
+   their counters, revocations, nonces, the uses kept for each rate window, and
+   which accesses have a result.
 
 The file is opened read-only and never written: no schema, no chmod, no WAL
 checkpoint. On read-only media (a directory that cannot be written, or has no write
@@ -623,6 +624,10 @@ def check_state(conn: sqlite3.Connection, replay: Replay, policy_at: int | None)
         if before:
             recent.append((cid, before[-1][1], before[-1][0]))
     _same("recent_uses", conn.execute("SELECT credential, time, seq FROM recent_uses"), recent)
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    # a ledger of schema 4, never opened by a Lineage that knows results, holds none
+    stored = conn.execute("SELECT access, idx FROM results") if "results" in tables else []
+    _same("results", stored, list(replay.results.items()))
 
 
 def _same(table: str, stored: Iterable[tuple], replayed: list[tuple]) -> None:

@@ -16,6 +16,12 @@ ledger's decision key. In order:
 3. The current policy must agree.
 
 Anything failing step 2 or 3 is a logged ``deny`` with the reason.
+
+``record_result`` logs what the upstream then answered a request an ``allow``
+let through, as a ``result`` entry signed by the decision key (FORMAT.md §4.8):
+the access entry is written before the request is forwarded, and entries are
+immutable, so the answer is an entry of its own. One per access: the same
+answer again is the entry already there; a different one is refused.
 """
 
 from __future__ import annotations
@@ -24,19 +30,28 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from lineage.verifier.bodies import result_body
 from lineage.verifier.chain import ChainView, CredentialRecord
 from lineage.verifier.entry import Entry, sign_entry
-from lineage.verifier.errors import FormatError, SignatureError
+from lineage.verifier.errors import EntryFormatError, FormatError, SignatureError
 from lineage.verifier.invocation import SignedInvocation, effective_request, parse_signed_invocation
 from lineage.verifier.jcs import canonical
-from lineage.verifier.kinds import Access
+from lineage.verifier.kinds import Access, Result
 from lineage.verifier.receipt import Receipt
 
 from .errors import LedgerError, RejectedEntry
 from .log import Built, Log
 from .policy import PolicyDocument, parse_policy
 
-__all__ = ["Decision", "InvalidInvocation", "Standing", "decide", "standing"]
+__all__ = [
+    "Decision",
+    "InvalidInvocation",
+    "Recorded",
+    "Standing",
+    "decide",
+    "record_result",
+    "standing",
+]
 
 MAX_CONTEXT = 8192
 
@@ -244,3 +259,72 @@ def decide(
         appended.entry,
         appended.receipt,
     )
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """A ``result`` entry in the log: the one ``record_result`` wrote, or (``existing``)
+    the same answer, recorded before."""
+
+    id: str
+    index: int
+    entry: Entry
+    receipt: Receipt | None = None  # when the log signs (FORMAT.md §9.4)
+    existing: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": self.id, "index": self.index}
+        if self.receipt is not None:
+            out["receipt"] = self.receipt.to_json()
+        return out
+
+
+def record_result(
+    log: Log,
+    access_id: str,
+    enforcement: str,
+    *,
+    upstream_status: int | None = None,
+    failure: str | None = None,
+) -> Recorded:
+    """Log what the upstream answered the request access entry ``access_id`` allowed:
+    its HTTP status (``upstream_status``, 100-599) or why none came back (``failure``:
+    ``timeout``, ``unreachable``, ``bad_response``, ``cancelled``), exactly one.
+
+    Signed with the ledger's decision key in the writer, against the state at the
+    entry's own index. Retrying the same call answers the entry already logged
+    (``existing``); ``RejectedEntry`` names the check otherwise: ``format`` (bad
+    arguments), ``link`` (no such access entry), ``denied`` (the access was a deny),
+    ``enforcement`` (not the access's enforcement point), ``duplicate-result`` (the
+    access has another result). A refusal writes nothing.
+    """
+    if not log.has_keys:
+        raise LedgerError("recording a result needs the ledger's decision key")
+    body = result_body(
+        log.origin, access_id, enforcement, upstream_status=upstream_status, failure=failure
+    )
+    try:
+        Result.parse(body)  # bad arguments: refused here, named, before the writer
+    except EntryFormatError as exc:
+        raise RejectedEntry(str(exc), "format", exc.field) from None
+    wanted = canonical(body)
+
+    def build(state: ChainView, index: int, time: int) -> Entry | Built:
+        earlier = state.result_of(access_id)
+        if earlier is not None and earlier < log.store.size():
+            # (an earlier result of this same batch is not stored yet: the same answer
+            # signed by the same key is the same entry, which the writer finds itself)
+            stored = log.leaf(earlier).entry
+            if canonical({k: v for k, v in stored.obj.items() if k != "sigs"}) == wanted:
+                return stored  # the same answer, logged before (maybe under a retired key)
+        key = log.keys_for(state).decision
+        entry = sign_entry(body, [key])  # signed here, so verified here
+        return Built(entry, frozenset({(entry.id, key.kid)}))
+
+    appended = log.build(build)
+    entry = appended.entry
+    if entry is None:
+        entry = appended.receipt.leaf.entry if appended.receipt else log.leaf(appended.index).entry
+    if not appended.existing:
+        log.count("results")
+    return Recorded(appended.id, appended.index, entry, appended.receipt, appended.existing)

@@ -18,7 +18,7 @@ from typing import Any
 from lineage.verifier.bundle import encode_hashes
 from lineage.verifier.checkpoint import open_checkpoint
 from lineage.verifier.errors import FormatError, ProofError, SignatureError
-from lineage.verifier.kinds import Revocation
+from lineage.verifier.kinds import Access, Result, Revocation
 
 from .errors import NotFound
 from .log import Log
@@ -125,6 +125,8 @@ def principal_bundle(
     hold one of those credentials. What proves them: the genesis, every key and policy
     entry, and the whole chain, up to the grant, of every credential they are about, even
     when the grant is older than ``start``. With no principal: every entry in the window.
+    An access and its result go together (FORMAT.md §4.8): a result in the window brings
+    the access it answers, and an access in the window its result, if it has one.
     """
     log.index_refs()
     with log.store.snapshot():  # one committed state throughout
@@ -147,6 +149,14 @@ def _principal_indexes(
         body = leaf.entry.body
         if isinstance(body, Revocation) and body.holder is not None:
             holder_revocations.append((index, body.holder.kid))
+        elif isinstance(body, Access):
+            answer = state.result_of(leaf.entry.id)
+            if answer is not None and answer < known:
+                wanted.add(answer)
+        elif isinstance(body, Result):
+            answered = state.access(body.access)
+            if answered is not None:
+                wanted.add(answered.index)
 
     for index, leaf in entries(log, window, 0, known):
         take(index, leaf)
@@ -201,6 +211,9 @@ def rows_csv(log: Log, f: Filter) -> Iterator[str]:
         obj = leaf.entry.obj
         rec = credential_of(state, leaf)
         detail = obj.get("decision", "") + (" " + obj.get("reason", "") if "reason" in obj else "")
+        if leaf.entry.kind == "result":
+            status = obj.get("upstream_status")
+            detail = f"upstream_status {status}" if status is not None else obj.get("failure", "")
         writer.writerow(
             _cell(v)
             for v in [

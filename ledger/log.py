@@ -504,9 +504,10 @@ class Log:
         credential = getattr(body, "credential", None) if kind == "revocation" else None
         holder = body.holder.kid if kind == "revocation" and body.holder else None
         kid = body.key.kid if kind == "key" else None
+        access = body.access if kind == "result" else None
         try:
             return self.store.find_confirmed(
-                entry.id, kind, credential=credential, holder=holder, kid=kid
+                entry.id, kind, credential=credential, holder=holder, kid=kid, access=access
             )
         except Damaged as exc:
             self.note_damage(str(exc))

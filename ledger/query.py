@@ -46,9 +46,10 @@ def related(log: Log, credentials: list[str], within: str | None = None) -> list
     """Leaf indexes a bundle needs to prove these credentials and what they did.
 
     The genesis, every key and policy entry (so signers and role changes replay),
-    each credential's chain, its subtree, revocations touching them, and their accesses.
-    With ``within`` (a holder's own credential), only what that holder may see: its
-    chain, its subtree, and the accesses and revocations of its subtree.
+    each credential's chain, its subtree, revocations touching them, their accesses and
+    the results of those accesses. With ``within`` (a holder's own credential), only
+    what that holder may see: its chain, its subtree, and the accesses (with their
+    results) and revocations of its subtree.
 
     Read from one snapshot, through the parent and query indexes: the cost follows
     the size of the answer, not of the log.
@@ -73,6 +74,8 @@ def related(log: Log, credentials: list[str], within: str | None = None) -> list
         indexes.update(store.ref_indexes(size, "revocation", credentials=sorted(wanted)))
         indexes.update(store.ref_indexes(size, "revocation", holders=holders))
         indexes.update(store.ref_indexes(size, "access", credentials=sorted(acting)))
+        # a result is about the credential of the access it answers: the same ones
+        indexes.update(store.ref_indexes(size, "result", credentials=sorted(acting)))
     return sorted(indexes)
 
 

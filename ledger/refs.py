@@ -2,8 +2,9 @@
 
 Written with the leaf, in the same transaction, from the replayed state (a
 delegation's principal is its chain's root; an access is about the credential
-it used), so queries by principal, holder, task, kind or time read an index
-instead of parsing the log.
+it used, and a result about the credential of the access it answers), so
+queries by principal, holder, task, kind or time read an index instead of
+parsing the log.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 
 from lineage.verifier.chain import ChainView, CredentialRecord
 from lineage.verifier.entry import Leaf
-from lineage.verifier.kinds import Access, Delegation, Grant, KeyChange, Revocation
+from lineage.verifier.kinds import Access, Delegation, Grant, KeyChange, Result, Revocation
 
 __all__ = ["Ref", "credential_of", "ref_of"]
 
@@ -43,7 +44,8 @@ def _about(index: int, leaf: Leaf, rec: CredentialRecord | None) -> Ref:
 
 
 def credential_of(state: ChainView, leaf: Leaf) -> CredentialRecord | None:
-    """The credential a leaf is about: its own, or the one it uses or revokes."""
+    """The credential a leaf is about: its own, or the one it uses or revokes (a result:
+    the one the access it answers used)."""
     body = leaf.entry.body
     if isinstance(body, Grant | Delegation):
         return state.credential(leaf.entry.id)
@@ -51,6 +53,9 @@ def credential_of(state: ChainView, leaf: Leaf) -> CredentialRecord | None:
         return state.credential(body.invocation.credential)
     if isinstance(body, Revocation) and body.credential is not None:
         return state.credential(body.credential)
+    if isinstance(body, Result):
+        answered = state.access(body.access)
+        return state.credential(answered.credential) if answered is not None else None
     return None
 
 

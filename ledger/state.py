@@ -21,6 +21,10 @@ state"):
   rows older than its window go, but for the last of them.
 - ``nonces``: the invocation nonces of every access, per credential (kept: the
   format refuses a repeated nonce however old).
+- ``results`` (migration 5): each access entry that has a ``result`` entry, and the
+  result's index; its primary key holds an access to one result in the file too.
+  What a result is checked against (the access's decision and enforcement point)
+  is read from the access's own leaf: nothing about accesses is copied.
 
 A ``CredentialRecord`` is immutable, so parsed records are kept in a bounded
 cache shared by the process's views (only committed ones: a record created in a
@@ -38,18 +42,18 @@ from collections.abc import Iterable
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-from lineage.verifier.chain import ChainView, CredentialRecord, Effects, KeyRecord
+from lineage.verifier.chain import AccessRecord, ChainView, CredentialRecord, Effects, KeyRecord
 from lineage.verifier.entry import parse_entry
 from lineage.verifier.errors import LineageError
 from lineage.verifier.keys import PublicKey
-from lineage.verifier.kinds import Delegation, Grant, Policy
+from lineage.verifier.kinds import Access, Delegation, Grant, Policy
 
 from .errors import Damaged, StorageError
 
 if TYPE_CHECKING:
     from .store import SQLiteStore
 
-__all__ = ["MIGRATION", "RecordCache", "SQLiteState"]
+__all__ = ["MIGRATION", "RESULTS_MIGRATION", "RecordCache", "SQLiteState"]
 
 # Schema migration 4 (ledger/store.py): the state tables, empty; a ledger from before them
 # fills them by replaying its leaves once (``Log.catch_up``), in bounded transactions.
@@ -100,6 +104,15 @@ CREATE TABLE nonces (
 ) WITHOUT ROWID;
 """
 
+# Schema migration 5: which access entries have a result entry (FORMAT.md §4.8). A ledger
+# from before it holds no result entry, so the table starts empty and complete.
+RESULTS_MIGRATION = """
+CREATE TABLE results (
+    access TEXT    PRIMARY KEY,
+    idx    INTEGER NOT NULL UNIQUE
+) WITHOUT ROWID;
+"""
+
 CACHE_SIZE = 4096  # parsed credential records a process keeps (each a few KB)
 
 
@@ -141,6 +154,8 @@ class SQLiteState(ChainView):
         self.store = store
         self.cache = cache
         self.fresh: dict[str, CredentialRecord] = {}  # created here, not yet committed
+        # accesses applied here: their leaves join the table only as the batch is written
+        self.fresh_accesses: dict[str, AccessRecord] = {}
         self._policy: tuple[int, Policy] | None = None
         # Rows read since the last write through this view: a decision and the rules
         # that check it ask the same questions, and only ``apply`` changes the answers.
@@ -314,6 +329,34 @@ class SQLiteState(ChainView):
         )
         return row is not None and (bool(row[0]) or not allowed_only)
 
+    def access(self, entry_id: str) -> AccessRecord | None:
+        """The applied access entry ``entry_id``, read from its own leaf (found by the
+        entry-id index, and counted only if its bytes hash to the id), or applied by this
+        view in the batch being written."""
+        fresh = self.fresh_accesses.get(entry_id)
+        if fresh is not None:
+            return fresh
+        row = self._one("SELECT idx, entry FROM leaves WHERE entry_id = ?", (entry_id,), "ib")
+        if row is None or row[0] >= self.size:
+            return None
+        index, raw = row
+        entry = _stored_entry(raw, index)
+        if entry.id != entry_id:
+            raise Damaged(
+                f"the ledger is damaged: the entry-id index puts {entry_id[:16]} at index "
+                f"{index}, which holds another entry (run lineage verify --db)"
+            )
+        body = entry.body
+        if not isinstance(body, Access):  # the entry says what it is, not the kind column
+            return None
+        return AccessRecord(
+            index, body.decision == "allow", body.enforcement, body.invocation.credential
+        )
+
+    def result_of(self, access_id: str) -> int | None:
+        row = self._one("SELECT idx FROM results WHERE access = ?", (access_id,), "i")
+        return row[0] if row else None
+
     # -- what queries ask (not the rules) ------------------------------------------------------
 
     def subtree(self, cid: str) -> list[CredentialRecord]:
@@ -443,6 +486,12 @@ class SQLiteState(ChainView):
                     (*fx.invocation, int(fx.allowed)),
                 )
             )
+        if fx.access is not None:
+            self.fresh_accesses[fx.entry.id] = fx.access
+        if fx.result is not None:
+            statements.append(
+                ("INSERT INTO results (access, idx) VALUES (?, ?)", (fx.result, fx.index))
+            )
         statements.append(
             (
                 "UPDATE chain_state SET size = ?, time = ?, policy_version = "
@@ -462,6 +511,7 @@ class SQLiteState(ChainView):
         """The transaction this view wrote in has committed: its records may be cached."""
         self.cache.put(self.fresh.values())
         self.fresh.clear()
+        self.fresh_accesses.clear()
 
 
 def _stored_entry(raw: bytes, index: int):

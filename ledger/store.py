@@ -36,7 +36,7 @@ from lineage.verifier.merkle import Coord
 from .errors import Damaged, NotFound, StorageError
 from .refs import Ref
 from .state import MIGRATION as STATE_MIGRATION
-from .state import RecordCache, SQLiteState
+from .state import RESULTS_MIGRATION, RecordCache, SQLiteState
 
 __all__ = ["FILE_MODE", "SCHEMA_VERSION", "SQLiteStore", "Store", "StoredLeaf", "db_files"]
 
@@ -112,6 +112,7 @@ class Store(Protocol):
         credential: str | None = None,
         holder: str | None = None,
         kid: str | None = None,
+        access: str | None = None,
     ) -> int | None: ...
     def append(
         self, leaves: Sequence[StoredLeaf], nodes: Sequence[tuple[Coord, bytes]]
@@ -220,6 +221,8 @@ MIGRATIONS: list[str] = [
     + _append_only("refs", "idx"),
     # 4: the chain state the format's rules read, written with each leaf (ledger/state.py)
     STATE_MIGRATION,
+    # 5: which access entries have a result entry (ledger/state.py)
+    RESULTS_MIGRATION,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 MAX_IDLE = 8  # idle connections a store keeps for the next use; more are closed
@@ -431,6 +434,7 @@ class SQLiteStore:
         credential: str | None = None,
         holder: str | None = None,
         kid: str | None = None,
+        access: str | None = None,
     ) -> int | None:
         """``find``, trusting no index alone: the index of the leaf holding the entry
         ``entry_id`` (of ``kind``, if given), or None.
@@ -441,7 +445,8 @@ class SQLiteStore:
         ``grant`` or ``delegation`` by the chain state's ``credentials`` key (its id);
         the ``genesis`` at index 0; a ``key`` entry among the entries that added or
         retired its key (``kid``) in ``chain_keys``; a ``revocation`` among the
-        revocations of its target (``credential`` or ``holder`` kid) in ``refs``. A
+        revocations of its target (``credential`` or ``holder`` kid) in ``refs``; a
+        ``result`` by the chain state's ``results`` key (the ``access`` it answers). A
         ``policy`` needs none: a repeat does not follow the version in force, and the
         rules refuse it. Each is one indexed lookup, whatever the size of the log.
         An ``access`` has none: the ``nonces`` key refuses its invocation twice.
@@ -453,7 +458,7 @@ class SQLiteStore:
         alone is not a fault.
         """
         with self.snapshot():  # both answers from one committed state, or they race
-            return self._find_confirmed(entry_id, kind, credential, holder, kid)
+            return self._find_confirmed(entry_id, kind, credential, holder, kid, access)
 
     def _find_confirmed(
         self,
@@ -462,6 +467,7 @@ class SQLiteStore:
         credential: str | None,
         holder: str | None,
         kid: str | None,
+        access: str | None = None,
     ) -> int | None:
         found = self.find(entry_id)
         if found is not None and not self._holds(found, entry_id):
@@ -481,6 +487,8 @@ class SQLiteStore:
                 "SELECT retired FROM chain_keys WHERE kid = ? AND retired IS NOT NULL"
             )
             params = (kid, kid)
+        elif kind == "result" and access:
+            sql, params = "SELECT idx FROM results WHERE access = ?", (access,)
         elif kind == "genesis":
             sql, params = "SELECT 0", ()
         else:

@@ -88,5 +88,18 @@ def assert_agree(memory: Replay, view: SQLiteState) -> None:
             assert view.nonce_seen(cid, nonce, allowed_only=allowed_only) == memory.nonce_seen(
                 cid, nonce, allowed_only=allowed_only
             )
-    for index, entry in [*memory.accesses, *memory.revocations]:
+    for index, entry in [*memory.accesses, *memory.revocations, *memory.result_entries]:
         assert view.index_of(entry.id) == index
+    # results (FORMAT.md §4.8): what each access was, and which have their result
+    assert len(memory.access_records) == len(memory.accesses)
+    for access_id, rec in memory.access_records.items():
+        assert view.access(access_id) == rec == memory.access(access_id), access_id
+        assert view.result_of(access_id) == memory.result_of(access_id), access_id
+    for access_id, index in memory.results.items():
+        assert view.result_of(access_id) == index and access_id in memory.access_records
+    for index, entry in memory.result_entries:
+        assert memory.results[entry.body.access] == index
+    for cid in memory.credentials:  # an entry of another kind is no access
+        assert view.access(cid) is None and memory.access(cid) is None
+        assert view.result_of(cid) is None and memory.result_of(cid) is None
+    assert view.access("0" * 64) is None and memory.access("0" * 64) is None

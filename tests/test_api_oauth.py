@@ -22,6 +22,7 @@ from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import httpx
+import httpx2
 import pytest
 from authlib.deprecate import AuthlibDeprecationWarning
 from joserfc import jws
@@ -84,7 +85,12 @@ def outside_proof(
     return jws.serialize_compact(header, json.dumps(claims), okp, algorithms=["Ed25519"])
 
 
-class DPoP(httpx.Auth):
+# authlib's httpx client is built on httpx2 when httpx2 is installed (the mcp SDK 2.x brings
+# it), and httpx2 takes only its own Auth: the proof maker is both.
+AUTH_BASES = (httpx2.Auth, httpx.Auth)
+
+
+class DPoP(*AUTH_BASES):
     """Adds a fresh DPoP proof to each request; retries once on a ``use_dpop_nonce`` challenge."""
 
     requires_response_body = True

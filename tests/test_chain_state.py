@@ -20,11 +20,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lineage.ledger.audit import AuditFailure, audit
+from lineage.ledger.decide import record_result
 from lineage.ledger.errors import RejectedEntry
 from lineage.ledger.ledger import open_ledger
 from lineage.ledger.log import Log
 from lineage.ledger.rotation import rotate_key
-from lineage.ledger.store import SQLiteStore
+from lineage.ledger.store import SCHEMA_VERSION, SQLiteStore
 from lineage.verifier.bundle import parse_bundle
 from lineage.verifier.chain import Replay, Rules
 from lineage.verifier.errors import ChainError, LineageError
@@ -116,6 +117,7 @@ def _as_schema_3(db: Path) -> None:
         conn.execute(f"DROP TABLE {table}")
     conn.execute("DROP TABLE recent_uses")
     conn.execute("DROP TABLE nonces")
+    conn.execute("DROP TABLE results")  # migration 5
     conn.execute("PRAGMA user_version = 3")
     conn.commit()
     conn.close()
@@ -140,7 +142,7 @@ def test_a_ledger_from_before_the_state_tables_replays_into_them_once(tmp_path: 
     finally:
         log.close()
     conn = sqlite3.connect(w.db)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 4
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     conn.close()
 
 
@@ -266,6 +268,8 @@ TAMPER = {
     "WHERE principal IS NOT NULL",
     "the state behind the log": "UPDATE chain_state SET size = size - 1",
     "an older policy in force": "UPDATE chain_state SET policy_version = policy_version - 1",
+    "a result forgotten": "DELETE FROM results",
+    "a result moved": "UPDATE results SET idx = idx + 1",
 }
 
 
@@ -275,7 +279,8 @@ def audited(tmp_path_factory) -> tuple[Path, object]:
     tmp = tmp_path_factory.mktemp("audited")
     w = ih.world(tmp)
     w.append(w.policy(1, {"rules": []}))
-    cid, _ = _spend(w, 3)
+    cid, spent = _spend(w, 3)
+    record_result(w.log, spent[0].id, "gw-1", upstream_status=200)
     child = w.append(
         w.delegate(
             cid,
@@ -492,6 +497,7 @@ STATE_TABLES = (
     "revoked_holders",
     "recent_uses",
     "nonces",
+    "results",
 )
 
 
@@ -506,10 +512,12 @@ def _dump(db: Path) -> dict[str, list]:
 @st.composite
 def _attempts(draw):
     """Correctly signed entries the rules may refuse: delegations (widened or not, over
-    budget or not, expired or not), revocations by the right or wrong key, accesses."""
+    budget or not, expired or not), revocations by the right or wrong key, accesses, and
+    results (of an allowed or denied access, by its enforcement point or another, first
+    or second)."""
     steps = []
     for _ in range(draw(st.integers(1, 6))):
-        kind = draw(st.sampled_from(["delegation", "revocation", "decision", "grant"]))
+        kind = draw(st.sampled_from(["delegation", "revocation", "decision", "grant", "result"]))
         steps.append(
             (
                 kind,
@@ -531,9 +539,27 @@ def test_a_refused_entry_leaves_the_state_tables_untouched(tmp_path_factory, ste
         grant = w.append(w.grant(max_uses=5, max_children=2))
         child = w.append(w.delegate(grant, w.agent, max_uses=3, max_children=1))
         ids = {"grant": (grant.id, w.agent), "child": (child.id, w.reader)}
+        accesses: list[str] = []
         for kind, target, uses, expires, odd, wait in steps:
             w.clock.advance(wait)
             cid, holder = ids[target]
+            if kind == "result":
+                if not accesses:
+                    continue
+                answer = {1: {"upstream_status": 200}, 2: {"upstream_status": 502}}.get(
+                    uses, {"failure": "timeout" if uses == 5 else "cancelled"}
+                )
+                before = _dump(w.db)
+                try:
+                    record_result(
+                        w.log,
+                        accesses[expires % len(accesses)],
+                        "gw-2" if odd else "gw-1",
+                        **answer,
+                    )
+                except LineageError:
+                    assert _dump(w.db) == before, "a refused result changed the state"
+                continue
             if kind == "delegation":
                 scope = ih.parent_scope()
                 if odd:
@@ -557,7 +583,7 @@ def test_a_refused_entry_leaves_the_state_tables_untouched(tmp_path_factory, ste
             else:
                 before = _dump(w.db)
                 try:
-                    w.decide(w.invoke(holder, cid))
+                    accesses.append(w.decide(w.invoke(holder, cid)).id)
                 except LineageError:
                     assert _dump(w.db) == before, "a refused invocation changed the state"
                 continue

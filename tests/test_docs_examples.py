@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from lineage.ledger.config import Settings
-from lineage.ledger.decide import decide
+from lineage.ledger.decide import decide, record_result
 from lineage.ledger.errors import RejectedEntry
 from lineage.ledger.keys import write_secret
 from lineage.ledger.ledger import open_ledger
@@ -50,9 +50,10 @@ LOG_VKEY = (ROOT / "fixtures" / "log.vkey").read_text().strip()
 ORIGIN = LOG_VKEY.split("+")[0]
 
 # The example entries FORMAT.md quotes, in the order the story logs them (FORMAT.md §4).
-STORY = ["genesis", "key", "policy", "grant", "delegation", "access", "revocation"]
+STORY = ["genesis", "key", "policy", "grant", "delegation", "access", "result", "revocation"]
 # revocation has no leaf file: FORMAT.md quotes only its entry. It is logged at this time
-# (fixtures/generate.py, revocation_story), after the six leaves of the example log.
+# (fixtures/generate.py, revocation_story), after the six leaves of the example log (and,
+# here, after the result of its access, fixtures/generate.py's result_story).
 REVOCATION_TIME = 1767225600 + 120
 
 
@@ -210,6 +211,24 @@ def test_the_ledger_decides_the_quoted_invocation(ledger: Log, clock: Clock):
     quoted = json.loads(quoted_in_format("receipts/valid-access.json"))
     assert decision.receipt is not None and decision.receipt.to_json() == quoted
     assert verify_receipt(quoted, ledger.log_key, decision.id).index == 5
+
+
+def test_the_ledger_records_the_quoted_result(ledger: Log, clock: Clock):
+    """The result example (FORMAT.md §4.8) is what ``record_result`` writes for the
+    example access, byte for byte; a second, different answer is refused."""
+    append_story(ledger, clock, STORY[:6])
+    quoted = example_obj("result")
+    assert quoted["access"] == (EXAMPLES / "access.id").read_text().strip()
+    clock.now = leaf_time("result")
+    recorded = record_result(
+        ledger, quoted["access"], quoted["enforcement"], upstream_status=quoted["upstream_status"]
+    )
+    assert (recorded.index, recorded.existing) == (6, False)
+    assert recorded.entry.raw == example("result")
+    assert ledger.leaf(6).raw + b"\n" == (EXAMPLES / "result.leaf.json").read_bytes()
+    with pytest.raises(RejectedEntry) as info:
+        record_result(ledger, quoted["access"], quoted["enforcement"], failure="timeout")
+    assert info.value.check == "duplicate-result" and ledger.size == 7
 
 
 def test_the_ledger_denies_a_mutated_invocation(ledger: Log, clock: Clock):

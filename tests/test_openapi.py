@@ -167,6 +167,22 @@ def test_request_bodies_are_declared(spec):
     assert [p["name"] for p in token["parameters"]] == ["DPoP"]
 
 
+def test_a_result_body_is_exactly_one_answer_never_null(spec):
+    """``POST /v1/access/{id}/result``: ``upstream_status`` or ``failure``, one of them."""
+    op = spec["paths"]["/v1/access/{access_id}/result"]["post"]
+    assert set(op["responses"]) >= {"200", "201", "409"}
+    assert parameter(spec, "post", "/v1/access/{access_id}/result", "access_id")["schema"][
+        "pattern"
+    ] == ("^[0-9a-f]{64}$")
+    schema = spec["components"]["schemas"]["ResultRequest"]
+    assert schema["additionalProperties"] is False
+    assert schema["oneOf"] == [{"required": ["upstream_status"]}, {"required": ["failure"]}]
+    status, failure = schema["properties"]["upstream_status"], schema["properties"]["failure"]
+    assert (status["type"], status["minimum"], status["maximum"]) == ("integer", 100, 599)
+    assert failure["enum"] == ["timeout", "unreachable", "bad_response", "cancelled"]
+    assert "anyOf" not in status and "anyOf" not in failure and "default" not in status
+
+
 def test_required_form_fields_cannot_be_empty(spec):
     """FastAPI reads an empty form value as absent, so ``token=`` is a missing token."""
     for name in ("Body_introspect_oauth_introspect_post", "Body_revoke_oauth_revoke_post"):
@@ -190,6 +206,7 @@ def test_a_405_names_every_method_of_the_resource(srv, path, allow):
         ("/oauth/token", "post", "TokenResponse"),
         ("/oauth/introspect", "post", "Introspection"),
         ("/v1/access", "post", "AccessDecision"),
+        ("/v1/access/{access_id}/result", "post", "AppendResult"),
         ("/v1/credentials/{credential}/lineage", "get", "Bundle"),
     ],
 )
@@ -208,6 +225,7 @@ def test_contract_paths_are_served(spec):
         "/v1/entries",
         "/v1/entries/{entry_id}",
         "/v1/access",
+        "/v1/access/{access_id}/result",
         "/v1/credentials/{credential}/lineage",
         "/v1/log/checkpoint",
         "/v1/log/key",

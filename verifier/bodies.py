@@ -1,4 +1,5 @@
-"""Building the body of a grant, delegation or revocation, to be signed with ``sign_entry``.
+"""Building the body of a grant, delegation, revocation or result, to be signed with
+``sign_entry``.
 
 Shared by everyone who signs an entry: the agent client (``lineage.client``),
 the ledger's CLI, and any integrator. A body built here is only a proposal:
@@ -17,7 +18,7 @@ from typing import Any
 
 from .keys import PublicKey
 
-__all__ = ["delegation_body", "grant_body", "revocation_body"]
+__all__ = ["delegation_body", "grant_body", "result_body", "revocation_body"]
 
 
 def _credential_fields(
@@ -86,3 +87,28 @@ def revocation_body(
         raise ValueError("revoke exactly one of a credential and a holder key")
     target = {"credential": credential} if credential is not None else {"holder": holder.b64}
     return {"kind": "revocation", "v": 1, "log": log, "target": target, "reason": reason}
+
+
+def result_body(
+    log: str,
+    access: str,
+    enforcement: str,
+    *,
+    upstream_status: int | None = None,
+    failure: str | None = None,
+) -> dict[str, Any]:
+    """The body of a result (sign it with a ``decision`` key): what the upstream answered
+    the request that access entry ``access`` allowed; exactly one of ``upstream_status``
+    and ``failure`` (FORMAT.md §4.8), which the parser, not this builder, enforces."""
+    out: dict[str, Any] = {
+        "kind": "result",
+        "v": 1,
+        "log": log,
+        "access": access,
+        "enforcement": enforcement,
+    }
+    if upstream_status is not None:
+        out["upstream_status"] = upstream_status
+    if failure is not None:
+        out["failure"] = failure
+    return out

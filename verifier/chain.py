@@ -24,6 +24,9 @@ The checks, per kind:
             credential's holder; an ``allow`` consistent with every credential in
             the chain (time windows, revocation, scope) and with the use, rate
             and nonce budgets the replayed entries show.
+- result    signed by a ``decision`` key; answers an earlier ``allow`` access
+            (``link``, ``denied``), names its enforcement point (``enforcement``),
+            and is the only result for that access (``duplicate-result``).
 
 Every leaf: indexes increase, times never decrease (``order``), and no entry
 appears twice (``duplicate``): a repeated grant or delegation would otherwise
@@ -43,6 +46,7 @@ decision point enforces before it logs a decision.
 
 from __future__ import annotations
 
+import sys
 from abc import ABC, abstractmethod
 from bisect import bisect_right
 from collections.abc import Iterable
@@ -52,13 +56,14 @@ from .attenuation import check_covers
 from .entry import Entry, Leaf
 from .errors import AttenuationError, ChainError, SignatureError
 from .keys import PublicKey
-from .kinds import Access, Delegation, Genesis, Grant, KeyChange, Policy, Revocation
+from .kinds import Access, Delegation, Genesis, Grant, KeyChange, Policy, Result, Revocation
 from .note import Verifier
 from .request import Request, permits
 from .scope import Credential
 
 __all__ = [
     "DEFAULT_INVOCATION_WINDOW",
+    "AccessRecord",
     "ChainView",
     "CredentialRecord",
     "Effects",
@@ -119,6 +124,16 @@ class CredentialRecord:
         return hash(self.entry.id)
 
 
+@dataclass(frozen=True, slots=True)
+class AccessRecord:
+    """An access entry as replayed: what a ``result`` entry is checked against."""
+
+    index: int
+    allowed: bool  # its decision was ``allow``
+    enforcement: str  # the enforcement point that asked
+    credential: str  # the credential its invocation used
+
+
 @dataclass(frozen=True)
 class Effects:
     """What one accepted entry changes in the chain state (``Rules.check``'s answer)."""
@@ -135,6 +150,8 @@ class Effects:
     uses: tuple[str, ...] = ()  # credentials (an allowed access's chain) spending one use
     invocation: tuple[str, str] | None = None  # (credential, nonce) of an access
     allowed: bool = False  # whether that access was an allow
+    access: AccessRecord | None = None  # an access entry added
+    result: str | None = None  # the access id a result entry answers
 
 
 class ChainView(ABC):
@@ -201,6 +218,17 @@ class ChainView(ABC):
     def nonce_seen(self, cid: str, nonce: str, *, allowed_only: bool) -> bool:
         """Did an earlier access (only an allowed one, with ``allowed_only``) of ``cid``
         carry this invocation nonce?"""
+        ...
+
+    @abstractmethod
+    def access(self, entry_id: str) -> AccessRecord | None:
+        """The earlier ``access`` entry with this id; None if there is no earlier entry
+        with it, or the entry is of another kind."""
+        ...
+
+    @abstractmethod
+    def result_of(self, access_id: str) -> int | None:
+        """Index of the ``result`` entry that answers access ``access_id``, or None."""
         ...
 
     # -- derived -----------------------------------------------------------------------------
@@ -363,6 +391,7 @@ class Rules:
             Delegation: self._delegation,
             Revocation: self._revocation,
             Access: self._access,
+            Result: self._result,
         }[type(body)]
         return handler(view, entry, body, index, leaf.time)
 
@@ -535,9 +564,56 @@ class Rules:
             if fault is not None:
                 raise self._fail(entry, fault[0], f"allowed, but {fault[1]}")
             uses = tuple(node.id for node in rec.chain())
+        record = AccessRecord(index, allowed, body.enforcement, inv.credential)
         return Effects(
-            index, time, entry, uses=uses, invocation=(inv.credential, inv.nonce), allowed=allowed
+            index,
+            time,
+            entry,
+            uses=uses,
+            invocation=(inv.credential, inv.nonce),
+            allowed=allowed,
+            access=record,
         )
+
+    def _result(
+        self, view: ChainView, entry: Entry, body: Result, index: int, time: int
+    ) -> Effects:
+        self._signer(view, entry, index, role="decision")
+        answered = view.access(body.access)
+        if answered is None:
+            where = view.index_of(body.access)
+            what = (
+                "is not an earlier entry in this log"
+                if where is None
+                else f"is the entry at index {where}, not an access entry"
+            )
+            raise self._fail(entry, "link", f"answers {body.access[:16]}, which {what}", "access")
+        if not answered.allowed:
+            raise self._fail(
+                entry,
+                "denied",
+                f"answers access {body.access[:16]} (index {answered.index}), which was "
+                "denied: a denied request is never forwarded",
+                "access",
+            )
+        if body.enforcement != answered.enforcement:
+            raise self._fail(
+                entry,
+                "enforcement",
+                f"names enforcement point {body.enforcement!r}, but access "
+                f"{body.access[:16]} was asked for by {answered.enforcement!r}",
+                "enforcement",
+            )
+        earlier = view.result_of(body.access)
+        if earlier is not None:
+            raise self._fail(
+                entry,
+                "duplicate-result",
+                f"access {body.access[:16]} already has its result at index {earlier}: "
+                "an access has at most one result",
+                "access",
+            )
+        return Effects(index, time, entry, result=body.access)
 
 
 class Replay(ChainView):
@@ -554,10 +630,11 @@ class Replay(ChainView):
     ):
         """``verified``, ``complete`` and ``invocation_window``: see ``Rules``.
 
-        ``keep_entries``: keep every access and revocation entry (``accesses``,
-        ``revocations``), as a bundle's reader wants; an audit of a whole log only
-        counts them (``access_count``), so its memory follows the credentials, not
-        the accesses.
+        ``keep_entries``: keep every access, revocation and result entry (``accesses``,
+        ``revocations``, ``result_entries``), as a bundle's reader wants; an audit of a
+        whole log only counts them (``access_count``), so its memory follows the
+        credentials, not the accesses (it keeps a small record of each access, which a
+        later result is checked against, and the index of each result).
         """
         self.rules = Rules(
             log_key, verified, complete=complete, invocation_window=invocation_window
@@ -577,10 +654,13 @@ class Replay(ChainView):
         self.use_times: dict[str, list[int]] = {}  # credential -> times of its uses, in order
         self.nonces: set[tuple[str, str]] = set()  # (credential, nonce) of allowed accesses
         self.invocations: set[tuple[str, str]] = set()  # (credential, nonce) of every access
+        self.access_records: dict[str, AccessRecord] = {}  # access entry id -> its record
+        self.results: dict[str, int] = {}  # access entry id -> index of its result entry
         self.keep_entries = keep_entries
         self.access_count = 0
         self.accesses: list[tuple[int, Entry]] = []
         self.revocations: list[tuple[int, Entry]] = []
+        self.result_entries: list[tuple[int, Entry]] = []
         self.anchors: list[int] = []  # indexes of genesis, key and policy entries
         self.holders: set[str] = set()  # kids of every key a credential was bound to
 
@@ -638,6 +718,12 @@ class Replay(ChainView):
     def nonce_seen(self, cid: str, nonce: str, *, allowed_only: bool) -> bool:
         return (cid, nonce) in (self.nonces if allowed_only else self.invocations)
 
+    def access(self, entry_id: str) -> AccessRecord | None:
+        return self.access_records.get(entry_id)
+
+    def result_of(self, access_id: str) -> int | None:
+        return self.results.get(access_id)
+
     # -- applying ------------------------------------------------------------------------------
 
     def apply_all(self, leaves: Iterable[tuple[int, Leaf]]) -> None:
@@ -680,6 +766,15 @@ class Replay(ChainView):
             self.access_count += 1
             if self.keep_entries:
                 self.accesses.append((fx.index, entry))
+        if fx.access is not None:
+            a = fx.access  # one string per enforcement point, however many accesses name it
+            self.access_records[entry.id] = AccessRecord(
+                a.index, a.allowed, sys.intern(a.enforcement), a.credential
+            )
+        if fx.result is not None:
+            self.results[fx.result] = fx.index
+            if self.keep_entries:
+                self.result_entries.append((fx.index, entry))
         if entry.kind in ("genesis", "key", "policy"):
             self.anchors.append(fx.index)
         self.ids[entry.id] = fx.index

@@ -76,6 +76,7 @@ def summary(vb: VerifiedBundle) -> dict:
         "root_hash": cp.root_hash.hex(),
         "entries": len(vb.entries),
         "accesses": len(vb.replay.accesses),
+        "results": len(vb.replay.results),
         "chains": chains,
         "consistent_with": vb.since.checkpoint.size if vb.since else None,
     }
@@ -106,7 +107,8 @@ def _human_receipt(s: dict) -> str:
 def _human(s: dict) -> str:
     lines = [
         f"OK  {s['origin']}: checkpoint of {s['tree_size']} leaves, root {s['root_hash']}",
-        f"    {s['entries']} entries included, {s['accesses']} access records replayed",
+        f"    {s['entries']} entries included, {s['accesses']} access records and "
+        f"{s['results']} results replayed",
     ]
     if s["consistent_with"] is not None:
         lines.append(f"    the log grew from size {s['consistent_with']} by appends only")

@@ -1,4 +1,4 @@
-"""The seven entry kinds: their bodies, strictly parsed (FORMAT.md §4).
+"""The eight entry kinds: their bodies, strictly parsed (FORMAT.md §4).
 
 A body is the entry object without its ``sigs``. Every body has ``kind``,
 ``v`` (1) and ``log`` (the origin of the log it belongs to, so that an entry
@@ -26,6 +26,7 @@ from .scope import Credential, parse_credential
 __all__ = [
     "AGENT_LABEL",
     "CREDENTIAL_FIELDS",
+    "FAILURES",
     "KINDS",
     "OPERATOR_ROLES",
     "PRINCIPAL_NAME",
@@ -36,12 +37,13 @@ __all__ = [
     "Grant",
     "KeyChange",
     "Policy",
+    "Result",
     "Revocation",
     "parse_body",
 ]
 
 VERSION = 1
-KINDS = ("genesis", "key", "policy", "grant", "delegation", "revocation", "access")
+KINDS = ("genesis", "key", "policy", "grant", "delegation", "revocation", "access", "result")
 OPERATOR_ROLES = ("operator", "decision")
 ORIGIN = re.compile(r"[\x21-\x2a\x2c-\x7e]{1,255}")  # printable ASCII, no '+' or space
 PRINCIPAL_NAME = re.compile(r"[a-z0-9][a-z0-9._+-]{0,63}(@[a-z0-9][a-z0-9.-]{0,190})?")
@@ -51,6 +53,9 @@ LABEL = re.compile(r"[a-z0-9][a-z0-9._:-]{0,63}")
 # can make one label read as another, or move an auditor's cursor.
 AGENT_LABEL = re.compile(r"[\x20-\x7e]*")
 MAX_AGENT = 128
+MAX_ENFORCEMENT = 128
+# FORMAT.md §4.8: why a forwarded (or attempted) request brought no HTTP status back.
+FAILURES = ("timeout", "unreachable", "bad_response", "cancelled")
 CREDENTIAL_FIELDS = (
     "scope",
     "expires_at",
@@ -282,7 +287,7 @@ class Access:
         else:
             invocation = f.parsed("invocation", parse_signed_invocation)
         context = f.object("context")
-        enforcement = f.str("enforcement", max_len=128)
+        enforcement = f.str("enforcement", max_len=MAX_ENFORCEMENT)
         decision = f.choice("decision", ("allow", "deny"))
         reason = f.str("reason", max_len=512)
         policy = f.int("policy", 0)
@@ -301,7 +306,39 @@ class Access:
         )
 
 
-Body = Genesis | KeyChange | Policy | Grant | Delegation | Revocation | Access
+@dataclass(frozen=True)
+class Result:
+    """What the upstream answered after an allowed access, signed by a ``decision`` key.
+
+    An access entry is logged before the request is forwarded, and entries are
+    immutable, so the upstream's answer is an entry of its own: exactly one of
+    ``upstream_status`` (the HTTP status that came back) and ``failure`` (why none did).
+    """
+
+    log: str
+    access: str  # the id of the access entry whose forwarded request this answers
+    enforcement: str  # the access entry's enforcement point
+    upstream_status: int | None  # 100-599
+    failure: str | None  # one of FAILURES
+
+    @classmethod
+    def parse(cls, obj: Any) -> Result:
+        f, log = _header(obj, "result")
+        access = f.str("access", pattern=HEX_ID)
+        enforcement = f.str("enforcement", max_len=MAX_ENFORCEMENT)
+        status = f.int("upstream_status", 100, 599, required=False)
+        failure = f.str("failure", required=False, max_len=32)
+        if failure is not None and failure not in FAILURES:
+            raise EntryFormatError(f"must be one of {', '.join(FAILURES)}", "failure")
+        f.done()
+        if status is None and failure is None:  # exactly one of the two
+            raise EntryFormatError("is required when there is no failure", "upstream_status")
+        if status is not None and failure is not None:
+            raise EntryFormatError("must not be given with upstream_status", "failure")
+        return cls(log, access, enforcement, status, failure)
+
+
+Body = Genesis | KeyChange | Policy | Grant | Delegation | Revocation | Access | Result
 _PARSERS = {
     "genesis": Genesis.parse,
     "key": KeyChange.parse,
@@ -310,6 +347,7 @@ _PARSERS = {
     "delegation": Delegation.parse,
     "revocation": Revocation.parse,
     "access": Access.parse,
+    "result": Result.parse,
 }
 
 

@@ -60,7 +60,7 @@ def leaf_json(
     state = state or svc.log.state()
     out: dict[str, Any] = {"index": index, "leaf_hash": leaf.hash.hex(), "time": leaf.time}
     public = leaf.entry.kind in ("genesis", "key", "policy")  # trust anchors and bindings
-    used = leaf.entry.kind in ("access", "revocation")
+    used = leaf.entry.kind in ("access", "result", "revocation")
     if public or may_read(who, svc, credential_of(state, leaf), used=used, state=state):
         out["id"] = leaf.entry.id
         out["entry"] = leaf.entry.obj

@@ -149,6 +149,7 @@ OPERATIONS: dict[tuple[str, str], tuple[str, list[dict[str, list]] | None]] = {
     ("get", "/v1/entries/{entry_id}"): ("400 401 403 404 503", ANYONE),
     ("post", "/v1/access"): ("400 401 403 503", TOKENS),
     ("post", "/v1/access/{access_id}/result"): ("400 401 403 404 409 503", TOKENS),
+    ("post", "/v1/results"): ("400 401 403 503", TOKENS),
     ("get", "/v1/credentials/{credential}/lineage"): ("400 401 403 404 503", CALLERS),
     ("get", "/v1/export"): ("400 401 403 404 503", CALLERS),
     ("get", "/v1/log/checkpoint"): ("404 503", None),

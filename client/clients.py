@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -84,6 +84,10 @@ class LineageClient:
         the receipt verified when a log key is pinned."""
         flow = self._flows.result(access_id, upstream_status=upstream_status, failure=failure)
         return self._run(flow)
+
+    def results(self, results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Record many results at once (``POST /v1/results``); see ``_Flows.results``."""
+        return self._run(self._flows.results(results))
 
     def introspect(self, credential: str, **as_who: Any) -> dict[str, Any]:
         """``holder=Agent`` or ``principal=name, principal_key=key``; else the token's."""
@@ -180,6 +184,9 @@ class AsyncLineageClient:
     ) -> dict[str, Any]:
         flow = self._flows.result(access_id, upstream_status=upstream_status, failure=failure)
         return await self._run(flow)
+
+    async def results(self, results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        return await self._run(self._flows.results(results))
 
     async def introspect(self, credential: str, **as_who: Any) -> dict[str, Any]:
         return await self._run(self._flows.introspect(credential, **as_who))

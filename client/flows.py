@@ -333,6 +333,20 @@ class _Flows:
         answer = _check((yield self._req("POST", path, json=body)))
         return (yield from self._checked_receipt(answer, "receipt", answer.get("id")))
 
+    def results(self, results: Sequence[Mapping[str, Any]]) -> Flow:
+        """(Enforcement point) record up to 256 results at once, sharing the log's group
+        commits: each ``{"access": id, "upstream_status": n}`` or ``{"access": id,
+        "failure": why}``. Answers, in order, ``{id, index, receipt}`` (the receipt
+        verified when a log key is pinned) or ``{error, error_description}`` for a result
+        that is not in the log."""
+        answer = _check((yield self._req("POST", "/v1/results", json={"results": list(results)})))
+        out = []
+        for item in answer.get("results", []) if isinstance(answer, dict) else []:
+            if isinstance(item, dict) and "id" in item:
+                item = yield from self._checked_receipt(item, "receipt", item.get("id"))
+            out.append(item)
+        return out
+
     def introspect(
         self,
         credential: str,

@@ -18,6 +18,13 @@ class BuildPy(build_py):
 
 
 setup(
-    install_requires=[f"lineage-verifier=={VERSION}", "httpx>=0.27", "joserfc>=1.0"],
+    install_requires=[
+        f"lineage-verifier=={VERSION}",
+        "httpx>=0.27",
+        "joserfc>=1.0",
+        # httpcore imports sniffio on every async call and, without it, searches sys.path
+        # for it each time: a few percent of every async request (docs/BENCH.md, gateway).
+        "sniffio>=1.3",
+    ],
     cmdclass={"build_py": BuildPy},
 )

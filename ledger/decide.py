@@ -26,7 +26,7 @@ answer again is the entry already there; a different one is refused.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +50,7 @@ __all__ = [
     "Standing",
     "decide",
     "record_result",
+    "record_results",
     "standing",
 ]
 
@@ -279,25 +280,15 @@ class Recorded:
         return out
 
 
-def record_result(
+def _result_builder(
     log: Log,
     access_id: str,
     enforcement: str,
-    *,
-    upstream_status: int | None = None,
-    failure: str | None = None,
-) -> Recorded:
-    """Log what the upstream answered the request access entry ``access_id`` allowed:
-    its HTTP status (``upstream_status``, 100-599) or why none came back (``failure``:
-    ``timeout``, ``unreachable``, ``bad_response``, ``cancelled``), exactly one.
-
-    Signed with the ledger's decision key in the writer, against the state at the
-    entry's own index. Retrying the same call answers the entry already logged
-    (``existing``); ``RejectedEntry`` names the check otherwise: ``format`` (bad
-    arguments), ``link`` (no such access entry), ``denied`` (the access was a deny),
-    ``enforcement`` (not the access's enforcement point), ``duplicate-result`` (the
-    access has another result). A refusal writes nothing.
-    """
+    upstream_status: int | None,
+    failure: str | None,
+):
+    """Check a result's arguments (``RejectedEntry``, before the writer) and return the
+    builder that signs it against the state at its own index."""
     if not log.has_keys:
         raise LedgerError("recording a result needs the ledger's decision key")
     body = result_body(
@@ -321,10 +312,74 @@ def record_result(
         entry = sign_entry(body, [key])  # signed here, so verified here
         return Built(entry, frozenset({(entry.id, key.kid)}))
 
-    appended = log.build(build)
+    return build
+
+
+def _recorded(log: Log, appended: Any) -> Recorded:
     entry = appended.entry
     if entry is None:
         entry = appended.receipt.leaf.entry if appended.receipt else log.leaf(appended.index).entry
     if not appended.existing:
         log.count("results")
     return Recorded(appended.id, appended.index, entry, appended.receipt, appended.existing)
+
+
+def record_result(
+    log: Log,
+    access_id: str,
+    enforcement: str,
+    *,
+    upstream_status: int | None = None,
+    failure: str | None = None,
+) -> Recorded:
+    """Log what the upstream answered the request access entry ``access_id`` allowed:
+    its HTTP status (``upstream_status``, 100-599) or why none came back (``failure``:
+    ``timeout``, ``unreachable``, ``bad_response``, ``cancelled``), exactly one.
+
+    Signed with the ledger's decision key in the writer, against the state at the
+    entry's own index. Retrying the same call answers the entry already logged
+    (``existing``); ``RejectedEntry`` names the check otherwise: ``format`` (bad
+    arguments), ``link`` (no such access entry), ``denied`` (the access was a deny),
+    ``enforcement`` (not the access's enforcement point), ``duplicate-result`` (the
+    access has another result). A refusal writes nothing.
+    """
+    build = _result_builder(log, access_id, enforcement, upstream_status, failure)
+    return _recorded(log, log.build(build))
+
+
+def record_results(
+    log: Log, results: Sequence[Mapping[str, Any]], enforcement: str
+) -> list[Recorded | LedgerError]:
+    """Many results at once, sharing group commits: each ``{"access": id,
+    "upstream_status": n}`` or ``{"access": id, "failure": why}``. In order, each the
+    ``Recorded`` or the ``LedgerError`` that refused it (as ``record_result`` would)."""
+    builders: list[Any] = []
+    out: list[Recorded | LedgerError | None] = []
+    for item in results:
+        try:
+            builders.append(
+                _result_builder(
+                    log,
+                    item["access"],
+                    enforcement,
+                    item.get("upstream_status"),
+                    item.get("failure"),
+                )
+            )
+            out.append(None)
+        except LedgerError as exc:
+            out.append(exc)
+    done = iter(log.build_many(builders))
+    final: list[Recorded | LedgerError] = []
+    for slot in out:
+        if slot is not None:
+            final.append(slot)
+            continue
+        appended = next(done)
+        if isinstance(appended, LedgerError):
+            final.append(appended)
+        elif isinstance(appended, Exception):
+            raise appended
+        else:
+            final.append(_recorded(log, appended))
+    return final

@@ -592,6 +592,26 @@ class Log:
                 out.append(f)
         return out
 
+    def build_many(
+        self, builders: Sequence[Builder], timeout: float | None = 60.0
+    ) -> list[Appended | Exception]:
+        """Queue many builders at once, so that they share transactions (one group commit
+        for a batch, not one each); results in order: the ``Appended``, with its receipt,
+        or the exception that builder raised (nothing appended for it)."""
+        self.state()
+        futures: list[Future[Appended]] = []
+        for builder in builders:
+            future: Future[Appended] = Future()
+            self._submit(builder, future)
+            futures.append(future)
+        out: list[Appended | Exception] = []
+        for f in futures:
+            try:
+                out.append(self._receipted(_outcome(f, timeout)))
+            except Exception as exc:  # this builder's own refusal, or Busy
+                out.append(exc)
+        return out
+
     def build(self, builder: Builder, timeout: float | None = 30.0) -> Appended:
         """Run ``builder`` in the writer, on the current state, and append what it returns.
 

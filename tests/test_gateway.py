@@ -11,6 +11,7 @@ import base64
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -554,3 +555,61 @@ def test_the_readme_gateway_example_runs(tmp_path, monkeypatch):
         code = code.replace("http://127.0.0.1:8000/gateway", w.base)
         exec(compile(code, "README", "exec"), {"agent": w.agent, "credential": w.handle})
         assert w.reached() == ["/v3/messages/17", "/v3/send"]
+
+
+def _results(srv) -> dict[str, Any]:
+    """access id -> its result entry's body, as the log holds them."""
+    out = {}
+    for i in range(srv.log.size):
+        body = srv.log.leaf(i).entry.obj
+        if body["kind"] == "result":
+            out[body["access"]] = body
+    return out
+
+
+def test_every_forwarded_request_gets_a_result_entry_with_the_upstream_status(world):
+    with world.session() as s:
+        ok = s.get(f"{MAIL}/v1/messages/17")
+        broken = s.get(f"{MAIL}/v1/messages/fail")
+        slow = s.get(f"{MAIL}/v1/messages/slow")
+        denied = s.delete(f"{MAIL}/v1/messages/17")
+    assert (ok.status_code, broken.status_code, slow.status_code) == (200, 500, 504)
+    deadline = time.monotonic() + 10
+    while len(_results(world.srv)) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)  # results are written in batches, a moment after the answer
+    results = _results(world.srv)
+    assert results[ok.headers["lineage-access"]]["upstream_status"] == 200
+    assert results[broken.headers["lineage-access"]]["upstream_status"] == 500
+    assert [r.get("failure") for r in results.values()].count("timeout") == 1
+    assert denied.json()["id"] not in results  # a deny has no result
+    assert all(r["enforcement"] == "enforcement-1" for r in results.values())
+
+
+def test_results_of_many_requests_share_group_commits(world):
+    """POST /v1/results: a batch is judged item by item and written together."""
+    from lineage.client import LineageClient
+
+    with world.session() as s:
+        accesses = [s.get(f"{MAIL}/v1/messages/{i}").headers["lineage-access"] for i in range(3)]
+    ep = LineageClient(
+        world.srv.base, token=world.srv.enforcement, log_key=world.srv.log.log_key.vkey
+    )
+    time.sleep(0.5)  # the gateway's own results are in
+    answers = ep.results(
+        [
+            {"access": accesses[0], "upstream_status": 200},  # the same answer: the same entry
+            {"access": accesses[1], "upstream_status": 201},  # another: refused
+            {"access": "ab" * 32, "failure": "timeout"},  # no such access
+        ]
+    )
+    assert answers[0]["id"] == _id_of_result(world.srv, accesses[0])
+    assert answers[1]["error"] == "conflict"
+    assert answers[2]["error"] == "not_found"
+
+
+def _id_of_result(srv, access: str) -> str:
+    for i in range(srv.log.size):
+        e = srv.log.leaf(i).entry
+        if e.obj["kind"] == "result" and e.obj["access"] == access:
+            return e.id
+    raise AssertionError("no result")

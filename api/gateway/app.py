@@ -84,6 +84,8 @@ NOT_FORWARDED = HOP_BY_HOP | {
 }
 CHALLENGE = 'DPoP algs="EdDSA Ed25519"'
 BUFFER = 1 << 20  # bytes of a body read before deciding when no field needs it
+RESULT_DELAY = 0.2  # seconds results wait, to be written together in one group commit
+RESULT_BATCH = 256  # POST /v1/results takes at most 256
 MAX_TRANSFORMED = 8 << 20  # bytes of an answer the gateway rewrites (an MCP tools/list)
 
 
@@ -206,6 +208,8 @@ class Gateway:
         self._transport = upstream_transport
         self._client: httpx.AsyncClient | None = None
         self._pending: set[asyncio.Task] = set()
+        self._results: list[tuple[str, dict[str, Any]]] = []
+        self._flusher: asyncio.Task | None = None
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -222,7 +226,11 @@ class Gateway:
         return self._client
 
     async def aclose(self) -> None:
-        if self._pending:  # results still being written: give them a moment
+        if self._flusher is not None:
+            self._flusher.cancel()
+        with contextlib.suppress(Exception):  # results not written yet: write them now
+            await asyncio.wait_for(self._flush(), timeout=10)
+        if self._pending:
             await asyncio.wait(list(self._pending), timeout=10)
         if self._client is not None:
             await self._client.aclose()
@@ -625,19 +633,32 @@ class Gateway:
             yield held
 
     def _result(self, access: str | None, **outcome: Any) -> None:
+        """Queue the access's result. Results are written in batches, all of one batch at
+        once, so that they share the log's group commits instead of each taking one and
+        delaying the next decision (bench/gateway_bench.py)."""
         if access is None:
             return
+        self._results.append((access, outcome))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_later())
+            self._pending.add(self._flusher)
+            self._flusher.add_done_callback(self._pending.discard)
 
-        async def write() -> None:
+    async def _flush_later(self) -> None:
+        await asyncio.sleep(RESULT_DELAY)
+        await self._flush()
+
+    async def _flush(self) -> None:
+        while self._results:
+            batch, self._results = self._results[:RESULT_BATCH], self._results[RESULT_BATCH:]
+            items = [{"access": access, **outcome} for access, outcome in batch]
             try:
-                await self.decider.result(access, **outcome)
-            except Exception as exc:  # logged and counted; the agent's answer does not wait
+                refused = await self.decider.results(items)
+            except Exception as exc:  # logged and counted; the agents' answers did not wait
+                refused = [type(exc).__name__] * len(items)
+            for why in refused:
                 self.metrics.results_failed.inc()
-                log.error("access %s: its result was not logged: %s", access, type(exc).__name__)
-
-        task = asyncio.get_running_loop().create_task(write())
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+                log.error("a result was not logged: %s", why)
 
     # --- answers -----------------------------------------------------------------------
 

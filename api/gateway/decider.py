@@ -65,9 +65,7 @@ class Unavailable(Exception):
 class Decider(Protocol):
     async def decide(self, invocation: SignedInvocation, context: dict[str, Any]) -> Verdict: ...
 
-    async def result(
-        self, access: str, *, upstream_status: int | None = None, failure: str | None = None
-    ) -> None: ...
+    async def results(self, results: list[dict[str, Any]]) -> list[str]: ...
 
     async def holding(self, credential: str) -> Holding | None: ...
 
@@ -110,10 +108,10 @@ class RemoteDecider:
         except (KeyError, TypeError, ValueError):
             raise Unavailable("the decision point's answer is malformed") from None
 
-    async def result(
-        self, access: str, *, upstream_status: int | None = None, failure: str | None = None
-    ) -> None:
-        await self.client.result(access, upstream_status=upstream_status, failure=failure)
+    async def results(self, results: list[dict[str, Any]]) -> list[str]:
+        """Record a batch (``POST /v1/results``); the errors of those not recorded."""
+        answers = await self.client.results(results)
+        return [f"{a.get('error')}: {a.get('error_description')}" for a in answers if "id" not in a]
 
     async def holding(self, credential: str) -> Holding | None:
         """RFC 7662 introspection with the enforcement token; None if unknown or inactive."""
@@ -168,18 +166,18 @@ class LocalDecider:
         receipt = d.receipt.to_json() if d.receipt is not None else None
         return Verdict(d.allowed, d.reason, d.id, d.index, receipt)
 
-    async def result(
-        self, access: str, *, upstream_status: int | None = None, failure: str | None = None
-    ) -> None:
-        from lineage.ledger.decide import record_result
+    async def results(self, results: list[dict[str, Any]]) -> list[str]:
+        from lineage.ledger.decide import record_results
 
         def run():
-            return record_result(
-                self.svc.log, access, self.name, upstream_status=upstream_status, failure=failure
-            )
+            return record_results(self.svc.log, results, self.name)
 
-        await anyio.to_thread.run_sync(run)
-        self.svc.metrics.appends.labels(kind="result").inc()
+        done = await anyio.to_thread.run_sync(run)
+        recorded = [d for d in done if not isinstance(d, Exception)]
+        for d in recorded:
+            if not d.existing:
+                self.svc.metrics.appends.labels(kind="result").inc()
+        return [str(d) for d in done if isinstance(d, Exception)]
 
     async def holding(self, credential: str) -> Holding | None:
         rec = self.svc.credential(credential)

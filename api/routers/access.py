@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, Path
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from lineage.ledger.decide import InvalidInvocation, decide, record_result
+from lineage.ledger.decide import InvalidInvocation, decide, record_result, record_results
 from lineage.ledger.errors import RejectedEntry
 from lineage.verifier.kinds import FAILURES
 
@@ -154,3 +154,90 @@ def result(
     if not recorded.existing:
         svc.metrics.appends.labels(kind="result").inc()
     return JSONResponse(recorded.to_json(), status_code=200 if recorded.existing else 201)
+
+
+MAX_RESULTS = 256
+
+
+class ResultItem(ResultRequest):
+    """One result of a batch: the access it answers, and exactly one outcome."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"oneOf": [{"required": ["upstream_status"]}, {"required": ["failure"]}]},
+    )
+    access: str = Field(pattern=HEX_ID_PATTERN, description="the access entry's id")
+
+
+class ResultsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    results: list[ResultItem] = Field(min_length=1, max_length=MAX_RESULTS)
+
+
+class ResultOutcome(BaseModel):
+    """The result's entry (``id``, ``index``, ``receipt``), or why it was refused."""
+
+    id: str | None = None
+    index: int | None = None
+    receipt: Receipt | None = None
+    error: str | None = None
+    error_description: str | None = None
+
+
+class ResultsAnswer(BaseModel):
+    results: list[ResultOutcome]
+
+
+@router.post("/results", response_model=ResultsAnswer, response_model_exclude_none=True)
+def results(
+    body: ResultsRequest,
+    svc: Annotated[Service, Depends(service)],
+    who: Annotated[Caller, Depends(caller)],
+) -> dict[str, Any]:
+    """Record up to 256 results at once, sharing the log's group commits (what a gateway
+    does, so that writing results does not delay the next decisions).
+
+    Each is judged as ``POST /v1/access/{id}/result`` judges one, and answered in order:
+    its entry, or ``error`` (``invalid_request``, ``not_found``, ``access_denied``,
+    ``conflict``, ``temporarily_unavailable``) with the reason: a result with an error is
+    not in the log. One refused result does not stop the others.
+    """
+    require(who, "enforcement", "operator")
+    out: list[dict[str, Any] | None] = []
+    todo: list[tuple[int, dict[str, Any], str]] = []
+    state = svc.log.state()
+    for i, item in enumerate(body.results):
+        given = sorted(item.model_fields_set - {"access"})
+        nulls = [n for n in given if getattr(item, n) is None]
+        answered = state.access(item.access)
+        refusal = None
+        if nulls:
+            refusal = ("invalid_request", f"{nulls[0]}: must not be null (leave it out)")
+        elif len(given) != 1:
+            refusal = ("invalid_request", "give exactly one of upstream_status and failure")
+        elif answered is None:
+            refusal = ("not_found", f"no access entry {item.access}")
+        elif who.role == "enforcement" and who.name != answered.enforcement:
+            refusal = ("access_denied", "that access was asked for by another enforcement point")
+        if refusal is not None:
+            out.append({"error": refusal[0], "error_description": refusal[1]})
+            continue
+        outcome = {"access": item.access, given[0]: getattr(item, given[0])}
+        todo.append((i, outcome, answered.enforcement))
+        out.append(None)
+    by_point: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+    for i, outcome, point in todo:
+        by_point.setdefault(point, []).append((i, outcome))
+    for point, items in by_point.items():
+        done = record_results(svc.log, [o for _, o in items], point)
+        for (i, _), recorded in zip(items, done, strict=True):
+            if isinstance(recorded, RejectedEntry):
+                code = "conflict" if recorded.check == "duplicate-result" else "invalid_request"
+                out[i] = {"error": code, "error_description": str(recorded)}
+            elif isinstance(recorded, Exception):  # not in the log (ledger.log._outcome)
+                out[i] = {"error": "temporarily_unavailable", "error_description": str(recorded)}
+            else:
+                if not recorded.existing:
+                    svc.metrics.appends.labels(kind="result").inc()
+                out[i] = recorded.to_json()
+    return {"results": out}

@@ -788,3 +788,32 @@ def test_result_entries_parse_from_their_json(w: ih.World):
     access = _allowed(w)
     entry = _signed_result(w, access.id, failure="unreachable")
     assert entry_from_json(dict(entry.obj)).raw == entry.raw
+
+
+# -- many at once (record_results, POST /v1/results) --------------------------------------
+
+
+def test_record_results_judges_each_and_writes_the_rest_together(w):
+    from lineage.ledger.decide import record_results
+
+    credential = w.append(w.grant(max_uses=100)).id
+    a, b, c = (_allowed(w, credential) for _ in range(3))
+    denied = _denied(w, credential)
+    before = w.log.size
+    done = record_results(
+        w.log,
+        [
+            {"access": a.id, "upstream_status": 200},
+            {"access": b.id, "failure": "timeout"},
+            {"access": denied.id, "upstream_status": 200},  # nothing was forwarded
+            {"access": c.id, "upstream_status": 99},  # out of range
+            {"access": a.id, "upstream_status": 200},  # the same answer twice: one entry
+        ],
+        "gw-1",
+    )
+    assert isinstance(done[0], Recorded) and isinstance(done[1], Recorded)
+    assert isinstance(done[2], RejectedEntry) and done[2].check == "denied"
+    assert isinstance(done[3], RejectedEntry) and done[3].check == "format"
+    assert isinstance(done[4], Recorded) and done[4].id == done[0].id
+    assert w.log.size == before + 2
+    assert record_result(w.log, c.id, "gw-1", upstream_status=204).index == before + 2

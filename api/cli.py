@@ -120,7 +120,14 @@ def gateway(
     decider = RemoteDecider(cfg.service, token, cfg.log_key or None)
     host, port = host or cfg.host, port or cfg.port
     log.info("gateway on http://%s:%d for %s", host, port, ", ".join(cfg.upstreams) or "nothing")
-    uvicorn.run(Gateway(cfg, decider), host=host, port=port, log_level="info")
+    uvicorn.run(
+        Gateway(cfg, decider),
+        host=host,
+        port=port,
+        log_level="info",
+        limit_concurrency=cfg.max_requests,  # beyond it, 503 at once rather than a queue
+        timeout_keep_alive=5,
+    )
 
 
 @token_app.command("create")

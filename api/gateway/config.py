@@ -81,6 +81,7 @@ class GatewayConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     max_connections: int = 100
+    max_requests: int = 1000
     upstreams: Mapping[str, Upstream] = field(default_factory=dict)
 
 
@@ -278,6 +279,7 @@ def parse_gateway(data: Any, where: str = "gateway") -> GatewayConfig:
         host=t.get("host", str, "127.0.0.1"),
         port=t.positive("port", 8080),
         max_connections=t.positive("max_connections", 100),
+        max_requests=t.positive("max_requests", 1000),
         upstreams=upstreams,
     )
     t.done()

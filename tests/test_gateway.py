@@ -613,3 +613,85 @@ def _id_of_result(srv, access: str) -> str:
         if e.obj["kind"] == "result" and e.obj["access"] == access:
             return e.id
     raise AssertionError("no result")
+
+
+def test_lineage_gateway_runs_as_its_own_process(tmp_path, monkeypatch):
+    """`lineage gateway --config`: a process of its own, asking `lineage serve` with an
+    enforcement token read from the environment; the log names the token's name."""
+    import subprocess
+    import sys
+
+    exe = str(Path(sys.executable).parent / "lineage")
+    env = {**__import__("os").environ, "LINEAGE_TEST_MAIL_KEY": MAIL_SECRET}
+
+    def cli(*args: str) -> str:
+        done = subprocess.run(
+            [exe, *args], cwd=tmp_path, env=env, check=True, capture_output=True, text=True
+        )
+        return done.stdout.strip()
+
+    alice = Agent.ephemeral()
+    cli("init", "--origin", "gw-process.example/log")
+    cli("principal", "add", "alice@corp", "--public-key", alice.key.public.b64)
+    env["LINEAGE_GATEWAY_TOKEN"] = cli("token", "create", "--role", "enforcement", "--name", "gw-9")
+    auditor = cli("token", "create", "--role", "auditor", "--name", "audit-1")
+    sport, gport = free_port(), free_port()
+    service = f"http://127.0.0.1:{sport}"
+    procs = []
+    with Upstream.serving() as (api, upstream):
+        (tmp_path / "gateway.toml").write_text(
+            f"""
+[gateway]
+service = "{service}"
+token = {{from = "env", name = "LINEAGE_GATEWAY_TOKEN"}}
+port = {gport}
+
+[gateway.upstreams.mail]
+url = "{upstream}"
+type = "email"
+location = "{MAIL}"
+actions = {{GET = "read"}}
+secret = {{from = "env", name = "LINEAGE_TEST_MAIL_KEY"}}
+attach = "header:X-Api-Key"
+"""
+        )
+        try:
+            for args, url in (
+                (["serve", "--port", str(sport)], service),
+                (["gateway", "--config", "gateway.toml"], f"http://127.0.0.1:{gport}"),
+            ):
+                procs.append(
+                    subprocess.Popen(
+                        [exe, *args],
+                        cwd=tmp_path,
+                        env=env,
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.STDOUT,
+                    )
+                )
+                wait_until_serving(url, procs[-1])
+            client = LineageClient(service, log_key=httpx.get(service + "/v1/log/key").text)
+            agent = Agent.ephemeral()
+            handle = client.grant(alice.key, "alice@corp", agent, task="mail", scope=SCOPE)
+            base = f"http://127.0.0.1:{gport}"
+            with gateway_session(base, agent, handle, timeout=10) as s:
+                ok = s.get(f"{MAIL}/v1/messages/17")
+            assert ok.status_code == 200, ok.text
+            access = httpx.get(
+                f"{service}/v1/entries/{ok.headers['lineage-access']}",
+                headers={"Authorization": f"Bearer {auditor}"},
+                timeout=10,
+            )
+            assert [s.raw_path for s in api.seen] == ["/v1/messages/17"]
+        finally:
+            outputs = []
+            for p in procs:
+                p.terminate()
+                outputs.append(p.communicate(timeout=30)[0].decode())
+    assert access.status_code == 200, access.text
+    body = access.json()
+    body = body.get("entry", body)
+    assert body["kind"] == "access" and body["enforcement"] == "gw-9"
+    assert body["context"]["upstream"] == "mail"
+    for out in outputs:
+        assert MAIL_SECRET not in out and env["LINEAGE_GATEWAY_TOKEN"] not in out

@@ -87,7 +87,9 @@ def serve(
         names = ", ".join(gateway_cfg.upstreams) or "no upstreams"
         log.info("gateway at http://%s:%d%s (%s)", host, port, gateway_cfg.mount, names)
     app_ = create_app(ledger, settings, gateway=gateway_cfg)
-    uvicorn.run(app_, host=host, port=port, log_level="info")
+    # proxy_headers: the peer is the client (a mounted gateway logs it as source_ip); an
+    # operator behind a proxy on this host sets public_url, not X-Forwarded-*.
+    uvicorn.run(app_, host=host, port=port, log_level="info", proxy_headers=False)
 
 
 @app.command()
@@ -127,6 +129,9 @@ def gateway(
         log_level="info",
         limit_concurrency=cfg.max_requests,  # beyond it, 503 at once rather than a queue
         timeout_keep_alive=5,
+        proxy_headers=False,  # the logged source_ip is the peer, never X-Forwarded-For
+        server_header=False,  # an upstream's Server and Date pass through, once
+        date_header=False,
     )
 
 

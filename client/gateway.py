@@ -27,10 +27,11 @@ import hashlib
 import json
 import re
 import threading
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote
 
 import httpx
 
@@ -221,6 +222,17 @@ def canonical_segments(raw_path: str) -> tuple[str, ...]:
         Resource("path", segments)  # every segment rule of SCOPE.md §2
     except FormatError as exc:
         raise MappingError(f"path: {exc}", 400, "path") from None
+    for seg in segments:
+        if "%" in seg:
+            text = unquote(seg, errors="strict")
+            if unicodedata.normalize("NFKC", text) != text:
+                # A server that normalises (NFKC) would read another name: fullwidth
+                # "．．" becomes "..". One spelling, one reading: refused.
+                raise MappingError(
+                    f"path: segment {seg!r} changes under Unicode NFKC normalisation",
+                    400,
+                    "path",
+                )
     return segments
 
 
@@ -329,10 +341,20 @@ def field_attributes(
                 "query: not application/x-www-form-urlencoded", 400, "query"
             ) from None
         seen: dict[str, str] = {}
+        keys = {f.key.casefold() for f in wanted_q}
+        folded: set[str] = set()
         for k, v in pairs:
-            if k in seen and any(f.key == k for f in wanted_q):
+            # Some servers read names without case (ASP.NET Core): a parameter a field reads
+            # appears once, in one spelling, or the request is refused.
+            if k.casefold() in keys and k.casefold() in folded:
                 raise MappingError(f"query: parameter {k!r} appears twice", 400, f"query.{k}")
+            folded.add(k.casefold())
             seen[k] = v
+        for f in wanted_q:
+            other = [k for k in seen if k.casefold() == f.key.casefold() and k != f.key]
+            if other:
+                at = f"query.{other[0]}"
+                raise MappingError(f"query: {other[0]!r} is {f.key!r} to some servers", 400, at)
         for f in wanted_q:
             if f.key in seen:
                 out[f.attribute] = _read(f, seen[f.key])
@@ -340,10 +362,18 @@ def field_attributes(
     if wanted_b:
         assert body is not None
         if body:
-            media = (content_type or "").split(";")[0].strip().lower()
+            media, *params = [p.strip().lower() for p in (content_type or "").split(";")]
             if media != "application/json" and not media.endswith("+json"):
                 raise MappingError("body: fields are read from JSON bodies only", 415, "body")
+            charsets = [p.partition("=")[2].strip('"') for p in params if p.startswith("charset")]
+            if charsets and (len(charsets) > 1 or charsets[0] != "utf-8"):
+                raise MappingError("body: JSON is read as UTF-8 only (RFC 8259)", 415, "body")
             doc = parse_json_object(body)
+            for f in wanted_b:
+                other = [k for k in doc if k.casefold() == f.key.casefold() and k != f.key]
+                if other:
+                    at = f"body.{other[0]}"
+                    raise MappingError(f"body: {other[0]!r} is {f.key!r} to some servers", 400, at)
             for f in wanted_b:
                 if f.key in doc:
                     if doc[f.key] is None:

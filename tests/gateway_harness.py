@@ -36,7 +36,16 @@ MAIL_SECRET = "mail-secret-7f3a9c1e5b2d4086"  # the upstream's real key: agents 
 @contextmanager
 def serve_app(app: Any, *, lifespan: str = "off") -> Iterator[str]:
     """Serve an ASGI app on 127.0.0.1 (a free port) until the block ends; yields its base URL."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan=lifespan)
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=0,
+        log_level="warning",
+        lifespan=lifespan,
+        proxy_headers=False,  # as `lineage gateway` runs
+        server_header=False,
+        date_header=False,
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="uvicorn-gw-test", daemon=True)
     thread.start()

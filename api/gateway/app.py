@@ -24,11 +24,13 @@ import contextlib
 import hashlib
 import json
 import logging
+import re
 import time
+import zlib
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, quote_plus
 
 import httpx
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -81,7 +83,21 @@ NOT_FORWARDED = HOP_BY_HOP | {
     "content-length",
     "expect",
     "cookie",
+    # headers some frameworks read as another method, path, host or client than the one
+    # decided on (method and URL overrides, proxy headers): never the agent's to set
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-original-method",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-override-url",
+    "forwarded",
+    "x-host",
+    "x-real-ip",
+    "true-client-ip",
 }
+NOT_FORWARDED_PREFIXES = ("x-forwarded-", "lineage-")
 CHALLENGE = 'DPoP algs="EdDSA Ed25519"'
 BUFFER = 1 << 20  # bytes of a body read before deciding when no field needs it
 RESULT_DELAY = 0.2  # seconds results wait, to be written together in one group commit
@@ -124,6 +140,55 @@ class _Jtis:
             return False
         self.seen[jti] = expires
         return True
+
+
+class _LogMask(logging.Filter):
+    """Masks the secrets the gateway has read in the log records of the HTTP libraries
+    it forwards with: httpcore's DEBUG traces quote upstream headers and, on a protocol
+    error, the raw bytes an upstream sent (its echo of the key among them)."""
+
+    LOGGERS = (
+        "httpcore.http11",
+        "httpcore.http2",
+        "httpcore.connection",
+        "httpcore.connection_pool",
+        "httpcore.proxy",
+        "httpx",
+        "lineage.gateway",
+        "uvicorn.error",
+        "uvicorn.access",
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spellings: dict[bytes, None] = {}  # insertion-ordered, bounded
+
+    def add(self, spellings: tuple[bytes, ...]) -> None:
+        for s in spellings:
+            self.spellings[s] = None
+        while len(self.spellings) > 4096:
+            self.spellings.pop(next(iter(self.spellings)))
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self.spellings:
+            return True
+        try:
+            text = record.getMessage()
+        except Exception:  # a record that cannot be formatted is left alone
+            return True
+        masked = text
+        for s in sorted(self.spellings, key=len, reverse=True):
+            plain = s.decode("latin-1")
+            if plain in masked:
+                masked = masked.replace(plain, "*" * len(plain))
+        if masked != text:
+            record.msg, record.args = masked, None
+        return True
+
+
+LOG_MASK = _LogMask()
+for _name in _LogMask.LOGGERS:
+    logging.getLogger(_name).addFilter(LOG_MASK)
 
 
 class _Attaching(httpx.AsyncBaseTransport):
@@ -383,7 +448,9 @@ class Gateway:
         if up.secret is None:
             return None
         try:
-            return await self.secrets[up.route.name].aget()
+            secret = await self.secrets[up.route.name].aget()
+            LOG_MASK.add(_spellings(up.attach, secret.reveal()))
+            return secret
         except SecretError as exc:
             log.error("upstream %s: its secret cannot be read: %s", up.route.name, exc)
             self.metrics.requests.labels(up.route.name, "unavailable").inc()
@@ -461,10 +528,19 @@ class Gateway:
     async def _read(self, up: Upstream, headers: Headers, receive) -> tuple[bytes, bool]:
         """The body, whole (``more`` False), or its first part when it is longer than what is
         read before deciding and no field needs it (``more`` True: the rest streams)."""
+        if len(headers.getlist("content-type")) > 1:  # servers differ on which one they read
+            raise _Refusal(400, "invalid_request", "send at most one Content-Type")
         declared = headers.get("content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > up.max_body):
             raise _Refusal(413, "request_too_large", f"bodies are limited to {up.max_body} bytes")
-        limit = up.route.body_limit if up.route.needs_body else min(BUFFER, up.max_body)
+        needs = up.route.needs_body
+        if needs and declared is not None and int(declared) > up.route.body_limit:
+            raise _Refusal(
+                413,
+                "request_too_large",
+                f"bodies this route reads are limited to {up.route.body_limit} bytes",
+            )
+        limit = up.route.body_limit if needs else min(BUFFER, up.max_body)
         chunks, seen = [], 0
         while True:
             message = await receive()
@@ -473,15 +549,19 @@ class Gateway:
             chunk = message.get("body", b"")
             chunks.append(chunk)
             seen += len(chunk)
+            if seen > up.max_body:
+                raise _Refusal(
+                    413, "request_too_large", f"bodies are limited to {up.max_body} bytes"
+                )
+            if needs and seen > limit:
+                raise _Refusal(
+                    413,
+                    "request_too_large",
+                    f"bodies this route reads are limited to {limit} bytes",
+                )
             if not message.get("more_body"):
                 return b"".join(chunks), False
             if seen > limit:
-                if up.route.needs_body:
-                    raise _Refusal(
-                        413,
-                        "request_too_large",
-                        f"bodies this route reads are limited to {limit} bytes",
-                    )
                 return b"".join(chunks), True
 
     async def _forward(
@@ -519,6 +599,7 @@ class Gateway:
             (k.decode("latin-1"), v.decode("latin-1"))
             for k, v in scope["headers"]
             if k.decode("latin-1").lower() not in drop
+            and not k.decode("latin-1").lower().startswith(NOT_FORWARDED_PREFIXES)
         ]
         content: bytes | AsyncIterator[bytes] = body
         if more:
@@ -564,12 +645,26 @@ class Gateway:
         self.metrics.upstream.labels(name).observe(time.perf_counter() - started)
         self._result(access, upstream_status=response.status_code)
         scrub = _Scrubber(_spellings(up.attach, secret.reveal()) if secret else ())
-        encoded = response.headers.get("content-encoding", "identity").lower() != "identity"
-        skip = HOP_BY_HOP | ({"content-encoding", "content-length"} if encoded else set())
+        codings = [
+            v.strip().lower()
+            for v in response.headers.get_list("content-encoding", split_commas=True)
+            if v.strip() and v.strip().lower() != "identity"
+        ]
+        decode = None
+        if codings and scrub.spellings:  # to mask, read it: decoded, or not at all
+            decode = _decoder(codings)
+            if decode is None:
+                await response.aclose()
+                log.warning("upstream %s: an answer in %s, which it cannot read", name, codings)
+                self.metrics.requests.labels(name, "failed").inc()
+                raise _Refusal(502, "bad_upstream_response", f"{name} answered in {codings[0]}")
+        skip = HOP_BY_HOP | ({"content-encoding", "content-length"} if decode else set())
         back = [
             (k.lower().encode("latin-1"), v.encode("latin-1"))
             for k, v in response.headers.multi_items()
-            if k.lower() not in skip and not scrub.found(v.encode("latin-1"))
+            if k.lower() not in skip
+            and not k.lower().startswith("lineage-")  # the gateway's own: never an upstream's
+            and not scrub.found(k.encode("latin-1") + b": " + v.encode("latin-1"))
         ]
         if access is not None:
             back.append((b"lineage-access", access.encode()))
@@ -594,16 +689,18 @@ class Gateway:
             # A careless upstream may echo its own key (httpbin's /headers does): every
             # spelling of the secret is masked in the body, byte for byte (the length stays
             # the same). A compressed body is decoded first, so that no spelling hides in it.
-            chunks = response.aiter_bytes() if encoded else response.aiter_raw()
             await send(
                 {"type": "http.response.start", "status": response.status_code, "headers": back}
             )
-            async for chunk in chunks:
-                out = scrub.feed(chunk)
+            async for chunk in response.aiter_raw():
+                out = scrub.feed(decode(chunk) if decode else chunk)
                 if out:
                     await send({"type": "http.response.body", "body": out, "more_body": True})
-            await send({"type": "http.response.body", "body": scrub.end(), "more_body": False})
-        except httpx.HTTPError:
+            tail = scrub.feed(decode(b"", True)) if decode else b""
+            await send(
+                {"type": "http.response.body", "body": tail + scrub.end(), "more_body": False}
+            )
+        except (httpx.HTTPError, zlib.error):
             log.warning("upstream %s: the response broke off", name)
         finally:
             await response.aclose()
@@ -689,12 +786,66 @@ async def _read_limited(response: httpx.Response, limit: int) -> bytes:
 
 
 def _spellings(attach: Attach | None, secret: str) -> tuple[bytes, ...]:
-    """The secret as it may come back: itself, percent-encoded, JSON-escaped, and the whole
-    Basic credential (base64 of ``user:secret``)."""
-    found = {secret, quote(secret, safe=""), json.dumps(secret)[1:-1]}
+    """The secret as a careless upstream may echo it: itself; percent-encoded (as URL
+    encoders do, in either case, and every byte); form-encoded; JSON-escaped (with ``\\/``
+    as PHP writes it, and every character as ``\\uXXXX``); the whole Basic credential."""
+    raw = secret.encode()
+    pct = quote(secret, safe="")
+    found = {
+        secret,
+        pct,
+        re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), pct),
+        quote(secret),
+        quote_plus(secret),
+        "".join(f"%{b:02X}" for b in raw),
+        "".join(f"%{b:02x}" for b in raw),
+        json.dumps(secret)[1:-1],
+        json.dumps(secret)[1:-1].replace("/", "\\/"),
+        "".join(f"\\u{ord(c):04x}" for c in secret),
+        "".join(f"\\u{ord(c):04X}" for c in secret),
+    }
     if attach is not None and attach.how == "basic":
         found.add(base64.b64encode(f"{attach.name}:{secret}".encode()).decode())
     return tuple(sorted({s.encode() for s in found if s}, key=len, reverse=True))
+
+
+def _decoder(codings: list[str]):
+    """A streaming decoder for the content codings ``codings`` (applied in that order), or
+    None if one is not gzip, x-gzip or deflate."""
+    steps = []
+    for coding in reversed(codings):
+        if coding in ("gzip", "x-gzip"):
+            steps.append(zlib.decompressobj(16 + zlib.MAX_WBITS))
+        elif coding == "deflate":
+            steps.append(_Deflate())
+        else:
+            return None
+
+    def decode(chunk: bytes, last: bool = False) -> bytes:
+        for step in steps:
+            chunk = step.decompress(chunk) + (step.flush() if last else b"")
+        return chunk
+
+    return decode
+
+
+class _Deflate:
+    """``deflate`` as servers send it: zlib-wrapped, or (wrongly, but often) raw."""
+
+    def __init__(self) -> None:
+        self.inner, self.first = zlib.decompressobj(), True
+
+    def decompress(self, data: bytes) -> bytes:
+        if self.first and data:
+            self.first = False
+            try:
+                return self.inner.decompress(data)
+            except zlib.error:
+                self.inner = zlib.decompressobj(-zlib.MAX_WBITS)
+        return self.inner.decompress(data)
+
+    def flush(self) -> bytes:
+        return self.inner.flush()
 
 
 class _Scrubber:

@@ -150,8 +150,8 @@ async def handle(gw: Any, up: Upstream, path: str, rest: str, scope, receive, se
     rpc = message.get("method")
     ident = message.get("id")
     for header, value in (("mcp-method", rpc), ("mcp-name", _tool(message))):
-        given = headers.get(header)
-        if given is not None and given != value:  # one message, one reading
+        given = headers.getlist(header)
+        if len(given) > 1 or (given and given[0] != value):  # one message, one reading
             return await gw._json(
                 send, 400, _rpc_error(ident, -32600, f"the {header} header is not the message's")
             )

@@ -695,3 +695,37 @@ attach = "header:X-Api-Key"
     assert body["context"]["upstream"] == "mail"
     for out in outputs:
         assert MAIL_SECRET not in out and env["LINEAGE_GATEWAY_TOKEN"] not in out
+
+
+def test_asserted_fields_are_the_gateways_word_under_the_policy(tmp_path, monkeypatch):
+    """`asserts`: the gateway states what it read from the request in the access entry's
+    context.attributes, and the policy's enforcement_points section bounds what it may
+    assert (POLICY.md): allowed to assert `to`, the request is decided; allowed only
+    `sender`, denied."""
+    from lineage.verifier.entry import sign_entry
+
+    monkeypatch.setenv("LINEAGE_TEST_MAIL_KEY", MAIL_SECRET)
+
+    def policy(may: list[str]):
+        def set_it(srv):
+            doc = {"rules": [], "enforcement_points": {"enforcement-1": {"may_assert": may}}}
+            version = srv.log.state().policy_version + 1
+            body = {
+                "kind": "policy",
+                "v": 1,
+                "log": srv.log.origin,
+                "version": version,
+                "document": doc,
+            }
+            srv.log.append(sign_entry(body, [srv.log.keys.operator]))
+
+        return set_it
+
+    for may, status in ((["to"], 200), (["sender"], 403)):
+        with stack(tmp_path / str(status), mangle=policy(may), asserts=["to"]) as w:
+            with w.session() as s:
+                r = s.post(f"{MAIL}/v1/send", json={"to": "bob@corp.example"})
+            assert r.status_code == status, r.text
+            access_id = r.headers.get("lineage-access") or r.json()["id"]
+            access = w.srv.log.leaf(w.srv.log.state().index_of(access_id)).entry.obj
+            assert access["context"]["attributes"] == {"to": "bob@corp.example"}

@@ -644,6 +644,8 @@ class Gateway:
             raise _Refusal(502, "bad_upstream_response", f"{name} answered badly") from None
         self.metrics.upstream.labels(name).observe(time.perf_counter() - started)
         self._result(access, upstream_status=response.status_code)
+        if response.status_code == 401 and secret is not None:
+            self.secrets[name].invalidate()  # rotated at the source? read it anew next time
         scrub = _Scrubber(_spellings(up.attach, secret.reveal()) if secret else ())
         codings = [
             v.strip().lower()

@@ -58,6 +58,7 @@ __all__ = [
     "b64u",
     "checkpoint_at_least",
     "free_port",
+    "in_thread",
     "key",
     "read_scope",
     "request",
@@ -287,6 +288,27 @@ def checkpoint_at_least(srv: Server, size: int, timeout: float = 10.0) -> Signed
 
 
 @contextmanager
+def in_thread(config: uvicorn.Config) -> Iterator[int]:
+    """Serve ``config`` (port 0: the kernel picks one) in a background thread until the block
+    ends; yields the port it bound."""
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + START_TIMEOUT
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            thread.join(START_TIMEOUT)
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.01)
+    try:
+        yield server.servers[0].sockets[0].getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(START_TIMEOUT)
+
+
+@contextmanager
 def running(
     tmp_path: Path, settings: Settings | None = None, *, checkpoint_interval: float = 0.2
 ) -> Iterator[Server]:
@@ -316,29 +338,16 @@ def running(
         log_level="warning",
         lifespan="on",
     )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + START_TIMEOUT
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            server.should_exit = True
-            thread.join(START_TIMEOUT)
-            log.close()
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
     try:
-        yield Server(
-            f"http://127.0.0.1:{port}",
-            log,
-            clock,
-            secrets["operator"],
-            secrets["auditor"],
-            secrets["enforcement"],
-            alice=alice,
-        )
+        with in_thread(config) as port:
+            yield Server(
+                f"http://127.0.0.1:{port}",
+                log,
+                clock,
+                secrets["operator"],
+                secrets["auditor"],
+                secrets["enforcement"],
+                alice=alice,
+            )
     finally:
-        server.should_exit = True
-        thread.join(START_TIMEOUT)
         log.close()  # idempotent: the app's lifespan closed it already

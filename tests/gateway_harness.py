@@ -13,8 +13,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import threading
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,7 +24,7 @@ from lineage.api.gateway.app import Gateway
 from lineage.api.gateway.config import GatewayConfig, parse_gateway
 from lineage.api.gateway.decider import Decider, RemoteDecider
 
-from .api_server import MAIL, START_TIMEOUT, Server
+from .api_server import MAIL, Server, in_thread
 
 __all__ = ["MAIL_SECRET", "Seen", "Upstream", "gateway", "mail_config", "serve_app"]
 
@@ -46,22 +44,8 @@ def serve_app(app: Any, *, lifespan: str = "off") -> Iterator[str]:
         server_header=False,
         date_header=False,
     )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="uvicorn-gw-test", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + START_TIMEOUT
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            server.should_exit = True
-            thread.join(START_TIMEOUT)
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
+    with in_thread(config) as port:
         yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(START_TIMEOUT)
 
 
 @dataclass(frozen=True)

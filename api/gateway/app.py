@@ -406,17 +406,15 @@ class Gateway:
             )
         await self._forward(
             up,
-            verdict.id,
-            method,
-            segments,
             scope,
-            headers,
-            body,
-            more,
             receive,
-            claimed,
-            secret,
             send,
+            access=verdict.id,
+            body=body,
+            secret=secret,
+            segments=segments,
+            more=more,
+            digest=claimed,
         )
 
     def _invocation(self, headers: Headers, handle: str, proof_key: str) -> SignedInvocation:
@@ -566,26 +564,28 @@ class Gateway:
 
     async def _forward(
         self,
-        up,
-        access,
-        method,
-        segments,
+        up: Upstream,
         scope,
-        headers,
-        body,
-        more,
         receive,
-        digest,
-        secret,
         send,
         *,
+        access: str | None,
+        body: bytes,
+        secret: Secret | None,
+        segments: tuple[str, ...] = (),
+        more: bool = False,
+        digest: str | None = None,
         transform: Any = None,
         drop_also: frozenset[str] = frozenset(),
     ) -> None:
         """Forward, and stream the answer back. ``access`` is the access entry the request
         was allowed by (None for what is authenticated but not decided, such as an MCP
-        ``tools/list``); ``transform(body, content_type)`` rewrites a whole answer."""
+        ``tools/list``); ``body`` is what was read (all of it, or with ``more`` its first part,
+        the rest streaming with ``digest`` checked); ``transform(body, content_type)``
+        rewrites a whole answer."""
         name = up.route.name
+        method = scope["method"]
+        headers = Headers(scope=scope)
         base = up.url.raw_path.decode("ascii").rstrip("/")
         raw = (base + "".join("/" + s for s in segments)) or "/"
         query = scope.get("query_string", b"")

@@ -38,6 +38,7 @@ __all__ = ["DENIED", "METADATA", "handle", "metadata"]
 METADATA = "/.well-known/oauth-protected-resource"
 DENIED = -31403  # outside JSON-RPC's reserved -32768..-32000: a refusal, not an error
 FORWARDED = frozenset({"initialize", "ping", "server/discover", "tools/list"})
+NO_ORIGIN = frozenset({"origin"})  # checked here; an MCP server would check it against itself
 
 
 def metadata(gw: Any, scope, name: str) -> dict[str, Any] | None:
@@ -179,18 +180,13 @@ async def handle(gw: Any, up: Upstream, path: str, rest: str, scope, receive, se
             return await gw._json(send, 200, denial)
         return await gw._forward(
             up,
-            verdict.id,
-            method,
-            (),
             scope,
-            headers,
-            body,
-            False,
             receive,
-            None,
-            secret,
             send,
-            drop_also=frozenset({"origin"}),
+            access=verdict.id,
+            body=body,
+            secret=secret,
+            drop_also=NO_ORIGIN,
         )
 
     holding = await _holding(gw, up, handle_)
@@ -216,19 +212,14 @@ async def handle(gw: Any, up: Upstream, path: str, rest: str, scope, receive, se
     secret = await gw._secret(up)
     await gw._forward(
         up,
-        None,
-        method,
-        (),
         scope,
-        headers,
-        body,
-        False,
         receive,
-        None,
-        secret,
         send,
+        access=None,
+        body=body,
+        secret=secret,
         transform=transform,
-        drop_also=frozenset({"origin"}),
+        drop_also=NO_ORIGIN,
     )
 
 

@@ -150,6 +150,8 @@ OPERATIONS: dict[tuple[str, str], tuple[str, list[dict[str, list]] | None]] = {
     ("post", "/v1/access"): ("400 401 403 503", TOKENS),
     ("post", "/v1/access/{access_id}/result"): ("400 401 403 404 409 503", TOKENS),
     ("post", "/v1/results"): ("400 401 403 503", TOKENS),
+    ("post", "/v1/enroll/preview"): ("400 403 404 503", None),  # the invitation is the key
+    ("post", "/v1/enroll"): ("400 403 404 503", None),
     ("get", "/v1/credentials/{credential}/lineage"): ("400 401 403 404 503", CALLERS),
     ("get", "/v1/export"): ("400 401 403 404 503", CALLERS),
     ("get", "/v1/log/checkpoint"): ("404 503", None),

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import re
 import sys
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -46,10 +46,12 @@ from .export import (
     rows_dot,
     rows_jsonl,
 )
+from .invites import InviteStore
 from .issuance import binding_body
 from .keys import check_principal_name, keys_dir, principal_key_file, read_seed_file, write_secret
 from .ledger import DEFAULT_DB, open_ledger
 from .query import Filter
+from .store import SQLiteStore
 
 __all__: list[str] = []
 
@@ -162,6 +164,104 @@ def keygen(path: Path) -> None:
     except LineageError as exc:
         raise fail(str(exc)) from None
     typer.echo(key.public.b64)
+
+
+@principal_app.command("invite")
+def principal_invite(
+    name: Annotated[str, typer.Argument(help="the principal's name, e.g. alice@corp")],
+    role: Annotated[list[str] | None, typer.Option(help="organisational role (repeatable)")] = None,
+    ttl: Annotated[int, typer.Option(help="seconds the link stays good (1 to 604800)")] = 900,
+    url: Annotated[
+        str | None,
+        typer.Option(
+            help="the service's address as the principal's browser reaches it "
+            "(default: public_url, else http://HOST:PORT of the settings)"
+        ),
+    ] = None,
+    db: DbOption = Path(DEFAULT_DB),
+) -> None:
+    """Print a one-time, short-lived enrolment link for NAME (the real way a person gets a
+    key: their browser makes it and keeps it; only its public half is bound).
+
+    Send the link to the person. Opening it, their browser makes a non-extractable
+    Ed25519 key, proves it holds it, and the service binds it to NAME in the log. The
+    link works once and expires after --ttl seconds; only a hash of it is stored.
+    """
+    try:
+        check_principal_name(name)
+    except ConfigError as exc:
+        raise fail(str(exc), 2) from None
+    settings = load_settings()
+    base = (url or settings.public_url or f"http://{settings.host}:{settings.port}").rstrip("/")
+    try:
+        store = SQLiteStore(db)
+        try:
+            invite, secret = InviteStore(store).create(name, role or (), ttl)
+        finally:
+            store.close()
+    except ValueError as exc:
+        raise fail(str(exc), 2) from None
+    except LineageError as exc:
+        raise fail(str(exc)) from None
+    typer.echo(f"{base}/enroll#invite={secret}")
+    typer.echo(
+        f"invitation {invite.id} for {name}: one use, until "
+        f"{datetime.fromtimestamp(invite.expires, UTC):%Y-%m-%dT%H:%M:%SZ}; shown only once",
+        err=True,
+    )
+
+
+@principal_app.command("keys")
+def principal_keys(
+    name: Annotated[str, typer.Argument(help="the principal's name")],
+    as_json: Annotated[bool, typer.Option("--json", help="a JSON array")] = False,
+    db: DbOption = Path(DEFAULT_DB),
+    keys: KeysOption = None,
+) -> None:
+    """The keys bound to NAME, one per enrolled browser or key file, active or retired."""
+    log = open_for_reading(db, keys)
+    try:
+        found = [k for k in log.state().principal_keys(name)]
+    finally:
+        log.close()
+    rows = [
+        {"kid": k.key.kid, "roles": list(k.roles), "bound": k.added, "retired": k.retired}
+        for k in found
+    ]
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
+    if not rows:
+        typer.echo(f"no key is bound to {name}", err=True)
+    for r in rows:
+        state = f"retired at index {r['retired']}" if r["retired"] is not None else "active"
+        typer.echo(f"{r['kid']}  bound at index {r['bound']}  {state}")
+
+
+@principal_app.command("retire")
+def principal_retire(
+    kid: Annotated[str, typer.Argument(help="the key's id (`lineage principal keys NAME`)")],
+    db: DbOption = Path(DEFAULT_DB),
+    keys: KeysOption = None,
+) -> None:
+    """Retire one of a principal's keys (a lost laptop, a browser given up): a logged
+    `retire` signed by the operator. The principal's other keys stay; what the retired
+    key signed before stays valid, and it signs nothing from now on."""
+    try:
+        log = open_ledger(db, keys)
+        try:
+            record = log.state().key(kid)
+            if record is None or record.principal is None:
+                raise fail(f"no principal's key {kid} (lineage principal keys NAME)")
+            if record.retired is not None:
+                raise fail(f"{kid} ({record.principal}) was retired at index {record.retired}")
+            body = {"kind": "key", "v": 1, "log": log.origin, "op": "retire", "key": record.key.b64}
+            appended = log.append_as("operator", body)
+        finally:
+            log.close()
+    except LineageError as exc:
+        raise fail(str(exc)) from None
+    typer.echo(f"retired {kid} of {record.principal} at index {appended.index}")
 
 
 @principal_app.command("add")

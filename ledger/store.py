@@ -223,6 +223,19 @@ MIGRATIONS: list[str] = [
     STATE_MIGRATION,
     # 5: which access entries have a result entry (ledger/state.py)
     RESULTS_MIGRATION,
+    # 6: enrolment invitations (ledger/invites.py), stored hashed; outside the log
+    """
+    CREATE TABLE IF NOT EXISTS invites (
+        id        TEXT PRIMARY KEY,
+        principal TEXT NOT NULL,
+        roles     TEXT NOT NULL,
+        hash      BLOB NOT NULL CHECK (length(hash) = 32),
+        created   INTEGER NOT NULL,
+        expires   INTEGER NOT NULL,
+        used      INTEGER,
+        kid       TEXT
+    );
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 MAX_IDLE = 8  # idle connections a store keeps for the next use; more are closed

@@ -34,7 +34,7 @@ from lineage.ledger.errors import RejectedEntry
 from lineage.ledger.export import credential_bundle, principal_bundle, rows_csv
 from lineage.ledger.query import Filter
 from lineage.ledger.rotation import rotate_key
-from lineage.ledger.store import SQLiteStore
+from lineage.ledger.store import SCHEMA_VERSION, SQLiteStore
 from lineage.ledger.tokens import TokenStore
 from lineage.verifier.bodies import result_body
 from lineage.verifier.bundle import verify_bundle
@@ -492,7 +492,7 @@ def test_a_ledger_of_schema_4_gains_the_results_table_on_open(tmp_path: Path):
     w.log = ih.reopen(w)
     try:
         conn = sqlite3.connect(w.db)
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 5
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         conn.close()
         recorded = record_result(w.log, access.id, "gw-1", upstream_status=200)
         assert w.log.state().result_of(access.id) == recorded.index

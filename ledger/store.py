@@ -236,6 +236,31 @@ MIGRATIONS: list[str] = [
         kid       TEXT
     );
     """,
+    # 7: OAuth authorisation (ledger/authz.py): registered clients, pending consents, codes
+    """
+    CREATE TABLE IF NOT EXISTS oauth_clients (
+        id       TEXT PRIMARY KEY,
+        metadata TEXT NOT NULL,
+        created  INTEGER NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS oauth_pending (
+        id      TEXT PRIMARY KEY,
+        request TEXT NOT NULL,
+        csrf    BLOB NOT NULL CHECK (length(csrf) = 32),
+        expires INTEGER NOT NULL,
+        done    INTEGER
+    );
+    CREATE TABLE IF NOT EXISTS oauth_codes (
+        hash      BLOB PRIMARY KEY CHECK (length(hash) = 32),
+        grant_id  TEXT NOT NULL,
+        client_id TEXT NOT NULL,
+        redirect  TEXT NOT NULL,
+        challenge TEXT NOT NULL,
+        holder    TEXT NOT NULL,
+        expires   INTEGER NOT NULL,
+        used      INTEGER
+    );
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 MAX_IDLE = 8  # idle connections a store keeps for the next use; more are closed

@@ -56,7 +56,9 @@ def metadata(srv: Server) -> dict:
 def test_the_metadata_passes_authlib_validation(srv: Server) -> None:
     meta = metadata(srv)
     AuthorizationServerMetadata(meta).validate()  # raises on any RFC 8414 §2 violation
-    assert meta["response_types_supported"] == ["none"]  # no authorization endpoint
+    assert meta["response_types_supported"] == ["code"]  # consent in the browser
+    assert meta["code_challenge_methods_supported"] == ["S256"]  # PKCE, nothing weaker
+    assert meta["authorization_endpoint"].endswith("/oauth/authorize")
 
 
 def test_the_metadata_uses_only_registered_auth_methods(srv: Server) -> None:

@@ -10,6 +10,8 @@ key the caller holds.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Form, Request
@@ -21,7 +23,7 @@ from lineage.verifier.entry import Entry, parse_entry
 from lineage.verifier.errors import FormatError, SignatureError
 from lineage.verifier.fields import HEX_ID
 from lineage.verifier.jcs import canonical, parse
-from lineage.verifier.keys import b64u_decode
+from lineage.verifier.keys import b64u_decode, b64u_encode
 from lineage.verifier.kinds import Delegation, Grant, Revocation
 
 from ..errors import ApiError
@@ -33,6 +35,7 @@ __all__ = ["router"]
 router = APIRouter(tags=["oauth"])
 
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+AUTHORIZATION_CODE = "authorization_code"
 SIGNED_ENTRY = "urn:lineage:params:oauth:token-type:signed-entry"
 CREDENTIAL = "urn:lineage:params:oauth:token-type:credential"
 AUTH_TYPES = ["email", "files", "payments", "api"]  # advertised; any type is accepted
@@ -54,9 +57,12 @@ def metadata(request: Request, svc: Annotated[Service, Depends(service)]) -> dic
         "token_endpoint": f"{base}/oauth/token",
         "introspection_endpoint": f"{base}/oauth/introspect",
         "revocation_endpoint": f"{base}/oauth/revoke",
-        # REQUIRED by §2; there is no authorization endpoint, so it issues nothing: "none"
-        "response_types_supported": ["none"],
-        "grant_types_supported": [TOKEN_EXCHANGE],
+        "authorization_endpoint": f"{base}/oauth/authorize",  # consent in the browser
+        "registration_endpoint": f"{base}/oauth/register",  # RFC 7591
+        "response_types_supported": ["code"],
+        "grant_types_supported": [TOKEN_EXCHANGE, AUTHORIZATION_CODE],
+        "code_challenge_methods_supported": ["S256"],
+        "authorization_response_iss_parameter_supported": True,  # RFC 9207
         "token_endpoint_auth_methods_supported": ["none"],  # DPoP proves the holder key
         # §2: introspection may name OAuth Access Token Types; revocation has no registered
         # value for "a Bearer token or DPoP", so it is left out (docs/API.md says which)
@@ -85,6 +91,10 @@ def token(
     subject_token_type: Annotated[str | None, Form(max_length=256)] = None,
     authorization_details: Annotated[str | None, Form(max_length=70_000)] = None,
     requested_token_type: Annotated[str | None, Form(max_length=256)] = None,
+    code: Annotated[str | None, Form(max_length=256)] = None,
+    redirect_uri: Annotated[str | None, Form(max_length=512)] = None,
+    client_id: Annotated[str | None, Form(max_length=256)] = None,
+    code_verifier: Annotated[str | None, Form(max_length=128)] = None,
     scope: Annotated[str | None, Form(max_length=4096)] = None,
     resource: Annotated[list[str] | None, Form()] = None,
     audience: Annotated[list[str] | None, Form()] = None,
@@ -98,6 +108,8 @@ def token(
     """
     if grant_type is None:
         raise ApiError(400, "invalid_request", "grant_type is required")
+    if grant_type == AUTHORIZATION_CODE:
+        return _code_exchange(request, svc, code, redirect_uri, client_id, code_verifier)
     if grant_type != TOKEN_EXCHANGE:
         raise ApiError(400, "unsupported_grant_type", f"grant_type must be {TOKEN_EXCHANGE}")
     if scope is not None:
@@ -155,6 +167,54 @@ def token(
             "authorization_details": scope,
             "lineage_index": appended.index,
             "lineage_receipt": _receipt(appended),
+        },
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+def _code_exchange(
+    request: Request,
+    svc: Service,
+    code: str | None,
+    redirect_uri: str | None,
+    client_id: str | None,
+    verifier: str | None,
+) -> JSONResponse:
+    """RFC 6749 §4.1.3 with PKCE (RFC 7636): the code, once, for the client and redirect
+    URI it was issued to, with the verifier of its challenge and a DPoP proof by the key
+    the person's grant names as holder."""
+    from lineage.ledger.authz import AuthzError, AuthzStore
+
+    if not code or not redirect_uri or not client_id or not verifier:
+        raise ApiError(400, "invalid_request", "code, redirect_uri, client_id, code_verifier")
+    key = check_dpop(request, svc, None, token_endpoint=True)
+    try:
+        bound = AuthzStore(svc.log.store).redeem(code)
+    except AuthzError as exc:
+        raise ApiError(400, "invalid_grant", str(exc)) from None
+    challenge = b64u_encode(hashlib.sha256(verifier.encode("ascii", "replace")).digest())
+    if bound.client_id != client_id:
+        raise ApiError(400, "invalid_grant", "the code was issued to another client")
+    if bound.redirect != redirect_uri:
+        raise ApiError(400, "invalid_grant", "redirect_uri is not the one the code was sent to")
+    if not hmac.compare_digest(challenge, bound.challenge):
+        raise ApiError(400, "invalid_grant", "code_verifier does not match the code_challenge")
+    if key.kid != bound.holder:
+        raise ApiError(
+            400, "invalid_dpop_proof", "the DPoP proof must be by the grant's holder key"
+        )
+    rec = svc.credential(bound.grant_id)
+    if rec is None:
+        raise ApiError(400, "invalid_grant", "the grant is not in the log")
+    expires = rec.credential.limits.expires_at - int(svc.log.clock())
+    return JSONResponse(
+        {
+            "access_token": bound.grant_id,
+            "issued_token_type": CREDENTIAL,
+            "token_type": "DPoP",
+            "expires_in": max(expires, 0),
+            "authorization_details": rec.entry.obj["scope"],
+            "lineage_index": rec.index,
         },
         headers={"Cache-Control": "no-store"},
     )

@@ -1,0 +1,347 @@
+"""OAuth 2.1 consent in the browser: the grant signed by the principal's own key there
+(docs/CONSENT.md §5).
+
+    POST /oauth/register                 RFC 7591: a public client, its exact redirect URIs
+    GET  /oauth/authorize                the consent page (PKCE S256, state, exact redirect_uri,
+                                         RFC 8707 resource, RFC 9396 authorization_details)
+    POST /oauth/authorize/prepare        the grant's exact bytes, for the key the page chose
+    POST /oauth/authorize/approve        the browser's signature: the grant is appended, a code
+    POST /oauth/authorize/deny           access_denied; nothing logged
+
+The token endpoint (``routers/oauth.py``) exchanges the code, with the PKCE verifier and a
+DPoP proof by the agent's key, for the credential.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import time
+from typing import Annotated, Any
+from urllib.parse import urlencode, urlsplit
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from lineage.ledger.authz import AuthzError, AuthzStore, Code
+from lineage.ledger.errors import RejectedEntry
+from lineage.verifier.bodies import grant_body
+from lineage.verifier.entry import entry_from_json
+from lineage.verifier.errors import FormatError
+from lineage.verifier.jcs import canonical
+from lineage.verifier.keys import ENTRY_CONTEXT, PublicKey, b64u_decode, b64u_encode
+from lineage.verifier.scope import parse_scope
+
+from ..errors import ApiError
+from ..service import Service, service
+from .oauth import issuer
+from .web import SECURITY_HEADERS, _same_origin
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["consent"])
+
+PKCE = "S256"
+TASK = r"^[A-Za-z0-9._~-]+(/[A-Za-z0-9._~-]+)*$"
+
+
+class Registration(BaseModel):
+    """RFC 7591 client metadata; a public client (PKCE, no secret)."""
+
+    model_config = ConfigDict(extra="allow")
+    redirect_uris: list[str] = Field(min_length=1, max_length=8)
+    client_name: str | None = Field(default=None, max_length=128)
+    token_endpoint_auth_method: str | None = None
+    grant_types: list[str] | None = None
+    response_types: list[str] | None = None
+
+
+def _redirect_ok(uri: str) -> bool:
+    """An absolute https URI, or http on the loopback (RFC 8252 §7.3); no fragment."""
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return False
+    if parts.fragment or not parts.netloc or len(uri) > 512:
+        return False
+    if parts.scheme == "https":
+        return True
+    return parts.scheme == "http" and parts.hostname in ("127.0.0.1", "localhost", "::1")
+
+
+@router.post("/oauth/register", status_code=201, include_in_schema=False)
+def register(body: Registration, svc: Annotated[Service, Depends(service)]) -> JSONResponse:
+    """RFC 7591 dynamic registration of a public client (PKCE; no client secret)."""
+    bad = [u for u in body.redirect_uris if not _redirect_ok(u)]
+    if bad:
+        raise ApiError(400, "invalid_redirect_uri", f"not an https or loopback URI: {bad[0]!r}")
+    if body.token_endpoint_auth_method not in (None, "none"):
+        raise ApiError(400, "invalid_client_metadata", "only public clients: auth method none")
+    if body.grant_types not in (None, ["authorization_code"]):
+        raise ApiError(400, "invalid_client_metadata", "grant_types: authorization_code only")
+    if body.response_types not in (None, ["code"]):
+        raise ApiError(400, "invalid_client_metadata", "response_types: code only")
+    metadata = {
+        "redirect_uris": body.redirect_uris,
+        "client_name": body.client_name or "an unnamed client",
+        "token_endpoint_auth_method": "none",
+        "grant_types": ["authorization_code"],
+        "response_types": ["code"],
+    }
+    client_id = AuthzStore(svc.log.store).register(metadata)
+    out = {"client_id": client_id, "client_id_issued_at": int(time.time()), **metadata}
+    return JSONResponse(out, status_code=201, headers={"Cache-Control": "no-store"})
+
+
+def _page(title: str, body: str, status: int = 200, script: str | None = None) -> HTMLResponse:
+    scripts = f'<script src="/static/{script}" defer></script>' if script else ""
+    doc = (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{html.escape(title)}</title>"
+        f'<link rel="stylesheet" href="/static/lineage.css">{scripts}</head>'
+        f"<body><main>{body}</main></body></html>"
+    )
+    return HTMLResponse(doc, status_code=status, headers=SECURITY_HEADERS)
+
+
+def _error_page(message: str) -> HTMLResponse:
+    """Errors about the client or its redirect URI are shown, never redirected (RFC 6749
+    §4.1.2.1): the redirect is exactly what cannot be trusted."""
+    body = f"<h1>This request cannot be answered</h1><p class=error>{html.escape(message)}</p>"
+    return _page("Lineage: request refused", body, status=400)
+
+
+def _to_client(redirect: str, params: dict[str, str]) -> str:
+    sep = "&" if urlsplit(redirect).query else "?"
+    return redirect + sep + urlencode(params)
+
+
+def _words(detail: dict[str, Any]) -> str:
+    """One authorisation detail in words a person reads."""
+    e = html.escape
+    parts = [
+        f"<b>{e(', '.join(detail['actions']))}</b> on <b>{e(detail['type'])}</b>",
+    ]
+    if detail.get("resources"):
+        parts.append("resources " + ", ".join(f"<code>{e(r)}</code>" for r in detail["resources"]))
+    if detail.get("locations"):
+        parts.append("at " + ", ".join(f"<code>{e(r)}</code>" for r in detail["locations"]))
+    for name, c in sorted((detail.get("constraints") or {}).items()):
+        ops = {"eq": "is", "in": "is one of", "lte": "at most", "gte": "at least"}
+        said = "; ".join(f"{ops[k]} {e(json.dumps(v))}" for k, v in sorted(c.items()))
+        parts.append(f"only where <code>{e(name)}</code> {said}")
+    return "<li>" + ", ".join(parts) + "</li>"
+
+
+@router.get("/oauth/authorize", include_in_schema=False)
+def authorize(
+    request: Request,
+    svc: Annotated[Service, Depends(service)],
+    response_type: str | None = None,
+    client_id: str | None = None,
+    redirect_uri: str | None = None,
+    state: Annotated[str | None, Query(max_length=512)] = None,
+    code_challenge: str | None = None,
+    code_challenge_method: str | None = None,
+    authorization_details: Annotated[str | None, Query(max_length=70_000)] = None,
+    resource: str | None = None,
+    holder_key: str | None = None,
+    task: str | None = None,
+    task_description: Annotated[str, Query(max_length=1024)] = "",
+    expires_in: int = 900,
+    max_uses: int | None = None,
+    max_depth: int = 0,
+) -> Any:
+    """The consent page: what is asked, in words, with what exceeds the operator's
+    ceilings marked before the person clicks."""
+    store = AuthzStore(svc.log.store)
+    client = store.client(client_id or "")
+    if client is None:
+        return _error_page("unknown client_id: register the client first (/oauth/register)")
+    if redirect_uri not in client["redirect_uris"]:
+        return _error_page("redirect_uri is not one the client registered (exact match)")
+    iss = issuer(request)
+
+    def refuse(error: str, description: str) -> RedirectResponse:
+        params = {"error": error, "error_description": description, "iss": iss}
+        if state is not None:
+            params["state"] = state
+        return RedirectResponse(_to_client(redirect_uri, params), status_code=302)
+
+    if response_type != "code":
+        return refuse("unsupported_response_type", "response_type must be code")
+    if not code_challenge or code_challenge_method != PKCE:
+        return refuse("invalid_request", "PKCE is required: code_challenge with method S256")
+    if len(code_challenge) != 43:
+        return refuse("invalid_request", "code_challenge: base64url of a SHA-256")
+    try:
+        holder = PublicKey.from_b64(holder_key or "", "holder_key")
+        scope = json.loads(authorization_details or "null")
+        parse_scope(scope)
+        if not task:
+            raise FormatError("task: the task id is required")
+        body = grant_body(
+            svc.log.origin,
+            "principal@placeholder",
+            holder,
+            agent=client["client_name"][:128],
+            task={"id": task, "description": task_description},
+            scope=scope,
+            expires_at=int(svc.log.clock()) + max(1, expires_in),
+            max_uses=max_uses,
+            max_depth=max_depth,
+        )
+    except (FormatError, ValueError, TypeError) as exc:
+        return refuse("invalid_request", str(exc)[:300])
+    if resource is not None:
+        locations = {loc for d in scope for loc in d.get("locations", [])}
+        if resource.rstrip("/") not in {x.rstrip("/") for x in locations}:
+            return refuse("invalid_target", "resource must be one of the details' locations")
+    settings = svc.settings
+    over = []
+    if expires_in > settings.ttl_max:
+        over.append(f"it would last {expires_in} s; the operator allows {settings.ttl_max} s")
+    if max_uses == 1 and expires_in > settings.single_use_ttl_max:
+        over.append(f"a single-use credential may last {settings.single_use_ttl_max} s")
+    if max_depth > settings.max_depth:
+        over.append(f"delegation depth {max_depth}; the operator allows {settings.max_depth}")
+    pending_id, csrf = store.pend(
+        {
+            "client_id": client_id,
+            "redirect_uri": redirect_uri,
+            "state": state,
+            "challenge": code_challenge,
+            "iss": iss,
+            "body": body,
+        }
+    )
+    e = html.escape
+    minutes = max(1, expires_in // 60)
+    warn = "".join(f"<li>{e(x)}</li>" for x in over)
+    uses = f"at most {max_uses} use(s)" if max_uses else "any number of uses"
+    depth = (
+        "and it may not hand this on"
+        if max_depth == 0
+        else f"handing it on at most {max_depth} step(s) deep"
+    )
+    ceilings = (
+        '<div id="ceilings" class="error"><p>The operator will refuse this:</p>'
+        f"<ul>{warn}</ul></div>"
+        if warn
+        else ""
+    )
+    page = f"""
+<h1>{e(client["client_name"])} asks for your authority</h1>
+<p>An agent (key <code>{e(holder.kid)}</code>) of <b>{e(client["client_name"])}</b> asks to act for
+you on task <code>{e(task)}</code>{": " + e(task_description) if task_description else ""}.</p>
+<ul id="details">{"".join(_words(d) for d in scope)}</ul>
+<p>For {minutes} minute(s), {uses}, {depth}.</p>
+{ceilings}
+<p id="signer">Looking for your key in this browser…</p>
+<p><button id="approve" type="button" disabled>Approve and sign</button>
+<button id="deny" type="button">Deny</button></p>
+<p id="status" role="status" aria-live="polite"></p>
+<div id="request" hidden data-request="{e(pending_id)}" data-csrf="{e(csrf)}"></div>
+"""
+    return _page("Lineage: consent", page, script="consent.js")
+
+
+class Answer(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    request: str = Field(max_length=64)
+    csrf: str | None = Field(default=None, max_length=64)
+
+
+class Chosen(Answer):
+    kid: str = Field(pattern=r"^[A-Za-z0-9_-]{43}$")
+
+
+class Signed(Chosen):
+    sig: str = Field(pattern=r"^[A-Za-z0-9_-]{86}$")
+
+
+def _pending(svc: Service, body: Answer) -> dict[str, Any]:
+    try:
+        return AuthzStore(svc.log.store).pending(body.request, body.csrf)
+    except AuthzError as exc:
+        status = 403 if exc.error == "access_denied" else 400
+        raise ApiError(status, exc.error, str(exc)) from None
+
+
+def _grant(svc: Service, pending: dict[str, Any], kid: str) -> dict[str, Any]:
+    """The grant the person signs: the request's, with the principal the key is bound to."""
+    bound = svc.log.state().key(kid)
+    if bound is None or bound.principal is None or bound.retired is not None:
+        raise ApiError(403, "access_denied", "this browser's key is not an active principal's key")
+    return {**pending["body"], "principal": bound.principal}
+
+
+@router.post("/oauth/authorize/prepare", include_in_schema=False)
+def prepare(body: Chosen, request: Request, svc: Annotated[Service, Depends(service)]):
+    """The exact bytes the browser signs (FORMAT.md §3: context and canonical body)."""
+    _same_origin(request)
+    grant = _grant(svc, _pending(svc, body), body.kid)
+    return {
+        "principal": grant["principal"],
+        "signing_input": b64u_encode(ENTRY_CONTEXT + canonical(grant)),
+    }
+
+
+@router.post("/oauth/authorize/approve", include_in_schema=False)
+def approve(body: Signed, request: Request, svc: Annotated[Service, Depends(service)]):
+    """Append the grant the browser signed; answer where to send the person, with a code."""
+    _same_origin(request)
+    pending = _pending(svc, body)
+    grant = _grant(svc, pending, body.kid)
+    try:
+        entry = entry_from_json({**grant, "sigs": [{"kid": body.kid, "sig": body.sig}]})
+        b64u_decode(body.sig, length=64, what="sig")
+    except FormatError as exc:
+        raise ApiError(400, "invalid_request", str(exc)) from None
+    store = AuthzStore(svc.log.store)
+    try:
+        store.answer(body.request)
+    except AuthzError as exc:
+        raise ApiError(400, exc.error, str(exc)) from None
+    try:
+        appended = svc.log.append(entry)
+    except RejectedEntry as exc:
+        params = {
+            "error": "access_denied",
+            "error_description": str(exc)[:300],
+            "iss": pending["iss"],
+        }
+        if pending["state"] is not None:
+            params["state"] = pending["state"]
+        return {"redirect": _to_client(pending["redirect_uri"], params), "refused": str(exc)}
+    svc.metrics.appends.labels(kind="grant").inc()
+    code = store.issue(
+        Code(
+            appended.id,
+            pending["client_id"],
+            pending["redirect_uri"],
+            pending["challenge"],
+            PublicKey.from_b64(grant["holder"]).kid,
+        )
+    )
+    params = {"code": code, "iss": pending["iss"]}
+    if pending["state"] is not None:
+        params["state"] = pending["state"]
+    return {"redirect": _to_client(pending["redirect_uri"], params), "grant": appended.id}
+
+
+@router.post("/oauth/authorize/deny", include_in_schema=False)
+def deny(body: Answer, request: Request, svc: Annotated[Service, Depends(service)]):
+    """``access_denied``; nothing is logged."""
+    _same_origin(request)
+    pending = _pending(svc, body)
+    try:
+        AuthzStore(svc.log.store).answer(body.request)
+    except AuthzError as exc:
+        raise ApiError(400, exc.error, str(exc)) from None
+    params = {"error": "access_denied", "iss": pending["iss"]}
+    if pending["state"] is not None:
+        params["state"] = pending["state"]
+    return {"redirect": _to_client(pending["redirect_uri"], params)}

@@ -216,3 +216,42 @@ def test_an_answer_without_its_csrf_token_is_refused(world):
     for body in ({"request": request, "kid": kid}, {"request": request, "csrf": "x", "kid": kid}):
         r = httpx.post(srv.base + "/oauth/authorize/prepare", json=body, timeout=10)
         assert r.status_code == 403, r.text
+
+
+def test_the_consent_page_renders_what_is_asked(world, tmp_path):
+    """The page a person sees, as an image: docs/consent.png is made by this test with
+    LINEAGE_SCREENSHOT=docs/consent.png (the README shows it)."""
+    import os
+
+    srv, _, client_id, redirect, _, page, _ = world
+    agent, verifier = SigningKey.generate(), secrets.token_urlsafe(48)
+    scope = [
+        {**SCOPE[0], "constraints": {"sender": {"in": ["billing@vendor.example"]}}},
+    ]
+    page.set_viewport_size({"width": 900, "height": 720})
+    page.goto(
+        authorize_url(
+            srv,
+            client_id,
+            redirect,
+            agent,
+            verifier,
+            max_uses="20",
+            authorization_details=json.dumps(scope),
+        )
+    )
+    page.wait_for_selector("#approve:not([disabled])", timeout=10_000)
+    text = page.text_content("main")
+    for said in (
+        "Triage Bot",
+        "read",
+        "mailbox:carol/inbox/*",
+        "billing@vendor.example",
+        "at most 20 use(s)",
+        "may not hand this on",
+        "carol@corp",
+    ):
+        assert said in text, said
+    out = os.environ.get("LINEAGE_SCREENSHOT") or str(tmp_path / "consent.png")
+    page.screenshot(path=out, full_page=True)
+    assert os.path.getsize(out) > 10_000

@@ -13,6 +13,7 @@ Precedence: built-in defaults < ``lineage.toml`` (or ``--config``/``$LINEAGE_CON
     host = "127.0.0.1"
     port = 8000
     public_url = ""              # e.g. "https://lineage.example.com": the base DPoP htu must name
+    client_metadata_loopback = false  # fetch http://127.0.0.1 client ids too (CIMD): development
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     public_url: str = ""  # the service's URL as clients see it; DPoP htu is checked against it
+    # OAuth Client ID Metadata Documents are fetched over https only; this also allows
+    # http on the loopback (127.0.0.1, localhost), for a client developed on this machine
+    client_metadata_loopback: bool = False
 
     def __post_init__(self) -> None:
         for f in fields(self):

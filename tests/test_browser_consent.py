@@ -255,3 +255,81 @@ def test_the_consent_page_renders_what_is_asked(world, tmp_path):
     out = os.environ.get("LINEAGE_SCREENSHOT") or str(tmp_path / "consent.png")
     page.screenshot(path=out, full_page=True)
     assert os.path.getsize(out) > 10_000
+
+
+class DocumentClient(Client):
+    """A client that has never met the server: its client_id is the URL of its metadata
+    document (OAuth Client ID Metadata Documents), served here with its redirect URI."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.base = ""
+        self.claims_to_be: str | None = None  # another client_id in the document
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/client.json":
+            doc = {
+                "client_id": self.claims_to_be or self.base + "/client.json",
+                "client_name": "Docs Bot",
+                "redirect_uris": [self.base + "/cb"],
+                "token_endpoint_auth_method": "none",
+            }
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"content-type", b"application/json")],
+                }
+            )
+            await send({"type": "http.response.body", "body": json.dumps(doc).encode()})
+            return
+        await super().__call__(scope, receive, send)
+
+
+def test_a_client_that_never_registered_is_known_by_its_metadata_document(tmp_path, browser):  # noqa: F811
+    from lineage.ledger.config import Settings
+
+    client = DocumentClient()
+    settings = Settings(checkpoint_interval=0.2, client_metadata_loopback=True)
+    with running(tmp_path, settings) as srv, serve_app(client) as base:
+        client.base = base
+        client_id, redirect = base + "/client.json", base + "/cb"
+        meta = httpx.get(srv.base + "/.well-known/oauth-authorization-server", timeout=10).json()
+        assert meta["client_id_metadata_document_supported"] is True
+        context = browser.new_context()
+        try:
+            page, _ = enrol(context, invite(srv))
+            agent, verifier = SigningKey.generate(), secrets.token_urlsafe(48)
+            page.goto(authorize_url(srv, client_id, redirect, agent, verifier))
+            assert "Docs Bot" in page.text_content("h1")
+            page.wait_for_selector("#approve:not([disabled])", timeout=10_000)
+            page.click("#approve")
+            page.wait_for_url(redirect + "**", timeout=10_000)
+            code = client.received[-1]["code"][0]
+            assert token(srv, agent, code, client_id, redirect, verifier).status_code == 200
+            # A document that names another client is not this client's.
+            client.claims_to_be = "https://someone.else/client.json"
+            from lineage.api.routers import consent
+
+            consent._CIMD.clear()
+            r = httpx.get(authorize_url(srv, client_id, redirect, agent, verifier), timeout=10)
+            assert r.status_code == 400 and "unknown client_id" in r.text
+        finally:
+            context.close()
+
+
+def test_metadata_documents_are_fetched_over_https_only_by_default(srv_default):
+    srv, base = srv_default
+    r = httpx.get(
+        authorize_url(srv, base + "/client.json", base + "/cb", SigningKey.generate(), "v" * 43),
+        timeout=10,
+    )
+    assert r.status_code == 400 and "unknown client_id" in r.text
+
+
+@pytest.fixture
+def srv_default(tmp_path):
+    client = DocumentClient()
+    with running(tmp_path) as srv, serve_app(client) as base:
+        client.base = base
+        yield srv, base

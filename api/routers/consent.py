@@ -20,6 +20,7 @@ import time
 from typing import Annotated, Any
 from urllib.parse import urlencode, urlsplit
 
+import httpx
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -94,6 +95,82 @@ def register(body: Registration, svc: Annotated[Service, Depends(service)]) -> J
     return JSONResponse(out, status_code=201, headers={"Cache-Control": "no-store"})
 
 
+CIMD_MAX = 16384  # bytes of a client's metadata document
+CIMD_TTL = 300.0  # seconds a fetched document is reused
+_CIMD: dict[str, tuple[float, dict[str, Any]]] = {}
+
+
+def _metadata_document(svc: Service, client_id: str) -> dict[str, Any] | None:
+    """An OAuth Client ID Metadata Document: the client id is an https URL, and what it
+    serves (JSON, at most 16 KiB, no redirect followed, within 5 s) names itself as
+    ``client_id`` and lists the exact ``redirect_uris``. None if ``client_id`` is not
+    such a URL, or the document is not usable."""
+    try:
+        parts = urlsplit(client_id)
+    except ValueError:
+        return None
+    loopback = parts.hostname in ("127.0.0.1", "localhost")
+    if (
+        not (
+            parts.scheme == "https"
+            or (parts.scheme == "http" and loopback and svc.settings.client_metadata_loopback)
+        )
+        or not parts.path
+        or parts.fragment
+        or parts.username
+        or parts.password
+    ):
+        return None
+    cached = _CIMD.get(client_id)
+    if cached is not None and time.monotonic() - cached[0] < CIMD_TTL:
+        return cached[1]
+    try:
+        with httpx.stream(
+            "GET",
+            client_id,
+            timeout=5.0,
+            follow_redirects=False,
+            headers={"Accept": "application/json"},
+        ) as r:
+            if r.status_code != 200:
+                return None
+            data = b""
+            for chunk in r.iter_bytes():
+                data += chunk
+                if len(data) > CIMD_MAX:
+                    return None
+        doc = json.loads(data)
+    except (httpx.HTTPError, ValueError):
+        return None
+    if not isinstance(doc, dict) or doc.get("client_id") != client_id:
+        return None
+    uris = doc.get("redirect_uris")
+    if (
+        not isinstance(uris, list)
+        or not uris
+        or not all(isinstance(u, str) and _redirect_ok(u) for u in uris)
+    ):
+        return None
+    if doc.get("token_endpoint_auth_method", "none") != "none":
+        return None
+    name = doc.get("client_name")
+    found = {
+        "redirect_uris": uris,
+        "client_name": name[:128] if isinstance(name, str) and name else parts.netloc,
+    }
+    if len(_CIMD) > 1024:
+        _CIMD.clear()
+    _CIMD[client_id] = (time.monotonic(), found)
+    return found
+
+
+def _client(svc: Service, client_id: str | None) -> dict[str, Any] | None:
+    """A registered client (RFC 7591), or one that describes itself at its URL (CIMD)."""
+    if not client_id:
+        return None
+    return AuthzStore(svc.log.store).client(client_id) or _metadata_document(svc, client_id)
+
+
 def _page(title: str, body: str, status: int = 200, script: str | None = None) -> HTMLResponse:
     scripts = f'<script src="/static/{script}" defer></script>' if script else ""
     doc = (
@@ -157,9 +234,12 @@ def authorize(
     """The consent page: what is asked, in words, with what exceeds the operator's
     ceilings marked before the person clicks."""
     store = AuthzStore(svc.log.store)
-    client = store.client(client_id or "")
+    client = _client(svc, client_id)
     if client is None:
-        return _error_page("unknown client_id: register the client first (/oauth/register)")
+        return _error_page(
+            "unknown client_id: register the client (/oauth/register), or make client_id "
+            "the https URL of its metadata document"
+        )
     if redirect_uri not in client["redirect_uris"]:
         return _error_page("redirect_uri is not one the client registered (exact match)")
     iss = issuer(request)

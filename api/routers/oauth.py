@@ -63,6 +63,7 @@ def metadata(request: Request, svc: Annotated[Service, Depends(service)]) -> dic
         "grant_types_supported": [TOKEN_EXCHANGE, AUTHORIZATION_CODE],
         "code_challenge_methods_supported": ["S256"],
         "authorization_response_iss_parameter_supported": True,  # RFC 9207
+        "client_id_metadata_document_supported": True,  # OAuth Client ID Metadata Documents
         "token_endpoint_auth_methods_supported": ["none"],  # DPoP proves the holder key
         # §2: introspection may name OAuth Access Token Types; revocation has no registered
         # value for "a Bearer token or DPoP", so it is left out (docs/API.md says which)

@@ -156,9 +156,12 @@ def test_the_page_is_locked_down(srv):
     assert "default-src 'none'" in csp and "script-src 'self'" in csp
     assert "frame-ancestors 'none'" in csp and r.headers["x-frame-options"] == "DENY"
     assert '<script src="/static/enroll.js"' in r.text and "http" not in r.text.split("<body>")[1]
-    js = httpx.get(srv.base + "/static/enroll.js", timeout=10)
-    assert js.headers["content-type"].startswith("text/javascript")
-    assert "fetch(" in js.text and "://" not in js.text  # no other host is ever contacted
+    for name in ("common.js", "enroll.js", "consent.js"):
+        js = httpx.get(srv.base + "/static/" + name, timeout=10)
+        assert js.headers["content-type"].startswith("text/javascript")
+        assert "://" not in js.text  # no other host is ever contacted
+    common = httpx.get(srv.base + "/static/common.js", timeout=10).text
+    assert "fetch(path" in common and 'credentials: "omit"' in common
 
 
 def test_enrolment_from_another_site_or_with_a_borrowed_key_is_refused(srv):

@@ -172,7 +172,12 @@ def _client(svc: Service, client_id: str | None) -> dict[str, Any] | None:
 
 
 def _page(title: str, body: str, status: int = 200, script: str | None = None) -> HTMLResponse:
-    scripts = f'<script src="/static/{script}" defer></script>' if script else ""
+    scripts = (
+        f'<script src="/static/common.js" defer></script><script src="/static/{script}" defer>'
+        "</script>"
+        if script
+        else ""
+    )
     doc = (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'

@@ -43,6 +43,7 @@ SECURITY_HEADERS = {
 ASSETS = {
     "enroll.js": "text/javascript; charset=utf-8",
     "consent.js": "text/javascript; charset=utf-8",
+    "common.js": "text/javascript; charset=utf-8",
     "lineage.css": "text/css; charset=utf-8",
 }
 PROOF_CONTEXT = b"lineage-enrol-v1\n"

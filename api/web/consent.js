@@ -2,48 +2,14 @@
 // this browser made at enrolment and can never export. The service prepares the exact
 // bytes (the entry's signing context and canonical body); this page signs them.
 "use strict";
+// Uses $, b64u, unb64u, say, post and keyring from common.js, loaded first.
 
-const $ = (id) => document.getElementById(id);
-
-function b64u(buffer) {
-  let s = "";
-  for (const b of new Uint8Array(buffer)) s += String.fromCharCode(b);
-  return btoa(s).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
-}
-
-function unb64u(text) {
-  const s = atob(text.replace(/-/g, "+").replace(/_/g, "/"));
-  return Uint8Array.from(s, (c) => c.charCodeAt(0));
-}
-
-function say(text, error) {
-  $("status").textContent = text;
-  $("status").className = error ? "error" : "";
-}
-
-async function post(path, body) {
-  const r = await fetch(path, {
-    method: "POST",
-    headers: { "Content-Type": "application/json" },
-    body: JSON.stringify(body),
-    credentials: "omit",
-    cache: "no-store",
-  });
-  const answer = await r.json().catch(() => ({}));
-  if (!r.ok) throw new Error(answer.error_description || answer.detail || `HTTP ${r.status}`);
-  return answer;
-}
-
-function keys() {
+async function keys() {
+  const db = await keyring();
   return new Promise((resolve, reject) => {
-    const open = indexedDB.open("lineage", 1);
-    open.onupgradeneeded = () => open.result.createObjectStore("keys", { keyPath: "kid" });
-    open.onerror = () => reject(open.error);
-    open.onsuccess = () => {
-      const all = open.result.transaction("keys").objectStore("keys").getAll();
-      all.onsuccess = () => resolve(all.result);
-      all.onerror = () => reject(all.error);
-    };
+    const all = db.transaction("keys").objectStore("keys").getAll();
+    all.onsuccess = () => resolve(all.result);
+    all.onerror = () => reject(all.error);
   });
 }
 

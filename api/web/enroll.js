@@ -1,42 +1,9 @@
 // Enrolment (docs/CONSENT.md): this browser makes a non-extractable Ed25519 key with
 // WebCrypto, proves it holds it, and keeps it in IndexedDB. Only the public half is sent.
 "use strict";
+// Uses $, b64u, unb64u, say, post and keyring from common.js, loaded first.
 
-const $ = (id) => document.getElementById(id);
 const INVITE = /(?:^#|&)invite=(inv_[A-Za-z0-9]{12}_[A-Za-z0-9_-]{43})(?:&|$)/;
-
-function b64u(buffer) {
-  let s = "";
-  for (const b of new Uint8Array(buffer)) s += String.fromCharCode(b);
-  return btoa(s).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
-}
-
-function say(text, error) {
-  $("status").textContent = text;
-  $("status").className = error ? "error" : "";
-}
-
-async function post(path, body) {
-  const r = await fetch(path, {
-    method: "POST",
-    headers: { "Content-Type": "application/json" },
-    body: JSON.stringify(body),
-    credentials: "omit",
-    cache: "no-store",
-  });
-  const answer = await r.json().catch(() => ({}));
-  if (!r.ok) throw new Error(answer.error_description || answer.detail || `HTTP ${r.status}`);
-  return answer;
-}
-
-function keyring() {
-  return new Promise((resolve, reject) => {
-    const open = indexedDB.open("lineage", 1);
-    open.onupgradeneeded = () => open.result.createObjectStore("keys", { keyPath: "kid" });
-    open.onsuccess = () => resolve(open.result);
-    open.onerror = () => reject(open.error);
-  });
-}
 
 async function keep(record) {
   const db = await keyring();

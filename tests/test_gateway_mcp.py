@@ -255,3 +255,42 @@ def test_another_agents_invocation_or_a_changed_message_is_refused(world):
     r = httpx.post(url, content=sent, headers=headers, timeout=10)
     assert r.status_code == 401
     assert world.guard.calls == []
+
+
+def test_a_mounted_gateway_publishes_its_mcp_metadata_at_the_services_root(tmp_path):
+    """RFC 9728 puts the metadata of <base>/gateway/tools at
+    <base>/.well-known/oauth-protected-resource/gateway/tools: the service routes it."""
+    import uvicorn
+
+    from lineage.api.main import create_app
+    from lineage.ledger.config import Settings
+    from lineage.ledger.ledger import init_ledger
+
+    from .api_server import in_thread
+
+    cfg = parse_gateway(
+        {
+            "mount": "/gateway",
+            "upstreams": {"tools": {"kind": "mcp", "url": "http://127.0.0.1:9/mcp"}},
+        }
+    )
+    log = init_ledger(tmp_path / "l.db", tmp_path / "keys", settings=Settings())
+    app = create_app(log, Settings(), checkpoints=False, gateway=cfg)
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+    with in_thread(config) as port:
+        base = f"http://127.0.0.1:{port}"
+        meta = httpx.get(base + "/.well-known/oauth-protected-resource/gateway/tools", timeout=10)
+        assert meta.status_code == 200, meta.text
+        assert meta.json()["resource"] == base + "/gateway/tools"
+        assert meta.json()["authorization_servers"] == [base]
+        r = httpx.post(
+            base + "/gateway/tools",
+            json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+            timeout=10,
+        )
+        assert r.status_code == 401
+        assert r.headers["www-authenticate"].startswith(
+            f'Bearer resource_metadata="{base}/.well-known/oauth-protected-resource/gateway/tools"'
+        )
+        missing = httpx.get(base + "/.well-known/oauth-protected-resource/gateway/nope", timeout=10)
+        assert missing.status_code == 404

@@ -15,7 +15,9 @@ DPoP proof by the agent's key, for the credential.
 from __future__ import annotations
 
 import html
+import ipaddress
 import json
+import socket
 import time
 from typing import Annotated, Any
 from urllib.parse import urlencode, urlsplit
@@ -32,6 +34,7 @@ from lineage.verifier.entry import entry_from_json
 from lineage.verifier.errors import FormatError
 from lineage.verifier.jcs import canonical
 from lineage.verifier.keys import ENTRY_CONTEXT, PublicKey, b64u_decode, b64u_encode
+from lineage.verifier.kinds import Grant
 from lineage.verifier.scope import parse_scope
 
 from ..errors import ApiError
@@ -58,6 +61,12 @@ class Registration(BaseModel):
     response_types: list[str] | None = None
 
 
+def _printable(name: str) -> bool:
+    """What a grant's agent label may hold (FORMAT.md §4.4): printable ASCII, so no control,
+    bidi override or invisible character can make one name read as another."""
+    return 1 <= len(name) <= 128 and all(" " <= c <= "~" for c in name)
+
+
 def _redirect_ok(uri: str) -> bool:
     """An absolute https URI, or http on the loopback (RFC 8252 §7.3); no fragment."""
     try:
@@ -74,6 +83,12 @@ def _redirect_ok(uri: str) -> bool:
 @router.post("/oauth/register", status_code=201, include_in_schema=False)
 def register(body: Registration, svc: Annotated[Service, Depends(service)]) -> JSONResponse:
     """RFC 7591 dynamic registration of a public client (PKCE; no client secret)."""
+    if body.client_name is not None and not _printable(body.client_name):
+        raise ApiError(
+            400,
+            "invalid_client_metadata",
+            "client_name: 1 to 128 printable ASCII characters (it is the grant's agent label)",
+        )
     bad = [u for u in body.redirect_uris if not _redirect_ok(u)]
     if bad:
         raise ApiError(400, "invalid_redirect_uri", f"not an https or loopback URI: {bad[0]!r}")
@@ -95,6 +110,18 @@ def register(body: Registration, svc: Annotated[Service, Depends(service)]) -> J
     return JSONResponse(out, status_code=201, headers={"Cache-Control": "no-store"})
 
 
+MAX_STATE = 2048
+PLACEHOLDER = "principal@placeholder.invalid"  # replaced by the signing key's principal
+MAX_COUNT = 2**31
+
+
+def _count(text: str, name: str, low: int) -> int:
+    """A decimal integer from the query, within [low, 2^31]; FormatError otherwise."""
+    if not text.isdigit() or len(text) > 10 or not low <= int(text) <= MAX_COUNT:
+        raise FormatError(f"{name}: a whole number from {low} to {MAX_COUNT}")
+    return int(text)
+
+
 CIMD_MAX = 16384  # bytes of a client's metadata document
 CIMD_TTL = 300.0  # seconds a fetched document is reused
 _CIMD: dict[str, tuple[float, dict[str, Any]]] = {}
@@ -110,17 +137,13 @@ def _metadata_document(svc: Service, client_id: str) -> dict[str, Any] | None:
     except ValueError:
         return None
     loopback = parts.hostname in ("127.0.0.1", "localhost")
-    if (
-        not (
-            parts.scheme == "https"
-            or (parts.scheme == "http" and loopback and svc.settings.client_metadata_loopback)
-        )
-        or not parts.path
-        or parts.fragment
-        or parts.username
-        or parts.password
-    ):
+    development = loopback and svc.settings.client_metadata_loopback
+    if not (parts.scheme == "https" or (parts.scheme == "http" and development)):
         return None
+    if not parts.path or parts.fragment or parts.username or parts.password:
+        return None
+    if not development and not _public_host(parts):
+        return None  # SSRF: never fetch the service's own network on a stranger's word
     cached = _CIMD.get(client_id)
     if cached is not None and time.monotonic() - cached[0] < CIMD_TTL:
         return cached[1]
@@ -140,7 +163,7 @@ def _metadata_document(svc: Service, client_id: str) -> dict[str, Any] | None:
                 if len(data) > CIMD_MAX:
                     return None
         doc = json.loads(data)
-    except (httpx.HTTPError, ValueError):
+    except (httpx.HTTPError, ValueError, RecursionError):
         return None
     if not isinstance(doc, dict) or doc.get("client_id") != client_id:
         return None
@@ -156,12 +179,36 @@ def _metadata_document(svc: Service, client_id: str) -> dict[str, Any] | None:
     name = doc.get("client_name")
     found = {
         "redirect_uris": uris,
-        "client_name": name[:128] if isinstance(name, str) and name else parts.netloc,
+        "client_name": name if isinstance(name, str) and _printable(name) else parts.netloc,
     }
     if len(_CIMD) > 1024:
         _CIMD.clear()
     _CIMD[client_id] = (time.monotonic(), found)
     return found
+
+
+def _public_host(parts) -> bool:
+    """An https client id names a public host, on port 443: a DNS name whose every address
+    is global (not loopback, private, link-local, multicast or reserved), never an IP
+    literal. (A name could resolve otherwise a moment later: this narrows SSRF, the
+    fetch's own limits bound what is left.)"""
+    host = parts.hostname or ""
+    try:
+        port = parts.port
+    except ValueError:
+        return False
+    if port not in (None, 443) or not host or "." not in host:
+        return False
+    try:
+        ipaddress.ip_address(host)
+        return False  # an address, not a name
+    except ValueError:
+        pass
+    try:
+        found = socket.getaddrinfo(host, 443, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError):
+        return False
+    return bool(found) and all(ipaddress.ip_address(a[4][0]).is_global for a in found)
 
 
 def _client(svc: Service, client_id: str | None) -> dict[str, Any] | None:
@@ -224,17 +271,17 @@ def authorize(
     response_type: str | None = None,
     client_id: str | None = None,
     redirect_uri: str | None = None,
-    state: Annotated[str | None, Query(max_length=512)] = None,
+    state: str | None = None,
     code_challenge: str | None = None,
     code_challenge_method: str | None = None,
     authorization_details: Annotated[str | None, Query(max_length=70_000)] = None,
     resource: str | None = None,
     holder_key: str | None = None,
     task: str | None = None,
-    task_description: Annotated[str, Query(max_length=1024)] = "",
-    expires_in: int = 900,
-    max_uses: int | None = None,
-    max_depth: int = 0,
+    task_description: str = "",
+    expires_in: str = "900",
+    max_uses: str | None = None,
+    max_depth: str = "0",
 ) -> Any:
     """The consent page: what is asked, in words, with what exceeds the operator's
     ceilings marked before the person clicks."""
@@ -248,6 +295,8 @@ def authorize(
     if redirect_uri not in client["redirect_uris"]:
         return _error_page("redirect_uri is not one the client registered (exact match)")
     iss = issuer(request)
+    if state is not None and len(state) > MAX_STATE:
+        return _error_page(f"state is longer than {MAX_STATE} characters")
 
     def refuse(error: str, description: str) -> RedirectResponse:
         params = {"error": error, "error_description": description, "iss": iss}
@@ -267,19 +316,24 @@ def authorize(
         parse_scope(scope)
         if not task:
             raise FormatError("task: the task id is required")
+        lifetime = _count(expires_in, "expires_in", 1)
+        uses = _count(max_uses, "max_uses", 1) if max_uses is not None else None
+        depth = _count(max_depth, "max_depth", 0)
         body = grant_body(
             svc.log.origin,
-            "principal@placeholder",
+            PLACEHOLDER,
             holder,
-            agent=client["client_name"][:128],
+            agent=client["client_name"],
             task={"id": task, "description": task_description},
             scope=scope,
-            expires_at=int(svc.log.clock()) + max(1, expires_in),
-            max_uses=max_uses,
-            max_depth=max_depth,
+            expires_at=int(svc.log.clock()) + lifetime,
+            max_uses=uses,
+            max_depth=depth,
         )
-    except (FormatError, ValueError, TypeError) as exc:
+        Grant.parse(body)  # everything the format refuses is refused now, not at approval
+    except (FormatError, ValueError, TypeError, RecursionError) as exc:
         return refuse("invalid_request", str(exc)[:300])
+    expires_in, max_uses, max_depth = lifetime, uses, depth
     if resource is not None:
         locations = {loc for d in scope for loc in d.get("locations", [])}
         if resource.rstrip("/") not in {x.rstrip("/") for x in locations}:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Form, Request
@@ -36,6 +37,7 @@ router = APIRouter(tags=["oauth"])
 
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 AUTHORIZATION_CODE = "authorization_code"
+VERIFIER = re.compile(r"[A-Za-z0-9._~-]{43,128}")
 SIGNED_ENTRY = "urn:lineage:params:oauth:token-type:signed-entry"
 CREDENTIAL = "urn:lineage:params:oauth:token-type:credential"
 AUTH_TYPES = ["email", "files", "payments", "api"]  # advertised; any type is accepted
@@ -188,6 +190,8 @@ def _code_exchange(
 
     if not code or not redirect_uri or not client_id or not verifier:
         raise ApiError(400, "invalid_request", "code, redirect_uri, client_id, code_verifier")
+    if not VERIFIER.fullmatch(verifier):  # RFC 7636 §4.1
+        raise ApiError(400, "invalid_request", "code_verifier: 43 to 128 of [A-Za-z0-9-._~]")
     key = check_dpop(request, svc, None, token_endpoint=True)
     try:
         bound = AuthzStore(svc.log.store).redeem(code)

@@ -47,6 +47,7 @@ ASSETS = {
     "lineage.css": "text/css; charset=utf-8",
 }
 PROOF_CONTEXT = b"lineage-enrol-v1\n"
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def _asset(name: str) -> bytes:
@@ -74,6 +75,10 @@ def _same_origin(request: Request) -> None:
     if origin is None:
         return  # not a browser (curl, a test client): the invitation alone decides
     base = urlsplit(public_url(request))
+    if not service(request).settings.public_url and base.hostname not in LOOPBACK:
+        # Without public_url the service's origin is read from the Host header, which a
+        # DNS-rebinding page sets to its own name: only a loopback Host is believed.
+        raise ApiError(403, "access_denied", "set public_url to enrol or consent from another host")
     if origin != f"{base.scheme}://{base.netloc}":
         raise ApiError(403, "access_denied", "enrolment is only from this service's own page")
 
@@ -93,7 +98,9 @@ def _invite(svc: Service, presented: str):
 
 class Preview(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    invite: str = Field(pattern=INVITE.pattern, description="the invitation, inv_<id>_<secret>")
+    invite: str = Field(
+        pattern=f"^{INVITE.pattern}$", description="the invitation, inv_<id>_<secret>"
+    )
 
 
 class PreviewAnswer(BaseModel):

@@ -30,13 +30,14 @@ import threading
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
 import httpx
 
 from lineage.verifier.errors import FormatError
-from lineage.verifier.invocation import SignedInvocation
+from lineage.verifier.invocation import SignedInvocation, parse_invocation_bytes
 from lineage.verifier.request import parse_request, request_to_json
 from lineage.verifier.resource import Resource, parse_resource
 
@@ -176,15 +177,23 @@ class Route:
     def resource_of(self, segments: tuple[str, ...]) -> Resource:
         """The request's resource: the path's segments under the route's base."""
         try:
-            if self.resource == "url":
-                base = parse_resource(self.location, allow_wildcard=False, url_only=True)
-            elif ":" in self.resource:
-                base = parse_resource(self.resource, allow_wildcard=False)
-            else:  # a bare namespace: the path's segments are the name's
+            if self._base is None:  # a bare namespace: the path's segments are the name's
                 return Resource(self.resource, segments)
-            return Resource(base.prefix, base.segments + segments)
+            return Resource(self._base.prefix, self._base.segments + segments)
         except FormatError as exc:
             raise MappingError(f"path: {exc}", 400, "path") from None
+
+    @cached_property
+    def _base(self) -> Resource | None:
+        """The resource the path extends, parsed once: the location, or a name."""
+        try:
+            if self.resource == "url":
+                return parse_resource(self.location, allow_wildcard=False, url_only=True)
+            if ":" in self.resource:
+                return parse_resource(self.resource, allow_wildcard=False)
+        except FormatError as exc:
+            raise MappingError(f"path: {exc}", 400, "path") from None
+        return None
 
 
 def _normal_segment(raw: str) -> str:
@@ -418,8 +427,6 @@ def encode_invocation(inv: SignedInvocation) -> str:
 
 def decode_invocation(value: str) -> SignedInvocation:
     """Parse a ``Lineage-Invocation`` header (base64url of the canonical JSON); FormatError."""
-    from lineage.verifier.invocation import parse_invocation_bytes
-
     if len(value) > MAX_INVOCATION_HEADER or not re.fullmatch(r"[A-Za-z0-9_-]+", value):
         raise FormatError(
             f"{INVOCATION_HEADER} must be base64url, at most {MAX_INVOCATION_HEADER} characters"
@@ -429,6 +436,19 @@ def decode_invocation(value: str) -> SignedInvocation:
     except ValueError:
         raise FormatError(f"{INVOCATION_HEADER} is not base64url") from None
     return parse_invocation_bytes(data)
+
+
+def _routes(response: httpx.Response) -> dict[str, Route]:
+    """The routes a gateway publishes at ``/.well-known/lineage-gateway``, by name."""
+    if response.status_code != 200:
+        raise MappingError(f"{response.request.url}: {response.status_code}")
+    try:
+        routes = response.json().get("routes")
+    except (ValueError, AttributeError):
+        routes = None
+    if not isinstance(routes, list):
+        raise MappingError("the gateway's description has no routes")
+    return {r.name: r for r in map(Route.from_json, routes)}
 
 
 # --- MCP: a tools/call as an authorisation request (docs/GATEWAY.md §8) -------------------
@@ -535,9 +555,7 @@ class McpAuth(*_AUTH_BASES):  # type: ignore[misc]
 def mcp_auth(gateway: str, name: str, agent: Agent, credential: str) -> McpAuth:
     """An ``McpAuth`` for the MCP server the gateway fronts as ``name`` (its endpoint is
     ``gateway + "/" + name``), reading the route from the gateway's description."""
-    r = httpx.get(gateway.rstrip("/") + DESCRIPTION_PATH, timeout=10)
-    r.raise_for_status()
-    routes = {x["name"]: Route.from_json(x) for x in r.json()["routes"]}
+    routes = _routes(httpx.get(gateway.rstrip("/") + DESCRIPTION_PATH, timeout=10))
     if name not in routes:
         raise MappingError(f"the gateway fronts no {name!r}")
     return McpAuth(agent, credential, routes[name])
@@ -558,11 +576,12 @@ class _Signer:
     routes: dict[str, Route] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def load(self, description: Mapping[str, Any]) -> None:
-        routes = description.get("routes") if isinstance(description, Mapping) else None
-        if not isinstance(routes, list):
-            raise MappingError("the gateway's description has no routes")
-        self.routes = {r.name: r for r in map(Route.from_json, routes)}
+    def description(self) -> httpx.Request:
+        return httpx.Request("GET", self.gateway.rstrip("/") + DESCRIPTION_PATH)
+
+    def load(self, response: httpx.Response) -> None:
+        """The routes from the gateway's answer to ``description()`` (read already)."""
+        self.routes = _routes(response)
 
     def _place(self, url: httpx.URL) -> tuple[Route, str]:
         """(route, raw path under it) for a URL to the gateway or to a fronted location."""
@@ -626,12 +645,9 @@ class GatewayTransport(httpx.BaseTransport):
     def _routes(self) -> None:
         with self._signer._lock:
             if self._signer.routes is None:
-                url = self._signer.gateway.rstrip("/") + DESCRIPTION_PATH
-                response = self._inner.handle_request(httpx.Request("GET", url))
+                response = self._inner.handle_request(self._signer.description())
                 response.read()
-                if response.status_code != 200:
-                    raise MappingError(f"{url}: {response.status_code}")
-                self._signer.load(response.json())
+                self._signer.load(response)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         self._routes()
@@ -657,12 +673,9 @@ class AsyncGatewayTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if self._signer.routes is None:
-            url = self._signer.gateway.rstrip("/") + DESCRIPTION_PATH
-            response = await self._inner.handle_async_request(httpx.Request("GET", url))
+            response = await self._inner.handle_async_request(self._signer.description())
             await response.aread()
-            if response.status_code != 200:
-                raise MappingError(f"{url}: {response.status_code}")
-            self._signer.load(response.json())
+            self._signer.load(response)
         body = await request.aread()
         return await self._inner.handle_async_request(self._signer.sign(request, body))
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -30,7 +31,7 @@ import zlib
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import quote, quote_plus
+from urllib.parse import quote, quote_plus, unquote_plus
 
 import httpx
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -161,24 +162,28 @@ class _LogMask(logging.Filter):
 
     def __init__(self) -> None:
         super().__init__()
-        self.spellings: dict[bytes, None] = {}  # insertion-ordered, bounded
+        self.spellings: dict[str, None] = {}  # insertion-ordered, bounded
+        self.longest_first: list[str] = []
 
     def add(self, spellings: tuple[bytes, ...]) -> None:
-        for s in spellings:
+        new = [s.decode("latin-1") for s in spellings]
+        if all(s in self.spellings for s in new):
+            return  # every request adds its secret's spellings: mostly known already
+        for s in new:
             self.spellings[s] = None
         while len(self.spellings) > 4096:
             self.spellings.pop(next(iter(self.spellings)))
+        self.longest_first = sorted(self.spellings, key=len, reverse=True)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not self.spellings:
+        if not self.longest_first:
             return True
         try:
             text = record.getMessage()
         except Exception:  # a record that cannot be formatted is left alone
             return True
         masked = text
-        for s in sorted(self.spellings, key=len, reverse=True):
-            plain = s.decode("latin-1")
+        for plain in self.longest_first:
             if plain in masked:
                 masked = masked.replace(plain, "*" * len(plain))
         if masked != text:
@@ -787,10 +792,11 @@ async def _read_limited(response: httpx.Response, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+@functools.lru_cache(maxsize=256)  # once per secret value, not per request
 def _spellings(attach: Attach | None, secret: str) -> tuple[bytes, ...]:
     """The secret as a careless upstream may echo it: itself; percent-encoded (as URL
     encoders do, in either case, and every byte); form-encoded; JSON-escaped (with ``\\/``
-    as PHP writes it, and every character as ``\\uXXXX``); the whole Basic credential."""
+    as PHP writes it, and every character as a ``\\u`` escape); the whole Basic credential."""
     raw = secret.encode()
     pct = quote(secret, safe="")
     found = {
@@ -884,8 +890,6 @@ class _Scrubber:
 
 
 def _has_param(query: str, name: str) -> bool:
-    from urllib.parse import unquote_plus
-
     return any(unquote_plus(p.partition("=")[0]) == name for p in query.split("&") if p)
 
 

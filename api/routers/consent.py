@@ -142,11 +142,11 @@ def _metadata_document(svc: Service, client_id: str) -> dict[str, Any] | None:
         return None
     if not parts.path or parts.fragment or parts.username or parts.password:
         return None
-    if not development and not _public_host(parts):
-        return None  # SSRF: never fetch the service's own network on a stranger's word
-    cached = _CIMD.get(client_id)
+    cached = _CIMD.get(client_id)  # checked when it was fetched: no second DNS lookup
     if cached is not None and time.monotonic() - cached[0] < CIMD_TTL:
         return cached[1]
+    if not development and not _public_host(parts):
+        return None  # SSRF: never fetch the service's own network on a stranger's word
     try:
         with httpx.stream(
             "GET",

@@ -7,6 +7,7 @@ URL's fragment, so it is in no request line or log; the script posts it with the
 
 from __future__ import annotations
 
+import functools
 from importlib.resources import files
 from typing import Annotated, Any
 from urllib.parse import urlsplit
@@ -50,6 +51,7 @@ PROOF_CONTEXT = b"lineage-enrol-v1\n"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
+@functools.cache  # a handful of small files, read once
 def _asset(name: str) -> bytes:
     return files("lineage.api").joinpath("web", name).read_bytes()
 

@@ -26,7 +26,7 @@ from .gateway.app import Gateway
 from .gateway.config import GatewayConfig
 from .gateway.decider import LocalDecider
 from .openapi import install_openapi
-from .routers import access, consent, credentials, entries, oauth, ops, web
+from .routers import access, approvals, consent, credentials, entries, oauth, ops, web
 from .routers import log as log_routes
 from .service import Service
 
@@ -121,6 +121,7 @@ def create_app(
         TokenStore(log.store),
         nonces=NonceSource(secret),
         require_dpop_nonce=settings.dpop_nonce_required,
+        gateway=gateway,
     )
 
     Gauge(
@@ -160,7 +161,7 @@ def create_app(
         app.mount(well_known, _Metadata(mounted, well_known))
     install_handlers(app)
     install_openapi(app)
-    for module in (oauth, consent, entries, access, credentials, log_routes, ops, web):
+    for module in (oauth, consent, entries, access, approvals, credentials, log_routes, ops, web):
         app.include_router(module.router)
 
     @app.middleware("http")

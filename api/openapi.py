@@ -60,6 +60,7 @@ STATUS = {
     "404": "No such entry, credential or leaf",
     "409": "Conflicts with what the log holds: nothing was written",
     "413": "Request body over 1 MiB",
+    "429": "Too many calls of this credential wait for approval already",
     "503": "The ledger cannot serve now",
 }
 WWW_AUTHENTICATE = {
@@ -147,7 +148,8 @@ OPERATIONS: dict[tuple[str, str], tuple[str, list[dict[str, list]] | None]] = {
     ("post", "/v1/entries"): ("400 503", None),
     ("get", "/v1/entries"): ("400 401 403 503", CALLERS),
     ("get", "/v1/entries/{entry_id}"): ("400 401 403 404 503", ANYONE),
-    ("post", "/v1/access"): ("400 401 403 503", TOKENS),
+    ("post", "/v1/access"): ("400 401 403 429 503", TOKENS),
+    ("get", "/v1/approvals/{call_id}"): ("400 404 503", None),  # the id is the capability
     ("post", "/v1/access/{access_id}/result"): ("400 401 403 404 409 503", TOKENS),
     ("post", "/v1/results"): ("400 401 403 503", TOKENS),
     ("post", "/v1/enroll/preview"): ("400 403 404 503", None),  # the invitation is the key

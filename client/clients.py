@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -19,6 +21,14 @@ from lineage.verifier.keys import SigningKey
 from .flows import Agent, Flow, _Flows
 
 __all__ = ["AsyncLineageClient", "LineageClient"]
+
+
+def _pause(status: Mapping[str, Any], deadline: float) -> float | None:
+    """How long to wait before polling a held call again; None when its status is final
+    (or the caller's deadline has passed)."""
+    if status["status"] != "pending" or time.monotonic() >= deadline:
+        return None
+    return max(1, int(status.get("interval", 2)))
 
 
 class LineageClient:
@@ -76,6 +86,22 @@ class LineageClient:
 
     def access(self, invocation: SignedInvocation, context: Mapping[str, Any]) -> dict:
         return self._run(self._flows.access(invocation, context))
+
+    def approval(self, call_id: str) -> dict[str, Any]:
+        """The status of a call held for its principal's approval (step-up)."""
+        return self._run(self._flows.approval(call_id))
+
+    def wait_for_approval(self, pending: Mapping[str, Any], timeout: float = 600) -> str:
+        """Poll a ``pending`` answer of ``access`` until the principal answers (or the call
+        lapses): ``approved``, ``refused`` or ``expired``. Then send the same invocation
+        again: approved, it is decided with the approval; refused, it is a logged deny."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.approval(pending["approval"]["id"])
+            pause = _pause(status, deadline)
+            if pause is None:
+                return status["status"]
+            time.sleep(pause)
 
     def result(
         self, access_id: str, *, upstream_status: int | None = None, failure: str | None = None
@@ -178,6 +204,19 @@ class AsyncLineageClient:
 
     async def access(self, invocation: SignedInvocation, context: Mapping[str, Any]) -> dict:
         return await self._run(self._flows.access(invocation, context))
+
+    async def approval(self, call_id: str) -> dict[str, Any]:
+        return await self._run(self._flows.approval(call_id))
+
+    async def wait_for_approval(self, pending: Mapping[str, Any], timeout: float = 600) -> str:
+        """As ``LineageClient.wait_for_approval``, sleeping without blocking the loop."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status = await self.approval(pending["approval"]["id"])
+            pause = _pause(status, deadline)
+            if pause is None:
+                return status["status"]
+            await asyncio.sleep(pause)
 
     async def result(
         self, access_id: str, *, upstream_status: int | None = None, failure: str | None = None

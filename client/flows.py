@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import time
 from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass
@@ -43,6 +44,8 @@ from lineage.verifier.note import parse_vkey
 from lineage.verifier.receipt import VerifiedReceipt, verify_receipt, verify_receipt_still_included
 
 from .dpop import make_proof
+
+APPROVAL_ID = re.compile(r"apr_[A-Za-z0-9_-]{24}")
 
 __all__ = ["Agent", "Flow", "LineageHTTPError", "LogKeyError", "ReceiptError"]
 
@@ -304,10 +307,25 @@ class _Flows:
         )
 
     def access(self, invocation: SignedInvocation, context: Mapping[str, Any]) -> Flow:
-        """(Enforcement point) ask for a decision; needs an enforcement token."""
+        """(Enforcement point) ask for a decision; needs an enforcement token.
+
+        ``{"decision": "allow" | "deny", ...}`` with the access entry's receipt, or, when a
+        policy rule holds the call for its principal (step-up), ``{"decision": "pending",
+        "approval": {"url", "poll", ...}}`` and nothing logged: give the principal the
+        ``url``, wait for the answer (``approval``), then send the *same* invocation again.
+        """
         body = {"invocation": dict(invocation.to_json()), "context": dict(context)}
         answer = _check((yield self._req("POST", "/v1/access", json=body)))
+        if isinstance(answer, dict) and answer.get("decision") == "pending":
+            return answer
         return (yield from self._checked_receipt(answer, "receipt", answer.get("id")))
+
+    def approval(self, call_id: str) -> Flow:
+        """The status of a call held for approval: ``pending``, ``approved``, ``refused``
+        or ``expired`` (``GET /v1/approvals/{id}``)."""
+        if not isinstance(call_id, str) or not APPROVAL_ID.fullmatch(call_id):
+            raise ValueError("a held call's id is apr_ and 24 base64url characters")
+        return _check((yield self._req("GET", f"/v1/approvals/{call_id}")))
 
     def result(
         self,

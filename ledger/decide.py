@@ -14,8 +14,14 @@ ledger's decision key. In order:
    unrevoked, permit the request (with the attributes the enforcement point
    asserts), and have use and rate budget left (subtree totals).
 3. The current policy must agree.
+4. If a policy rule holds the call for its principal's approval (``require_approval``),
+   an ``approval`` of this exact invocation must be given (``ApprovalRequired`` is
+   raised otherwise: nothing logged; ``lineage.ledger.approvals`` keeps the call until
+   the person answers). The access entry then carries the approval, and the
+   invocation may be as old as the approval allows (FORMAT.md §5.1). A call the
+   principal ``refused`` is a logged deny.
 
-Anything failing step 2 or 3 is a logged ``deny`` with the reason.
+Anything failing step 2, 3 or 4 is a logged ``deny`` with the reason.
 
 ``record_result`` logs what the upstream then answered a request an ``allow``
 let through, as a ``result`` entry signed by the decision key (FORMAT.md §4.8):
@@ -30,6 +36,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from lineage.verifier.approval import Approval, invocation_digest, parse_approval
 from lineage.verifier.bodies import result_body
 from lineage.verifier.chain import ChainView, CredentialRecord
 from lineage.verifier.entry import Entry, sign_entry
@@ -44,6 +51,7 @@ from .log import Built, Log
 from .policy import PolicyDocument, parse_policy
 
 __all__ = [
+    "ApprovalRequired",
     "Decision",
     "InvalidInvocation",
     "Recorded",
@@ -63,6 +71,15 @@ class InvalidInvocation(LedgerError):
     def __init__(self, message: str, reason: str):
         super().__init__(message)
         self.reason = reason  # unknown-credential, signature, stale, replayed
+
+
+class ApprovalRequired(LedgerError):
+    """The chain and the policy allow the call, but a rule holds it for the approval of
+    the principal at the root of the chain: nothing is logged until the person answers."""
+
+    def __init__(self, rules: Sequence[str], principal: str, ttl: int, digest: str):
+        super().__init__(f"policy: rule {rules[0]}: {principal} must approve this call (step-up)")
+        self.rules, self.principal, self.ttl, self.digest = tuple(rules), principal, ttl, digest
 
 
 @dataclass(frozen=True)
@@ -155,7 +172,15 @@ def decide(
     *,
     window: int = 60,
     upstream_status: int | None = None,
+    approval: Approval | Mapping[str, Any] | None = None,
+    refused: bool = False,
 ) -> Decision:
+    """Decide one invocation and log the decision (see the module's docstring).
+
+    ``approval``: the principal's signed approval of this invocation, which the access
+    entry then carries (the log's rules check it at append); ``refused``: the principal
+    refused this call, so a rule that holds it for approval denies it.
+    """
     if not log.has_keys:
         raise LedgerError("deciding needs the ledger's decision key")
     if not isinstance(invocation, SignedInvocation):
@@ -168,6 +193,11 @@ def decide(
         request = effective_request(invocation, context)
     except FormatError as exc:
         raise RejectedEntry(f"context: {exc}", "format", "context") from None
+    if approval is not None and not isinstance(approval, Approval):
+        try:
+            approval = parse_approval(approval)
+        except FormatError as exc:
+            raise RejectedEntry(f"approval: {exc}", "format", "approval") from None
     outcome: dict[str, Any] = {}
     # The invocation's signature is checked here, in the caller's thread, against the
     # holder of the credential as committed (a credential's holder never changes); the
@@ -184,7 +214,7 @@ def decide(
 
     # What this function parsed already: the entry's parse reuses it where equal.
     parsed = Access(
-        log.origin, invocation, dict(context), enforcement, "allow", "", 0, None, request
+        log.origin, invocation, dict(context), enforcement, "allow", "", 0, None, request, approval
     )
 
     def judge(state: ChainView, index: int, time: int) -> tuple[str | None, str, int, Any]:
@@ -199,8 +229,11 @@ def decide(
                 inv.verify(rec.holder)
             except SignatureError as exc:
                 raise InvalidInvocation(str(exc), "signature") from None
-        if abs(time - inv.iat) > window:
+        waited = approval is not None and inv.iat <= time <= approval.expires_at
+        if abs(time - inv.iat) > window and not waited:
             raise InvalidInvocation(f"iat {inv.iat} is not within {window} s of {time}", "stale")
+        if approval is not None and time > approval.expires_at:
+            raise InvalidInvocation(f"the approval expired at {approval.expires_at}", "stale")
         if state.nonce_seen(inv.credential, inv.nonce, allowed_only=False):
             raise InvalidInvocation("the invocation nonce was used before", "replayed")
         check, reason = None, "permitted by every credential in the chain"
@@ -216,6 +249,18 @@ def decide(
             )
             if denial is not None:
                 check, reason = "policy", denial
+            else:
+                held = policy.approvals(request)
+                principal = rec.chain()[0].principal
+                if held and refused:
+                    check, reason = "policy", f"rule {held[0].id}: {principal} refused this call"
+                elif held and approval is None:
+                    raise ApprovalRequired(
+                        [r.id for r in held],
+                        principal,
+                        min(r.approval_ttl for r in held),
+                        invocation_digest(inv),
+                    )
         logged = reason if check is None else f"{check}: {reason}"[:512]
         return check, logged, state.policy_version, log.keys_for(state).decision
 
@@ -234,6 +279,8 @@ def decide(
         }
         if upstream_status is not None:
             body["upstream_status"] = upstream_status
+        if approval is not None:
+            body["approval"] = dict(approval.obj)
         entry = sign_entry(body, [key], parsed)  # signed here, so verified here
         holder = "inv:" + invocation.sig.kid  # verified against the holder by judge()
         return Built(entry, frozenset({(entry.id, key.kid), (entry.id, holder)}))

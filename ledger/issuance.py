@@ -71,7 +71,9 @@ def admission(settings: Settings) -> Admit:
                     "policy",
                 )
             inv = body.invocation
-            if abs(time - inv.iat) > settings.invocation_window:
+            # an approved call may wait for its person, until the approval expires (§5.1)
+            waited = body.approval is not None and inv.iat <= time <= body.approval.expires_at
+            if abs(time - inv.iat) > settings.invocation_window and not waited:
                 raise RejectedEntry(
                     f"invocation iat {inv.iat} is more than {settings.invocation_window} s "
                     f"from the log's time {time}",

@@ -261,6 +261,35 @@ MIGRATIONS: list[str] = [
         used      INTEGER
     );
     """,
+    # 8: step-up approvals waiting for a person (ledger/approvals.py); outside the log
+    """
+    CREATE TABLE IF NOT EXISTS approvals (
+        id          TEXT PRIMARY KEY,
+        digest      TEXT NOT NULL UNIQUE,
+        credential  TEXT NOT NULL,
+        principal   TEXT NOT NULL,
+        rule        TEXT NOT NULL,
+        request     TEXT NOT NULL,
+        csrf        BLOB NOT NULL CHECK (length(csrf) = 32),
+        created     INTEGER NOT NULL,
+        expires     INTEGER NOT NULL,
+        status      TEXT NOT NULL DEFAULT 'pending',
+        answer      TEXT,
+        answered    INTEGER
+    );
+    CREATE INDEX IF NOT EXISTS approvals_credential ON approvals (credential, status);
+    """,
+    # 9: the holder seed of a client that cannot sign (ledger/authz.py, CONSENT.md §6),
+    # sealed under a key derived from a secret the database never holds: the consent's
+    # CSRF token while the person decides ("pending:" + its id), then the code ("code:" +
+    # its hash); deleted once opened. A table, not columns: a migration may run twice
+    """
+    CREATE TABLE IF NOT EXISTS oauth_seals (
+        ref     TEXT PRIMARY KEY,
+        sealed  BLOB NOT NULL,
+        expires INTEGER NOT NULL
+    );
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 MAX_IDLE = 8  # idle connections a store keeps for the next use; more are closed

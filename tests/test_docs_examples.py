@@ -231,6 +231,47 @@ def test_the_ledger_records_the_quoted_result(ledger: Log, clock: Clock):
     assert info.value.check == "duplicate-result" and ledger.size == 7
 
 
+def test_the_ledger_decides_the_quoted_approved_call(ledger: Log, clock: Clock):
+    """FORMAT.md §5.1: the approved access example is what the ledger writes when it decides
+    the quoted invocation with the quoted approval, 90 s after the invocation was made (past
+    the window, within the approval); the approval is alice's signature over the quoted
+    bytes. Attached to another invocation, it is refused and nothing is written."""
+    from lineage.verifier.approval import parse_approval
+    from lineage.verifier.keys import APPROVAL_CONTEXT
+
+    quoted = json.loads(quoted_in_format("examples/approval.json"))
+    approval = parse_approval(quoted)
+    signed = bytes.fromhex(quoted_in_format("examples/approval.signed-message.hex").strip())
+    assert signed == approval.message() and signed.startswith(APPROVAL_CONTEXT)
+    approval.verify(signing_key("alice@corp").public)
+    entry = json.loads(quoted_in_format("examples/approved-access.entry.json"))
+    assert entry["approval"] == quoted
+    append_story(ledger, clock, STORY[:6])
+    clock.now = leaf_time("access") + 99  # T0 + 160
+    with pytest.raises(RejectedEntry) as info:
+        other = sign_invocation(
+            signing_key("agent:triage"),
+            entry["invocation"]["credential"],
+            entry["invocation"]["request"],
+            entry["invocation"]["iat"],
+        )
+        decide(ledger, other, entry["context"], entry["enforcement"], approval=quoted)
+    assert info.value.check == "approval" and ledger.size == 6
+    decision = decide(
+        ledger,
+        entry["invocation"],
+        entry["context"],
+        entry["enforcement"],
+        window=Settings().invocation_window,
+        approval=quoted,
+    )
+    assert decision.allowed, decision.reason
+    assert (
+        decision.entry.raw + b"\n"
+        == quoted_in_format("examples/approved-access.entry.json").encode()
+    )
+
+
 def test_the_ledger_denies_a_mutated_invocation(ledger: Log, clock: Clock):
     append_story(ledger, clock, STORY[:5])
     invocation = json.loads((EXAMPLES / "invocation.json").read_bytes())

@@ -23,7 +23,9 @@ The checks, per kind:
 - access    signed by a ``decision`` key; the invocation signed by the
             credential's holder; an ``allow`` consistent with every credential in
             the chain (time windows, revocation, scope) and with the use, rate
-            and nonce budgets the replayed entries show.
+            and nonce budgets the replayed entries show; an ``approval`` it carries
+            answers this invocation, in this log, signed by an active key of the
+            chain's principal, and unexpired (``approval``).
 - result    signed by a ``decision`` key; answers an earlier ``allow`` access
             (``link``, ``denied``), names its enforcement point (``enforcement``),
             and is the only result for that access (``duplicate-result``).
@@ -39,7 +41,8 @@ nothing was left out (§9.3), and an access may name a policy version newer than
 any it saw. A *complete* replay (``complete=True``: an audit or a monitor
 reading every leaf from the genesis) also requires each access to name exactly
 the policy version in force, its invocation's ``iat`` to be within
-``invocation_window`` seconds of the leaf's time, and its nonce never to have
+``invocation_window`` seconds of the leaf's time (or, for an approved call, no later
+than its approval's ``expires_at``), and its nonce never to have
 appeared in an earlier access of the same credential: what the ledger's
 decision point enforces before it logs a decision.
 """
@@ -52,6 +55,7 @@ from bisect import bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from .approval import context_digest, invocation_digest
 from .attenuation import check_covers
 from .entry import Entry, Leaf
 from .errors import AttenuationError, ChainError, SignatureError
@@ -531,9 +535,13 @@ class Rules:
                 inv.verify(rec.holder)
             except SignatureError as exc:
                 raise self._fail(entry, "invocation", str(exc)) from None
+        if body.approval is not None:
+            self._approval(view, entry, body, rec, index, time)
         if self.complete:
             skew = abs(time - inv.iat)
-            if skew > self.invocation_window:
+            # An approved call may wait for its person: until the approval expires (§5.1).
+            waited = body.approval is not None and inv.iat <= time <= body.approval.expires_at
+            if skew > self.invocation_window and not waited:
                 raise self._fail(
                     entry,
                     "freshness",
@@ -574,6 +582,52 @@ class Rules:
             allowed=allowed,
             access=record,
         )
+
+    def _approval(
+        self,
+        view: ChainView,
+        entry: Entry,
+        body: Access,
+        rec: CredentialRecord,
+        index: int,
+        time: int,
+    ) -> None:
+        """FORMAT.md §5.1: the approval answers this invocation, in this log, was signed by
+        a key bound to the chain's principal and active here, and had not expired."""
+        approval, principal = body.approval, rec.chain()[0].principal
+        assert approval is not None
+        if approval.log != body.log:
+            raise self._fail(entry, "approval", f"approves a call in log {approval.log!r}")
+        if approval.invocation != invocation_digest(body.invocation):
+            raise self._fail(
+                entry,
+                "approval",
+                f"approves invocation {approval.invocation[:16]}, not this one "
+                f"({invocation_digest(body.invocation)[:16]})",
+            )
+        if approval.context != context_digest(body.context):
+            raise self._fail(entry, "approval", "approves the call asked with another context")
+        signer = view.key(approval.sig.kid)
+        if signer is None or signer.principal != principal or not signer.active(index):
+            raise self._fail(
+                entry,
+                "approval",
+                f"signed by {approval.sig.kid}, not an active key of principal {principal}",
+            )
+        try:
+            approval.verify(signer.key)
+        except SignatureError as exc:
+            raise self._fail(entry, "approval", str(exc)) from None
+        if time > approval.expires_at:
+            raise self._fail(
+                entry,
+                "approval",
+                f"the approval expired at {approval.expires_at}, before the leaf's time {time}",
+            )
+        if approval.iat > time + self.invocation_window:
+            raise self._fail(
+                entry, "approval", f"the approval's iat {approval.iat} is after the leaf's time"
+            )
 
     def _result(
         self, view: ChainView, entry: Entry, body: Result, index: int, time: int

@@ -11,6 +11,7 @@ so the ``kid`` that signs an entry is also the ``cnf.jkt`` a DPoP proof binds
     signed bytes = context || message
     ENTRY_CONTEXT      = "lineage.entry.v1" || 0x00
     INVOCATION_CONTEXT = "lineage.invocation.v1" || 0x00
+    APPROVAL_CONTEXT   = "lineage.approval.v1" || 0x00
 
 Checkpoints are C2SP signed notes, whose signed text never holds a NUL byte,
 so no signature of one purpose verifies as another.
@@ -38,6 +39,7 @@ import nacl.signing
 from .errors import KeyFormatError
 
 __all__ = [
+    "APPROVAL_CONTEXT",
     "ENTRY_CONTEXT",
     "INVOCATION_CONTEXT",
     "KEY_FILE_PREFIX",
@@ -55,6 +57,7 @@ __all__ = [
 KEY_FILE_PREFIX = "lineage-ed25519-seed:"
 ENTRY_CONTEXT = b"lineage.entry.v1\x00"
 INVOCATION_CONTEXT = b"lineage.invocation.v1\x00"
+APPROVAL_CONTEXT = b"lineage.approval.v1\x00"
 
 
 def b64u_encode(data: bytes) -> str:

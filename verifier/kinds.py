@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .approval import Approval, parse_approval
 from .errors import EntryFormatError, FormatError
 from .fields import HEX_ID, Fields, expect_str
 from .invocation import SignedInvocation, effective_request, parse_signed_invocation
@@ -275,6 +276,7 @@ class Access:
     policy: int  # the policy version applied; 0 when no policy was in force
     upstream_status: int | None  # for forwarded requests, the upstream's HTTP status
     request: Request  # the invocation's request, with the context's asserted attributes
+    approval: Approval | None = None  # the principal's approval of this very call (§5.1)
 
     @classmethod
     def parse(cls, obj: Any, known: Access | None = None) -> Access:
@@ -292,6 +294,9 @@ class Access:
         reason = f.str("reason", max_len=512)
         policy = f.int("policy", 0)
         upstream = f.int("upstream_status", 100, 599, required=False)
+        approval = f.parsed("approval", parse_approval, required=False)
+        if approval is not None and approval.decision != "approve":
+            raise EntryFormatError("must be approve in an access entry", "approval.decision")
         f.done()
         if (
             known is not None
@@ -302,7 +307,16 @@ class Access:
         else:
             request = f.parsed("context", lambda c: effective_request(invocation, c))
         return cls(
-            log, invocation, context, enforcement, decision, reason, policy, upstream, request
+            log,
+            invocation,
+            context,
+            enforcement,
+            decision,
+            reason,
+            policy,
+            upstream,
+            request,
+            approval,
         )
 
 

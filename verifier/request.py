@@ -28,7 +28,7 @@ from .scope import (
     _value,
 )
 
-__all__ = ["Request", "parse_request", "permits", "request_to_json"]
+__all__ = ["Request", "constraint_fails", "parse_request", "permits", "request_to_json"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +96,9 @@ def _fails(c: Constraint, v: str | int) -> str | None:
     if c.gte is not None and not (type(v) is int and v >= c.gte):
         return "gte"
     return None
+
+
+constraint_fails = _fails  # public: a policy's ``match.attributes`` test values the same way
 
 
 def _denial(d: Detail, at: str, req: Request) -> tuple[int, str] | None:

@@ -19,6 +19,7 @@ from lineage.verifier.scope import Detail, parse_scope
 
 __all__ = [
     "Decider",
+    "Held",
     "Holding",
     "LocalDecider",
     "Refused",
@@ -58,6 +59,16 @@ class Refused(Exception):
         self.status, self.error = status, error
 
 
+class Held(Exception):
+    """A policy rule holds the call for its principal's approval (step-up): nothing was
+    logged. ``approval`` is the service's ``{"id", "url", "poll", ...}``; the agent sends
+    the same signed request again once the principal has answered."""
+
+    def __init__(self, reason: str, approval: dict[str, Any]):
+        super().__init__(reason)
+        self.reason, self.approval = reason, approval
+
+
 class Unavailable(Exception):
     """No durable decision could be had: the gateway forwards nothing."""
 
@@ -88,7 +99,7 @@ class RemoteDecider:
         try:
             answer = await self.client.access(invocation, context)
         except LineageHTTPError as exc:
-            if exc.status in (400, 401, 413, 422):
+            if exc.status in (400, 401, 413, 422, 429):
                 raise Refused(exc.status, exc.error, exc.description) from None
             raise Unavailable(f"the decision point answered {exc.status} {exc.error}") from None
         except ReceiptError as exc:
@@ -97,6 +108,11 @@ class RemoteDecider:
             raise Unavailable(
                 f"the decision point cannot be reached: {type(exc).__name__}"
             ) from None
+        if isinstance(answer, dict) and answer.get("decision") == "pending":
+            held = answer.get("approval")
+            if not isinstance(held, dict) or not isinstance(held.get("url"), str):
+                raise Unavailable("the decision point's answer is malformed")
+            raise Held(str(answer.get("reason", "")), held)
         try:
             return Verdict(
                 answer["decision"] == "allow",
@@ -138,18 +154,31 @@ class RemoteDecider:
 class LocalDecider:
     """Decides with the ledger this process serves (``lineage serve`` with a mount)."""
 
-    def __init__(self, service: Any, name: str):
-        self.svc, self.name = service, name
+    def __init__(self, service: Any, name: str, base: str | None = None):
+        # base: where this service's pages are, for the approval links of held calls
+        # (``public_url`` when set; else what the gateway learns from the request)
+        self.svc, self.name, self.base = service, name, base
 
     async def decide(self, invocation: SignedInvocation, context: dict[str, Any]) -> Verdict:
-        from lineage.ledger.decide import InvalidInvocation, decide
+        from lineage.ledger.approvals import (
+            ApprovalError,
+            ApprovalStore,
+            decide_or_hold,
+        )
+        from lineage.ledger.approvals import Held as HeldCall
+        from lineage.ledger.decide import InvalidInvocation
         from lineage.ledger.errors import LedgerError, RejectedEntry
 
         svc = self.svc
 
         def run():
-            return decide(
-                svc.log, invocation, context, self.name, window=svc.settings.invocation_window
+            return decide_or_hold(
+                svc.log,
+                ApprovalStore(svc.log.store, clock=svc.log.clock),
+                invocation,
+                context,
+                self.name,
+                window=svc.settings.invocation_window,
             )
 
         try:
@@ -157,10 +186,16 @@ class LocalDecider:
         except InvalidInvocation as exc:
             svc.metrics.invalid_proofs.labels(reason=exc.reason).inc()
             raise Refused(401, "invalid_invocation", f"{exc.reason}: {exc}") from None
+        except ApprovalError as exc:
+            status = 429 if exc.error == "too_many_requests" else 400
+            raise Refused(status, exc.error, str(exc)) from None
         except RejectedEntry as exc:
             raise Refused(400, "invalid_request", str(exc)) from None
         except LedgerError as exc:
             raise Unavailable(f"the ledger cannot decide: {type(exc).__name__}") from None
+        if isinstance(d, HeldCall):
+            base = (svc.settings.public_url or self.base or "").rstrip("/")
+            raise Held(d.reason, d.call.to_json(int(svc.log.clock()), base))
         svc.metrics.decisions.labels(outcome="allow" if d.allowed else "deny").inc()
         svc.metrics.appends.labels(kind="access").inc()
         receipt = d.receipt.to_json() if d.receipt is not None else None

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Path
+from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from lineage.ledger.decide import InvalidInvocation, decide, record_result, record_results
+from lineage.ledger.approvals import ApprovalError, ApprovalStore, Held, decide_or_hold
+from lineage.ledger.decide import InvalidInvocation, record_result, record_results
 from lineage.ledger.errors import RejectedEntry
 from lineage.verifier.kinds import FAILURES
 
@@ -20,6 +21,7 @@ from ..errors import ApiError
 from ..models import AppendResult, Receipt
 from ..params import HEX_ID_PATTERN
 from ..service import Caller, Service, caller, require, service
+from .approvals import HeldStatus, approval_error, base_url
 
 __all__ = ["router"]
 
@@ -44,21 +46,36 @@ class AccessDecision(BaseModel):
     receipt: Receipt = Field(description="the access entry's receipt (FORMAT.md §9.4)")
 
 
-@router.post("/access", response_model=AccessDecision)
+class Pending(BaseModel):
+    decision: Literal["pending"]
+    reason: str = Field(description="the rule that holds the call, and whose approval it needs")
+    approval: HeldStatus = Field(description="where the principal answers, and where to poll")
+
+
+@router.post(
+    "/access",
+    response_model=AccessDecision,
+    responses={202: {"model": Pending, "description": "held for the principal's approval"}},
+)
 def access(
     body: AccessRequest,
+    request: Request,
     svc: Annotated[Service, Depends(service)],
     who: Annotated[Caller, Depends(caller)],
-) -> dict[str, Any]:
+) -> Any:
     """Allow or deny one invocation, against every credential in its chain and the policy.
 
     An invocation that is not a valid proof of possession (unknown credential, bad
-    signature, stale, replayed) is refused with 401 and counted, not logged.
+    signature, stale, replayed) is refused with 401 and counted, not logged. A call a
+    policy rule holds for its principal's approval (step-up) is answered 202
+    ``pending``, with the page for the principal and the status to poll; nothing is
+    logged. Send the same invocation again once the status is ``approved``.
     """
     require(who, "enforcement", "operator")
     try:
-        decision = decide(
+        decision = decide_or_hold(
             svc.log,
+            ApprovalStore(svc.log.store, clock=svc.log.clock),
             body.invocation,
             body.context,
             who.name,
@@ -68,6 +85,14 @@ def access(
     except InvalidInvocation as exc:
         svc.metrics.invalid_proofs.labels(reason=exc.reason).inc()
         raise ApiError(401, "invalid_invocation", f"{exc.reason}: {exc}") from None
+    except ApprovalError as exc:
+        raise approval_error(exc) from None
+    if isinstance(decision, Held):
+        held = decision.call.to_json(int(svc.log.clock()), base_url(request))
+        return JSONResponse(
+            {"decision": "pending", "reason": decision.reason, "approval": held},
+            status_code=202,
+        )
     svc.metrics.decisions.labels(outcome="allow" if decision.allowed else "deny").inc()
     svc.metrics.appends.labels(kind="access").inc()
     return decision.to_json()

@@ -44,6 +44,7 @@ SECURITY_HEADERS = {
 ASSETS = {
     "enroll.js": "text/javascript; charset=utf-8",
     "consent.js": "text/javascript; charset=utf-8",
+    "approve.js": "text/javascript; charset=utf-8",
     "common.js": "text/javascript; charset=utf-8",
     "lineage.css": "text/css; charset=utf-8",
 }

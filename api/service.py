@@ -9,6 +9,9 @@ Callers authenticate one of two ways:
 - ``Authorization: DPoP <principal name>`` with a proof by a key bound to that
   principal: the human, who may read the lineages they authorised.
 
+(A ``Bearer lnb_...`` token of a client that cannot sign is for the gateway's MCP front
+only, ``lineage.api.bearer``: here it is an unknown token.)
+
 Anyone else is anonymous: they may read checkpoints, proofs and leaf hashes,
 and append self-authenticating signed entries, but not read entry bodies.
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from fastapi import Request
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -68,6 +72,9 @@ class Service:
     nonces: NonceSource = field(default_factory=NonceSource)
     metrics: Metrics = field(default_factory=Metrics)
     require_dpop_nonce: bool = False
+    # the [gateway] table, if the settings file has one (mounted or not): the MCP servers it
+    # fronts are the resources a client that cannot sign may ask for (CONSENT.md §6)
+    gateway: Any = None
 
     def credential(self, handle: str) -> CredentialRecord | None:
         return self.log.state().credential(handle)

@@ -290,12 +290,15 @@ def principal_add(
     db: DbOption = Path(DEFAULT_DB),
     keys: KeysOption = None,
 ) -> None:
-    """Bind NAME to a public key in a public `key` entry signed by the operator.
+    """Bind NAME to a public key in a public `key` entry signed by the operator: for
+    service accounts, not people.
 
-    The principal makes their key on their own machine (`lineage keygen alice.key`
-    prints its public half) and you bind only that: `lineage principal add alice@corp
-    --public-key KEY`. --generate-key is for demos and tests: the key is created here,
-    so whoever holds the key directory can sign grants as the principal.
+    A person enrols a browser instead: `lineage principal invite alice@corp` prints a
+    one-time link, and their browser makes a key that never leaves it. A service account
+    makes its key on its own machine (`lineage keygen bot.key` prints its public half)
+    and you bind only that: `lineage principal add bot@corp --public-key KEY`.
+    --generate-key is for demos and tests: the key is created here, so whoever holds the
+    key directory can sign grants as the principal.
     """
     try:
         check_principal_name(name)
@@ -338,7 +341,10 @@ def principal_add(
     if created is None:
         where = "key held by the principal"
     else:
-        where = f"key file {created} (owner-only; demos and tests: you hold this key)"
+        where = (
+            f"key file {created} (owner-only; demos and tests: you hold this key; a person "
+            f"enrols a browser instead: lineage principal invite {name})"
+        )
     typer.echo(f"bound {name} to {key.b64} at index {result.index}; {where}")
 
 

@@ -310,9 +310,15 @@ def in_thread(config: uvicorn.Config) -> Iterator[int]:
 
 @contextmanager
 def running(
-    tmp_path: Path, settings: Settings | None = None, *, checkpoint_interval: float = 0.2
+    tmp_path: Path,
+    settings: Settings | None = None,
+    *,
+    checkpoint_interval: float = 0.2,
+    gateway: Any = None,
 ) -> Iterator[Server]:
-    """A fresh ledger under ``tmp_path``, served by uvicorn on 127.0.0.1 until the block ends."""
+    """A fresh ledger under ``tmp_path``, served by uvicorn on 127.0.0.1 until the block ends;
+    with ``gateway`` (a ``GatewayConfig``), that ``[gateway]`` table too (mounted if it has a
+    ``mount``)."""
     if not isinstance(tmp_path, Path):
         raise TypeError("running() takes the test's tmp_path")
     settings = settings or Settings(checkpoint_interval=checkpoint_interval)
@@ -332,7 +338,7 @@ def running(
         role: tokens.create(role, f"{role}-1")[1] for role in ("operator", "auditor", "enforcement")
     }
     config = uvicorn.Config(
-        create_app(log, settings, checkpoints=True),
+        create_app(log, settings, checkpoints=True, gateway=gateway),
         host="127.0.0.1",
         port=0,  # the kernel picks a free port; read it back once bound
         log_level="warning",

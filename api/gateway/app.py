@@ -462,11 +462,17 @@ class Gateway:
             ) from None
 
     async def _decide(
-        self, up: Upstream, inv: SignedInvocation, scope, asserted: dict[str, Any]
+        self,
+        up: Upstream,
+        inv: SignedInvocation,
+        scope,
+        asserted: dict[str, Any],
+        extra: dict[str, Any] | None = None,
     ) -> Verdict:
-        """A durable decision, or a refusal: nothing is forwarded without one."""
+        """A durable decision, or a refusal: nothing is forwarded without one. ``extra``:
+        more of the context (an MCP bearer client's ``authentication``)."""
         name = up.route.name
-        context: dict[str, Any] = {"upstream": name}
+        context: dict[str, Any] = {"upstream": name, **(extra or {})}
         client = scope.get("client")
         if client:
             context["source_ip"] = str(client[0])

@@ -31,7 +31,7 @@ from typing import Any
 
 import httpx
 
-from lineage.client.gateway import FIELD_KINDS, ROUTE_NAME, Field, Route
+from lineage.client.gateway import FIELD_KINDS, ROUTE_NAME, Field, MappingError, Route
 from lineage.ledger.errors import ConfigError
 from lineage.verifier.errors import FormatError
 from lineage.verifier.resource import Resource, parse_resource
@@ -68,6 +68,7 @@ class Upstream:
     timeout: float = 30.0
     connect_timeout: float = 5.0
     max_body: int = 64 << 20  # bytes streamed to the upstream at most
+    scopes: tuple[str, ...] = ()  # MCP: the tools ("*": all) a stock OAuth client asks for
 
 
 @dataclass(frozen=True)
@@ -235,6 +236,15 @@ def _upstream(name: str, data: Any, where: str) -> Upstream:
     if kind == "mcp" and (actions or fields_):
         raise ConfigError(f"{where}: an MCP server's action is call and its fields its arguments")
     route = Route(name, rtype, location, resource, dict(actions), fields_, body_limit, kind)
+    scopes = t.get("scopes", list, [])
+    if scopes and kind != "mcp":
+        raise ConfigError(f"{where}.scopes: only an MCP server's tools are OAuth scopes")
+    for tool in scopes:
+        try:
+            if not isinstance(tool, str) or (tool != "*" and not route.resource_of((tool,))):
+                raise MappingError("not a tool name")
+        except MappingError:
+            raise ConfigError(f"{where}.scopes: {tool!r} is not a tool's name, nor *") from None
     up = Upstream(
         route=route,
         url=target,
@@ -245,6 +255,7 @@ def _upstream(name: str, data: Any, where: str) -> Upstream:
         timeout=t.positive("timeout", 30.0, float),
         connect_timeout=t.positive("connect_timeout", 5.0, float),
         max_body=t.positive("max_body", 64 << 20),
+        scopes=tuple(dict.fromkeys(scopes)),
     )
     t.done()
     if up.max_body < body_limit:

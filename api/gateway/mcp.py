@@ -3,9 +3,10 @@
 The gateway is the MCP server's protected resource (MCP authorization, RFC 9728): it
 publishes protected-resource metadata naming Lineage as the authorisation server and
 answers an unauthenticated request with 401 and ``WWW-Authenticate: Bearer
-resource_metadata="..."``. Every message needs the agent's credential and a DPoP proof
-(the credential never reaches the MCP server; the server's own secret, if any, is
-attached by the gateway). Then, by JSON-RPC method:
+resource_metadata="..."``. Every message needs the agent's credential and a DPoP proof, or
+the bearer token of a client that cannot sign (``lineage.api.bearer``), with which the
+gateway signs the invocation itself (neither ever reaches the MCP server; the server's own
+secret, if any, is attached by the gateway). Then, by JSON-RPC method:
 
 - ``tools/call``: the agent's invocation must cover exactly this message (the tool as
   resource, its scalar arguments as attributes, its bytes' digest); the decision is logged
@@ -23,17 +24,30 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from typing import Any
 
 from starlette.datastructures import Headers
 
 from lineage.client.gateway import MappingError, parse_json_object, tool_request
-from lineage.verifier.resource import matches
+from lineage.verifier.errors import FormatError
+from lineage.verifier.invocation import sign_invocation
+from lineage.verifier.keys import SigningKey
+from lineage.verifier.resource import Resource, matches, parse_resource
 from lineage.verifier.scope import Detail
 
+from ..bearer import read_bearer
 from .config import Upstream
 
-__all__ = ["DENIED", "METADATA", "handle", "metadata"]
+__all__ = [
+    "DENIED",
+    "METADATA",
+    "handle",
+    "metadata",
+    "scopes_supported",
+    "tool_pattern",
+    "tools_scope",
+]
 
 METADATA = "/.well-known/oauth-protected-resource"
 DENIED = -31403  # outside JSON-RPC's reserved -32768..-32000: a refusal, not an error
@@ -47,20 +61,89 @@ def metadata(gw: Any, scope, name: str) -> dict[str, Any] | None:
     if up is None or up.kind != "mcp":
         return None
     base = gw._public(scope)
-    return {
+    found = {
         "resource": f"{base}{gw.prefix}/{name}",
         "authorization_servers": [gw.cfg.service or base],
         "bearer_methods_supported": ["header"],
         "dpop_signing_alg_values_supported": ["EdDSA", "Ed25519"],
-        "dpop_bound_access_tokens_required": True,
+        # a client that cannot sign gets a bearer token (CONSENT.md §6); one that can, DPoP
+        "dpop_bound_access_tokens_required": False,
         "resource_name": f"{name} (MCP, through the Lineage gateway)",
     }
+    if up.scopes:
+        found["scopes_supported"] = scopes_supported(up)
+    return found
 
 
-def challenge(gw: Any, scope, name: str, error: str | None = None) -> str:
+def challenge(gw: Any, scope, name: str, error: str | None = None, *, bearer: bool = False) -> str:
+    """``Bearer resource_metadata=..., scope=...`` (RFC 9728 §5.1, RFC 6750 §3) and the DPoP
+    challenge; ``error`` goes with the scheme the client used."""
     url = f"{gw._public(scope)}{METADATA}{gw.prefix}/{name}"
-    dpop = 'DPoP algs="EdDSA Ed25519"' + (f', error="{error}"' if error else "")
-    return f'Bearer resource_metadata="{url}", {dpop}'
+    up = gw.cfg.upstreams.get(name)
+    params = [f'resource_metadata="{url}"']
+    if up is not None and up.scopes:
+        params.append(f'scope="{" ".join(scopes_supported(up))}"')
+    if error and bearer:
+        params.append(f'error="{error}"')
+    dpop = 'DPoP algs="EdDSA Ed25519"' + (f', error="{error}"' if error and not bearer else "")
+    return f"Bearer {', '.join(params)}, {dpop}"
+
+
+def _base(route) -> tuple[str, tuple[str, ...]]:
+    """The prefix and segments a tool's name extends (``tool`` and none, by default)."""
+    one = route.resource_of(("x",))
+    return one.prefix, one.segments[:-1]
+
+
+def tool_pattern(route, tool: str) -> str:
+    """The resource pattern of a tool (``*``: every tool), which is also the OAuth scope
+    naming it: ``tool:send_email``, ``tool:*``."""
+    if tool == "*":
+        prefix, segments = _base(route)
+        return str(Resource(prefix, segments, True))
+    return str(route.resource_of((tool,)))
+
+
+def scopes_supported(up: Upstream) -> list[str]:
+    """The scopes a stock OAuth client asks for: the configured tools (``scopes``)."""
+    return [tool_pattern(up.route, t) for t in up.scopes]
+
+
+def tools_scope(up: Upstream, scope: str | None) -> list[dict[str, Any]]:
+    """The authorisation details an OAuth ``scope`` asks for at this MCP server: ``call``,
+    at its location, the tools it names (``tool:NAME`` or ``tool:*``); with none, the
+    advertised ``scopes_supported``, or every tool. FormatError for anything else."""
+    tokens = scope.split() if scope else []
+    if not tokens:
+        tokens = scopes_supported(up) or [tool_pattern(up.route, "*")]
+    prefix, segments = _base(up.route)
+    patterns = set()
+    for token in tokens:
+        try:
+            r = parse_resource(token, allow_wildcard=True)
+        except FormatError:
+            r = None
+        depth = len(segments) + (0 if r is None or r.wildcard else 1)
+        if (
+            r is None
+            or r.prefix != prefix
+            or r.segments[: len(segments)] != segments
+            or len(r.segments) != depth
+        ):
+            example = tool_pattern(up.route, "*")
+            raise FormatError(
+                f"scope: {token[:80]!r} is not a tool of this MCP server ({example} or one "
+                "tool's name in its place)"
+            )
+        patterns.add(str(r))
+    return [
+        {
+            "type": up.route.type,
+            "actions": ["call"],
+            "locations": [up.route.location],
+            "resources": sorted(patterns),
+        }
+    ]
 
 
 def visible(up: Upstream, details: tuple[Detail, ...], tool: str) -> bool:
@@ -130,8 +213,13 @@ async def handle(gw: Any, up: Upstream, path: str, rest: str, scope, receive, se
         raise _Refusal(
             405, "invalid_request", "POST messages; no server stream", {"Allow": "POST, DELETE"}
         )
+    signer = _bearer(gw, scope, name, headers)  # a client that cannot sign: its key
     try:
-        handle_, proof_key = gw._authenticate(scope, headers, path, method)
+        if signer is not None:
+            handle_, signer = signer
+            proof_key = signer.kid
+        else:
+            handle_, proof_key = gw._authenticate(scope, headers, path, method)
     except _Refusal as r:
         if r.status == 401:
             error = (
@@ -159,16 +247,30 @@ async def handle(gw: Any, up: Upstream, path: str, rest: str, scope, receive, se
 
     if rpc == "tools/call":
         try:
-            inv = gw._invocation(headers, handle_, proof_key)
-            gw._covers(inv, tool_request(up.route, message, body))
-        except MappingError as exc:
+            if signer is not None:  # the gateway signs for the key the bearer token carries
+                inv = sign_invocation(
+                    signer, handle_, tool_request(up.route, message, body), int(time.time())
+                )
+            else:
+                inv = gw._invocation(headers, handle_, proof_key)
+                gw._covers(inv, tool_request(up.route, message, body))
+        except (MappingError, FormatError) as exc:
             return await gw._json(send, 400, _rpc_error(ident, -32602, str(exc)))
         except _Refusal as r:
             if r.status == 401:
                 r.headers["WWW-Authenticate"] = challenge(gw, scope, name, "invalid_token")
             raise
         secret = await gw._secret(up)
-        verdict = await gw._decide(up, inv, scope, {})
+        try:
+            # the log says the gateway signed this invocation, for the bearer token's key
+            extra = {"authentication": "bearer"} if signer is not None else None
+            verdict = await gw._decide(up, inv, scope, {}, extra)
+        except _Refusal as r:
+            if r.status == 401:  # unknown credential, or not its holder key: no proof
+                r.headers["WWW-Authenticate"] = challenge(
+                    gw, scope, name, "invalid_token", bearer=signer is not None
+                )
+            raise
         if not verdict.allowed:
             data = {
                 "reason": verdict.reason,
@@ -195,7 +297,11 @@ async def handle(gw: Any, up: Upstream, path: str, rest: str, scope, receive, se
             401,
             "invalid_token",
             "the credential is not active, or not held by the DPoP key",
-            {"WWW-Authenticate": challenge(gw, scope, name, "invalid_token")},
+            {
+                "WWW-Authenticate": challenge(
+                    gw, scope, name, "invalid_token", bearer=signer is not None
+                )
+            },
         )
     is_answer = rpc is None and "id" in message and ("result" in message or "error" in message)
     passes = method == "DELETE" or is_answer or rpc in FORWARDED
@@ -221,6 +327,29 @@ async def handle(gw: Any, up: Upstream, path: str, rest: str, scope, receive, se
         transform=transform,
         drop_also=NO_ORIGIN,
     )
+
+
+def _bearer(gw: Any, scope, name: str, headers: Headers) -> tuple[str, SigningKey] | None:
+    """The credential and holder key of ``Authorization: Bearer lnb_...``; None when the
+    request authenticates otherwise (DPoP, or nothing: ``_authenticate`` answers); a 401 for
+    a Bearer token that is not one. The token is never echoed, logged or forwarded."""
+    from .app import _Refusal
+
+    given = headers.getlist("authorization")
+    if len(given) != 1:
+        return None
+    scheme, _, value = given[0].partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    found = read_bearer(value.strip())
+    if found is None:
+        raise _Refusal(
+            401,
+            "invalid_token",
+            "not a Lineage bearer token (lnb_...)",
+            {"WWW-Authenticate": challenge(gw, scope, name, "invalid_token", bearer=True)},
+        )
+    return found
 
 
 async def _holding(gw: Any, up: Upstream, credential: str):

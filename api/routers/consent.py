@@ -10,6 +10,11 @@
 
 The token endpoint (``routers/oauth.py``) exchanges the code, with the PKCE verifier and a
 DPoP proof by the agent's key, for the credential.
+
+A client that cannot sign (a stock MCP client: no ``holder_key``, PKCE only) may ask for
+the tools of an MCP server this service's gateway fronts, named as ``resource``: the
+service makes the holder key, the person's grant names it, and the client's bearer token
+carries it (CONSENT.md §6, DECISIONS.md D53).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import html
 import ipaddress
 import json
+import secrets
 import socket
 import time
 from typing import Annotated, Any
@@ -33,11 +39,13 @@ from lineage.verifier.bodies import grant_body
 from lineage.verifier.entry import entry_from_json
 from lineage.verifier.errors import FormatError
 from lineage.verifier.jcs import canonical
-from lineage.verifier.keys import ENTRY_CONTEXT, PublicKey, b64u_decode, b64u_encode
+from lineage.verifier.keys import ENTRY_CONTEXT, PublicKey, SigningKey, b64u_decode, b64u_encode
 from lineage.verifier.kinds import Grant
 from lineage.verifier.scope import parse_scope
 
 from ..errors import ApiError
+from ..gateway import mcp
+from ..gateway.config import Upstream
 from ..service import Service, service
 from .oauth import issuer
 from .web import SECURITY_HEADERS, _same_origin
@@ -94,7 +102,10 @@ def register(body: Registration, svc: Annotated[Service, Depends(service)]) -> J
         raise ApiError(400, "invalid_redirect_uri", f"not an https or loopback URI: {bad[0]!r}")
     if body.token_endpoint_auth_method not in (None, "none"):
         raise ApiError(400, "invalid_client_metadata", "only public clients: auth method none")
-    if body.grant_types not in (None, ["authorization_code"]):
+    # RFC 7591 §3.2.1: the server may substitute what it registers; a stock client asks
+    # for refresh_token too, and is registered for authorization_code (no refresh tokens:
+    # on expiry it asks the person again)
+    if body.grant_types is not None and "authorization_code" not in body.grant_types:
         raise ApiError(400, "invalid_client_metadata", "grant_types: authorization_code only")
     if body.response_types not in (None, ["code"]):
         raise ApiError(400, "invalid_client_metadata", "response_types: code only")
@@ -211,6 +222,24 @@ def _public_host(parts) -> bool:
     return bool(found) and all(ipaddress.ip_address(a[4][0]).is_global for a in found)
 
 
+def _mcp_server(svc: Service, request: Request, resource: str | None) -> Upstream | None:
+    """The MCP server the service's ``[gateway]`` table fronts at ``resource`` (RFC 8707):
+    ``<base><mount>/<name>`` for the mounted gateway (``base``: its ``public_url``, else this
+    service's own), ``<public_url>/<name>`` for one on its own. None for anything else: a
+    client that cannot sign gets a token only for a server the operator configured."""
+    cfg = svc.gateway
+    if cfg is None or not resource:
+        return None
+    base = cfg.public_url or (issuer(request) if cfg.mount else "")
+    if not base:
+        return None
+    wanted = resource.rstrip("/")
+    for name, up in cfg.upstreams.items():
+        if up.kind == "mcp" and wanted == f"{base}{cfg.mount}/{name}":
+            return up
+    return None
+
+
 def _client(svc: Service, client_id: str | None) -> dict[str, Any] | None:
     """A registered client (RFC 7591), or one that describes itself at its URL (CIMD)."""
     if not client_id:
@@ -275,6 +304,7 @@ def authorize(
     code_challenge: str | None = None,
     code_challenge_method: str | None = None,
     authorization_details: Annotated[str | None, Query(max_length=70_000)] = None,
+    scope: Annotated[str | None, Query(max_length=8192)] = None,
     resource: str | None = None,
     holder_key: str | None = None,
     task: str | None = None,
@@ -284,7 +314,13 @@ def authorize(
     max_depth: str = "0",
 ) -> Any:
     """The consent page: what is asked, in words, with what exceeds the operator's
-    ceilings marked before the person clicks."""
+    ceilings marked before the person clicks.
+
+    Without ``authorization_details``, a ``resource`` naming an MCP server the gateway
+    fronts asks for its tools: ``scope`` lists them (``tool:NAME`` or ``tool:*``, as the
+    server's metadata advertises), else every tool; ``task`` defaults to ``mcp/NAME``.
+    Without ``holder_key`` (a client that cannot sign), such a resource is required, and
+    the service makes the holder key, kept sealed until the client redeems its code."""
     store = AuthzStore(svc.log.store)
     client = _client(svc, client_id)
     if client is None:
@@ -310,10 +346,37 @@ def authorize(
         return refuse("invalid_request", "PKCE is required: code_challenge with method S256")
     if len(code_challenge) != 43:
         return refuse("invalid_request", "code_challenge: base64url of a SHA-256")
+    server = _mcp_server(svc, request, resource)
+    if not holder_key and server is None:
+        if resource is None:
+            return refuse(
+                "invalid_request",
+                "holder_key: the agent's public key is required, unless resource names an MCP "
+                "server this service's gateway fronts (for a client that cannot sign)",
+            )
+        return refuse(
+            "invalid_target",
+            "a client without its own key (no holder_key) must name, as resource, an MCP "
+            "server this service's gateway fronts",
+        )
+    seed = secrets.token_bytes(32) if not holder_key else None
     try:
-        holder = PublicKey.from_b64(holder_key or "", "holder_key")
-        scope = json.loads(authorization_details or "null")
-        parse_scope(scope)
+        holder = (
+            SigningKey(seed).public
+            if seed is not None
+            else PublicKey.from_b64(holder_key or "", "holder_key")
+        )
+        if authorization_details is None and server is not None:
+            try:
+                details = mcp.tools_scope(server, scope)
+            except FormatError as exc:
+                return refuse("invalid_scope", str(exc)[:300])
+            if not task:
+                task = f"mcp/{server.route.name}"
+                task_description = task_description or f"call tools at {resource}"[:1024]
+        else:
+            details = json.loads(authorization_details or "null")
+        parse_scope(details)
         if not task:
             raise FormatError("task: the task id is required")
         lifetime = _count(expires_in, "expires_in", 1)
@@ -325,7 +388,7 @@ def authorize(
             holder,
             agent=client["client_name"],
             task={"id": task, "description": task_description},
-            scope=scope,
+            scope=details,
             expires_at=int(svc.log.clock()) + lifetime,
             max_uses=uses,
             max_depth=depth,
@@ -335,9 +398,14 @@ def authorize(
         return refuse("invalid_request", str(exc)[:300])
     expires_in, max_uses, max_depth = lifetime, uses, depth
     if resource is not None:
-        locations = {loc for d in scope for loc in d.get("locations", [])}
-        if resource.rstrip("/") not in {x.rstrip("/") for x in locations}:
-            return refuse("invalid_target", "resource must be one of the details' locations")
+        locations = {loc.rstrip("/") for d in details for loc in d.get("locations", [])}
+        where = server.route.location if server is not None else resource
+        if where.rstrip("/") not in locations:
+            return refuse(
+                "invalid_target",
+                "resource must be one of the details' locations, or an MCP server the "
+                "gateway fronts at one of them",
+            )
     settings = svc.settings
     over = []
     if expires_in > settings.ttl_max:
@@ -354,8 +422,10 @@ def authorize(
             "challenge": code_challenge,
             "iss": iss,
             "body": body,
-        }
+        },
+        seed=seed,
     )
+    del seed  # kept only sealed under the CSRF token, which only the page holds
     e = html.escape
     minutes = max(1, expires_in // 60)
     warn = "".join(f"<li>{e(x)}</li>" for x in over)
@@ -371,11 +441,23 @@ def authorize(
         if warn
         else ""
     )
+    custodial = (
+        '<p id="custodial">This client cannot sign its own requests, so Lineage made its '
+        f"key (<code>{e(holder.kid)}</code>). The token the client receives carries that key: "
+        "whoever holds the token acts as this agent, within what you approve here, until it "
+        "expires or is revoked.</p>"
+        if not holder_key
+        else ""
+    )
+    sent_to = (
+        f'<p id="resource">Its token is for <code>{e(resource)}</code>.</p>' if resource else ""
+    )
     page = f"""
 <h1>{e(client["client_name"])} asks for your authority</h1>
 <p>An agent (key <code>{e(holder.kid)}</code>) of <b>{e(client["client_name"])}</b> asks to act for
 you on task <code>{e(task)}</code>{": " + e(task_description) if task_description else ""}.</p>
-<ul id="details">{"".join(_words(d) for d in scope)}</ul>
+{custodial}{sent_to}
+<ul id="details">{"".join(_words(d) for d in details)}</ul>
 <p>For {minutes} minute(s), {uses}, {depth}.</p>
 {ceilings}
 <p id="signer">Looking for your key in this browser…</p>
@@ -441,9 +523,11 @@ def approve(body: Signed, request: Request, svc: Annotated[Service, Depends(serv
         raise ApiError(400, "invalid_request", str(exc)) from None
     store = AuthzStore(svc.log.store)
     try:
-        store.answer(body.request)
+        seed = store.answer(body.request, body.csrf)  # a client that cannot sign: its key
     except AuthzError as exc:
         raise ApiError(400, exc.error, str(exc)) from None
+    if seed is not None and SigningKey(seed).public.b64 != grant["holder"]:
+        raise ApiError(400, "invalid_request", "the key made for this client is not the holder")
     try:
         appended = svc.log.append(entry)
     except RejectedEntry as exc:
@@ -463,8 +547,10 @@ def approve(body: Signed, request: Request, svc: Annotated[Service, Depends(serv
             pending["redirect_uri"],
             pending["challenge"],
             PublicKey.from_b64(grant["holder"]).kid,
+            seed=seed,  # sealed under the code: only the code's bearer can open it
         )
     )
+    del seed
     params = {"code": code, "iss": pending["iss"]}
     if pending["state"] is not None:
         params["state"] = pending["state"]

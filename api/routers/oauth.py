@@ -66,7 +66,9 @@ def metadata(request: Request, svc: Annotated[Service, Depends(service)]) -> dic
         "code_challenge_methods_supported": ["S256"],
         "authorization_response_iss_parameter_supported": True,  # RFC 9207
         "client_id_metadata_document_supported": True,  # OAuth Client ID Metadata Documents
-        "token_endpoint_auth_methods_supported": ["none"],  # DPoP proves the holder key
+        # public clients: DPoP proves the holder key, or (a client that cannot sign) the
+        # PKCE verifier alone gets the Bearer token that carries it (CONSENT.md §6)
+        "token_endpoint_auth_methods_supported": ["none"],
         # §2: introspection may name OAuth Access Token Types; revocation has no registered
         # value for "a Bearer token or DPoP", so it is left out (docs/API.md says which)
         "introspection_endpoint_auth_methods_supported": ["Bearer", "DPoP"],
@@ -185,18 +187,27 @@ def _code_exchange(
 ) -> JSONResponse:
     """RFC 6749 §4.1.3 with PKCE (RFC 7636): the code, once, for the client and redirect
     URI it was issued to, with the verifier of its challenge and a DPoP proof by the key
-    the person's grant names as holder."""
+    the person's grant names as holder.
+
+    A code for a client that cannot sign (its grant names a key the service made) is
+    exchanged without DPoP, and only so, for a Bearer token that carries that key
+    (``lineage.api.bearer``, CONSENT.md §6); a code for a client's own key needs the DPoP
+    proof by it, as before, and one without a proof is refused without being spent."""
     from lineage.ledger.authz import AuthzError, AuthzStore
+
+    from ..bearer import bearer_token
 
     if not code or not redirect_uri or not client_id or not verifier:
         raise ApiError(400, "invalid_request", "code, redirect_uri, client_id, code_verifier")
     if not VERIFIER.fullmatch(verifier):  # RFC 7636 §4.1
         raise ApiError(400, "invalid_request", "code_verifier: 43 to 128 of [A-Za-z0-9-._~]")
-    key = check_dpop(request, svc, None, token_endpoint=True)
+    proved = bool(request.headers.getlist("dpop"))
+    key = check_dpop(request, svc, None, token_endpoint=True) if proved else None
     try:
-        bound = AuthzStore(svc.log.store).redeem(code)
+        bound = AuthzStore(svc.log.store).redeem(code, bearer=key is None)
     except AuthzError as exc:
-        raise ApiError(400, "invalid_grant", str(exc)) from None
+        error = "invalid_dpop_proof" if exc.error == "invalid_dpop_proof" else "invalid_grant"
+        raise ApiError(400, error, str(exc)) from None
     challenge = b64u_encode(hashlib.sha256(verifier.encode("ascii", "replace")).digest())
     if bound.client_id != client_id:
         raise ApiError(400, "invalid_grant", "the code was issued to another client")
@@ -204,7 +215,13 @@ def _code_exchange(
         raise ApiError(400, "invalid_grant", "redirect_uri is not the one the code was sent to")
     if not hmac.compare_digest(challenge, bound.challenge):
         raise ApiError(400, "invalid_grant", "code_verifier does not match the code_challenge")
-    if key.kid != bound.holder:
+    if bound.custodial and key is not None:
+        raise ApiError(
+            400,
+            "invalid_dpop_proof",
+            "this code is for a client without its own key: exchange it without DPoP",
+        )
+    if key is not None and key.kid != bound.holder:
         raise ApiError(
             400, "invalid_dpop_proof", "the DPoP proof must be by the grant's holder key"
         )
@@ -212,6 +229,20 @@ def _code_exchange(
     if rec is None:
         raise ApiError(400, "invalid_grant", "the grant is not in the log")
     expires = rec.credential.limits.expires_at - int(svc.log.clock())
+    if bound.seed is not None:
+        # RFC 6750: a Bearer token, which carries the holder key the grant names; it is
+        # good at the gateway's MCP front only, until the credential expires
+        return JSONResponse(
+            {
+                "access_token": bearer_token(bound.grant_id, bound.seed),
+                "token_type": "Bearer",
+                "expires_in": max(expires, 0),
+                "authorization_details": rec.entry.obj["scope"],
+                "lineage_credential": bound.grant_id,
+                "lineage_index": rec.index,
+            },
+            headers={"Cache-Control": "no-store", "Pragma": "no-cache"},
+        )
     return JSONResponse(
         {
             "access_token": bound.grant_id,

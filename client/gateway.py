@@ -27,8 +27,9 @@ import hashlib
 import json
 import re
 import threading
+import time
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -45,6 +46,8 @@ from .dpop import make_proof
 from .flows import Agent
 
 __all__ = [
+    "APPROVAL_HEADER",
+    "APPROVAL_PENDING",
     "ATTR_BODY",
     "ATTR_METHOD",
     "ATTR_QUERY",
@@ -72,6 +75,11 @@ __all__ = [
 ]
 
 INVOCATION_HEADER = "Lineage-Invocation"
+# Step-up (POLICY.md "Approval"): a held call is answered 403 with this error, the status
+# to poll in this header, and the person's link in the body's ``approval``.
+APPROVAL_HEADER = "Lineage-Approval"
+APPROVAL_PENDING = "approval_pending"
+HELD_FOR = 4200  # seconds a held invocation is kept for its retry (10 min + 1 h approval)
 DESCRIPTION_PATH = "/.well-known/lineage-gateway"
 ATTR_METHOD, ATTR_QUERY, ATTR_BODY = "http.method", "http.query", "http.body"
 MAX_QUERY = 1024  # an attribute's value is at most 1,024 characters (SCOPE.md §5.1)
@@ -575,6 +583,9 @@ class _Signer:
     credential: str
     routes: dict[str, Route] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    # step-up: the request (as decided) -> (its invocation header, kept until), for calls a
+    # person must approve: the approval answers that invocation, so the retry resends it
+    held: dict[str, tuple[str, float]] = field(default_factory=dict)
 
     def description(self) -> httpx.Request:
         return httpx.Request("GET", self.gateway.rstrip("/") + DESCRIPTION_PATH)
@@ -612,24 +623,80 @@ class _Signer:
         ctype = request.headers.get("content-type")
         fields = field_attributes(route, query, body if route.needs_body else None, ctype)
         asked = derive_request(route, request.method, segments, query, body, fields)
-        inv = self.agent.invoke(self.credential, asked)
+        key = json.dumps(asked, sort_keys=True)
+        with self._lock:
+            kept = self.held.get(key)
+        if kept is not None and kept[1] > time.monotonic():
+            invocation = kept[0]  # the call a person was asked about: the same invocation
+        else:
+            invocation = encode_invocation(self.agent.invoke(self.credential, asked))
         path = self.gateway.rstrip("/") + "/" + route.name + "".join("/" + s for s in segments)
         target = httpx.URL(path + ("?" + query if query else ""))
         headers = httpx.Headers(request.headers)
         for name in ("host", "authorization", "dpop", INVOCATION_HEADER.lower()):
             headers.pop(name, None)
         headers["Authorization"] = f"DPoP {self.credential}"
-        headers["DPoP"] = make_proof(
-            self.agent.key.seed, request.method, path, access_token=self.credential
-        )
-        headers[INVOCATION_HEADER] = encode_invocation(inv)
-        return httpx.Request(
+        headers[INVOCATION_HEADER] = invocation
+        signed = httpx.Request(
             request.method, target, headers=headers, content=body, extensions=request.extensions
         )
+        signed.extensions = {**request.extensions, "lineage_request": key}
+        return self.proved(signed)
+
+    def proved(self, signed: httpx.Request) -> httpx.Request:
+        """``signed`` with a fresh DPoP proof (a proof is good once; the invocation stays)."""
+        path = str(signed.url.copy_with(query=None))
+        signed.headers["DPoP"] = make_proof(
+            self.agent.key.seed, signed.method, path, access_token=self.credential
+        )
+        return signed
+
+    def note(self, signed: httpx.Request, response: httpx.Response) -> str | None:
+        """Remember the invocation of a call held for approval (and forget it once the call
+        is answered otherwise); the status URL to poll when it is held."""
+        key = signed.extensions.get("lineage_request")
+        poll = response.headers.get(APPROVAL_HEADER) if response.status_code == 403 else None
+        with self._lock:
+            now = time.monotonic()
+            for stale in [k for k, (_, until) in self.held.items() if until <= now]:
+                del self.held[stale]
+            if poll:
+                self.held[key] = (signed.headers[INVOCATION_HEADER], now + HELD_FOR)
+            else:
+                self.held.pop(key, None)
+        return poll
+
+
+def _pending_status(answer: httpx.Response) -> tuple[str, int]:
+    """(status, seconds to wait) from ``GET /v1/approvals/{id}``; ``expired`` if unreadable."""
+    try:
+        data = answer.json()
+        return str(data["status"]), max(1, int(data.get("interval", 2)))
+    except (ValueError, KeyError, TypeError):
+        return "expired", 2
+
+
+def _held_approval(response: httpx.Response) -> dict[str, Any]:
+    try:
+        found = response.json().get("approval")
+    except (ValueError, AttributeError):
+        found = None
+    return found if isinstance(found, dict) else {}
+
+
+OnApproval = Callable[[dict[str, Any]], Any]
 
 
 class GatewayTransport(httpx.BaseTransport):
-    """Sends every request through the gateway, signed by ``agent`` for ``credential``."""
+    """Sends every request through the gateway, signed by ``agent`` for ``credential``.
+
+    Step-up: a call a policy rule holds for its principal is answered 403
+    ``approval_pending`` with the person's link (``approval.url``). The same request made
+    again is sent with the same invocation, which is what the person approves. With
+    ``approval_wait`` (seconds), the transport itself waits: it calls ``on_approval`` with
+    the held call (to show the person the link), polls until they answer, and sends the
+    request again; the caller sees only the final answer (or the 403 if no answer came).
+    """
 
     def __init__(
         self,
@@ -638,9 +705,12 @@ class GatewayTransport(httpx.BaseTransport):
         credential: str,
         *,
         transport: httpx.BaseTransport | None = None,
+        approval_wait: float = 0,
+        on_approval: OnApproval | None = None,
     ):
         self._signer = _Signer(gateway, agent, credential)
         self._inner = transport or httpx.HTTPTransport()
+        self.approval_wait, self.on_approval = approval_wait, on_approval
 
     def _routes(self) -> None:
         with self._signer._lock:
@@ -651,7 +721,30 @@ class GatewayTransport(httpx.BaseTransport):
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         self._routes()
-        return self._inner.handle_request(self._signer.sign(request, request.read()))
+        signed = self._signer.sign(request, request.read())
+        response = self._inner.handle_request(signed)
+        poll = self._signer.note(signed, response)
+        if poll is None or self.approval_wait <= 0:
+            return response
+        response.read()
+        if self.on_approval is not None:
+            self.on_approval(_held_approval(response))
+        deadline = time.monotonic() + self.approval_wait
+        while time.monotonic() < deadline:
+            answer = self._inner.handle_request(httpx.Request("GET", poll))
+            answer.read()
+            status, pause = _pending_status(answer)
+            if status != "pending":
+                break
+            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+        else:
+            return response
+        if status not in ("approved", "refused"):
+            return response
+        again = self._signer.proved(signed)
+        response = self._inner.handle_request(again)
+        self._signer.note(again, response)
+        return response
 
     def close(self) -> None:
         self._inner.close()
@@ -667,28 +760,79 @@ class AsyncGatewayTransport(httpx.AsyncBaseTransport):
         credential: str,
         *,
         transport: httpx.AsyncBaseTransport | None = None,
+        approval_wait: float = 0,
+        on_approval: OnApproval | None = None,
     ):
         self._signer = _Signer(gateway, agent, credential)
         self._inner = transport or httpx.AsyncHTTPTransport()
+        self.approval_wait, self.on_approval = approval_wait, on_approval
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        import anyio
+
         if self._signer.routes is None:
             response = await self._inner.handle_async_request(self._signer.description())
             await response.aread()
             self._signer.load(response)
         body = await request.aread()
-        return await self._inner.handle_async_request(self._signer.sign(request, body))
+        signed = self._signer.sign(request, body)
+        response = await self._inner.handle_async_request(signed)
+        poll = self._signer.note(signed, response)
+        if poll is None or self.approval_wait <= 0:
+            return response
+        await response.aread()
+        if self.on_approval is not None:
+            shown = self.on_approval(_held_approval(response))
+            if hasattr(shown, "__await__"):
+                await shown
+        deadline = time.monotonic() + self.approval_wait
+        while time.monotonic() < deadline:
+            answer = await self._inner.handle_async_request(httpx.Request("GET", poll))
+            await answer.aread()
+            status, pause = _pending_status(answer)
+            if status != "pending":
+                break
+            await anyio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+        else:
+            return response
+        if status not in ("approved", "refused"):
+            return response
+        again = self._signer.proved(signed)
+        response = await self._inner.handle_async_request(again)
+        self._signer.note(again, response)
+        return response
 
     async def aclose(self) -> None:
         await self._inner.aclose()
 
 
-def gateway_session(gateway: str, agent: Agent, credential: str, **kw: Any) -> httpx.Client:
-    """An ``httpx.Client`` whose every request goes through the gateway, signed."""
-    return httpx.Client(transport=GatewayTransport(gateway, agent, credential), **kw)
+def gateway_session(
+    gateway: str,
+    agent: Agent,
+    credential: str,
+    *,
+    approval_wait: float = 0,
+    on_approval: OnApproval | None = None,
+    **kw: Any,
+) -> httpx.Client:
+    """An ``httpx.Client`` whose every request goes through the gateway, signed (step-up:
+    ``approval_wait`` and ``on_approval``, see :class:`GatewayTransport`)."""
+    transport = GatewayTransport(
+        gateway, agent, credential, approval_wait=approval_wait, on_approval=on_approval
+    )
+    return httpx.Client(transport=transport, **kw)
 
 
 def async_gateway_session(
-    gateway: str, agent: Agent, credential: str, **kw: Any
+    gateway: str,
+    agent: Agent,
+    credential: str,
+    *,
+    approval_wait: float = 0,
+    on_approval: OnApproval | None = None,
+    **kw: Any,
 ) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=AsyncGatewayTransport(gateway, agent, credential), **kw)
+    transport = AsyncGatewayTransport(
+        gateway, agent, credential, approval_wait=approval_wait, on_approval=on_approval
+    )
+    return httpx.AsyncClient(transport=transport, **kw)

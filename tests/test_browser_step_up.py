@@ -208,3 +208,22 @@ def test_the_page_is_framed_by_no_one_and_runs_only_its_own_script(granted):
     assert "frame-ancestors 'none'" in csp and "script-src 'self'" in csp
     assert r.headers["x-frame-options"] == "DENY"
     assert httpx.get(srv.url("/v1/approvals/apr_" + "A" * 24), timeout=10).status_code == 404
+
+
+def test_the_approval_page_shows_the_exact_call(granted, tmp_path):
+    """The page a person sees, as an image: docs/approve.png is made by this test with
+    LINEAGE_APPROVE_SCREENSHOT=docs/approve.png (the README shows it)."""
+    import os
+
+    srv, page, _, agent, credential, _ = granted
+    inv = sign_invocation(agent, credential, _request("delete", "msg-42"), srv.now)
+    held = _ask(srv, inv).json()["approval"]
+    page.set_viewport_size({"width": 900, "height": 720})
+    page.goto(held["url"])
+    page.wait_for_selector("#approve:not([disabled])", timeout=10_000)
+    text = page.text_content("main")
+    for said in ("mailbox:carol/inbox/msg-42", "delete", "carol@corp", "Sort carol's inbox"):
+        assert said in text, said
+    out = os.environ.get("LINEAGE_APPROVE_SCREENSHOT") or str(tmp_path / "approve.png")
+    page.screenshot(path=out, full_page=True)
+    assert os.path.getsize(out) > 10_000

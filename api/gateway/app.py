@@ -38,6 +38,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from starlette.datastructures import Headers
 
 from lineage.client.gateway import (
+    APPROVAL_HEADER,
+    APPROVAL_PENDING,
     ATTR_BODY,
     DESCRIPTION_PATH,
     INVOCATION_HEADER,
@@ -56,7 +58,7 @@ from lineage.verifier.request import request_to_json
 from ..dpop import DPoPError, verify_dpop
 from . import mcp
 from .config import Attach, GatewayConfig, Upstream
-from .decider import Decider, Refused, Unavailable, Verdict
+from .decider import Decider, Held, Refused, Unavailable, Verdict
 from .secrets import Secret, SecretCache, SecretError
 
 __all__ = ["Gateway"]
@@ -110,6 +112,40 @@ class _Refusal(Exception):
     def __init__(self, status: int, error: str, description: str, headers=None, extra=None):
         super().__init__(description)
         self.status, self.error, self.headers, self.extra = status, error, headers or {}, extra
+
+
+def _absolute(approval: dict[str, Any], scope) -> dict[str, Any]:
+    """The held call's links, made absolute against the request's own origin when the
+    decision point gave paths (a mounted gateway on a service without ``public_url``)."""
+    host = Headers(scope=scope).get("host")
+    origin = f"{scope.get('scheme', 'http')}://{host}" if host else ""
+    out = dict(approval)
+    for key in ("url", "poll"):
+        value = out.get(key)
+        if isinstance(value, str) and value.startswith("/"):
+            out[key] = origin + value
+    out.setdefault("interval", 2)
+    return out
+
+
+class _HeldCalls:
+    """Calls held for a person's approval, kept for their retry (at most ``size``, the
+    oldest forgotten first): what the gateway signed for a client that cannot sign."""
+
+    def __init__(self, size: int = 1024):
+        self.size, self._calls = size, OrderedDict()
+
+    def get(self, key: str) -> Any:
+        return self._calls.get(key)
+
+    def put(self, key: str, value: Any) -> None:
+        self._calls[key] = value
+        self._calls.move_to_end(key)
+        while len(self._calls) > self.size:
+            self._calls.popitem(last=False)
+
+    def pop(self, key: str) -> None:
+        self._calls.pop(key, None)
 
 
 class _BodyMismatch(Exception):
@@ -275,6 +311,7 @@ class Gateway:
         }
         self.metrics = Metrics()
         self.jtis = _Jtis()
+        self.held_calls = _HeldCalls()  # step-up retries of MCP clients that cannot sign
         self._transport = upstream_transport
         self._client: httpx.AsyncClient | None = None
         self._pending: set[asyncio.Task] = set()
@@ -486,6 +523,18 @@ class Gateway:
             if exc.status == 401:
                 raise _unauthorized("invalid_token", exc.args[0]) from None
             raise _Refusal(exc.status, exc.error, exc.args[0]) from None
+        except Held as held:
+            # step-up: nothing logged, nothing forwarded; the person's link and the status
+            # to poll go back, and the agent sends the same signed request again
+            self.metrics.requests.labels(name, "held").inc()
+            approval = _absolute(held.approval, scope)
+            raise _Refusal(
+                403,
+                APPROVAL_PENDING,
+                held.reason,
+                {APPROVAL_HEADER: approval["poll"], "Retry-After": str(approval["interval"])},
+                extra={"approval": approval},
+            ) from None
         except Unavailable as exc:
             log.error("upstream %s: no decision, nothing forwarded: %s", name, exc)
             self.metrics.requests.labels(name, "unavailable").inc()

@@ -29,7 +29,7 @@ from typing import Any
 
 from starlette.datastructures import Headers
 
-from lineage.client.gateway import MappingError, parse_json_object, tool_request
+from lineage.client.gateway import APPROVAL_PENDING, MappingError, parse_json_object, tool_request
 from lineage.verifier.errors import FormatError
 from lineage.verifier.invocation import sign_invocation
 from lineage.verifier.keys import SigningKey
@@ -51,6 +51,8 @@ __all__ = [
 
 METADATA = "/.well-known/oauth-protected-resource"
 DENIED = -31403  # outside JSON-RPC's reserved -32768..-32000: a refusal, not an error
+APPROVAL_REQUIRED = -31402  # step-up: held for a person; ``data.approval.url`` is their page
+HELD_FOR = 4200  # seconds a held call of a client that cannot sign is kept for its retry
 FORWARDED = frozenset({"initialize", "ping", "server/discover", "tools/list"})
 NO_ORIGIN = frozenset({"origin"})  # checked here; an MCP server would check it against itself
 
@@ -164,6 +166,32 @@ def visible(up: Upstream, details: tuple[Detail, ...], tool: str) -> bool:
     return False
 
 
+def _held_key(credential: str, message: dict[str, Any]) -> str:
+    """A held call of a client that cannot sign, whatever JSON-RPC id its retry carries."""
+    rest = {k: v for k, v in message.items() if k != "id"}
+    return credential + "\n" + json.dumps(rest, sort_keys=True, separators=(",", ":"))
+
+
+def _with_id(message: Any, ident: Any) -> Any:
+    if isinstance(message, dict) and "id" in message:
+        message["id"] = ident
+    return message
+
+
+def _each_message(data: bytes, ctype: str, change) -> bytes:
+    """``change`` applied to each JSON-RPC message of an answer (JSON, or an SSE stream)."""
+    if ctype.split(";")[0].strip().lower() == "text/event-stream":
+        out = []
+        for line in data.decode("utf-8").split("\n"):
+            if line.startswith("data:"):
+                payload = line[5:].strip()
+                with contextlib.suppress(ValueError):  # not JSON: passed on as it is
+                    line = "data: " + json.dumps(change(json.loads(payload)))
+            out.append(line)
+        return "\n".join(out).encode()
+    return json.dumps(change(json.loads(data))).encode()
+
+
 def _filter(up: Upstream, details: tuple[Detail, ...], data: bytes, ctype: str) -> bytes:
     """Drop from a ``tools/list`` answer (JSON, or an SSE stream of JSON-RPC messages) the
     tools the credential cannot call."""
@@ -179,16 +207,7 @@ def _filter(up: Upstream, details: tuple[Detail, ...], data: bytes, ctype: str) 
                 ]
         return message
 
-    if ctype.split(";")[0].strip().lower() == "text/event-stream":
-        out = []
-        for line in data.decode("utf-8").split("\n"):
-            if line.startswith("data:"):
-                payload = line[5:].strip()
-                with contextlib.suppress(ValueError):  # not JSON: passed on as it is
-                    line = "data: " + json.dumps(keep(json.loads(payload)))
-            out.append(line)
-        return "\n".join(out).encode()
-    return json.dumps(keep(json.loads(data))).encode()
+    return _each_message(data, ctype, keep)
 
 
 def _rpc_error(ident: Any, code: int, message: str, data: Any = None) -> dict[str, Any]:
@@ -246,11 +265,20 @@ async def handle(gw: Any, up: Upstream, path: str, rest: str, scope, receive, se
             )
 
     if rpc == "tools/call":
+        held_key, kept = None, None
         try:
             if signer is not None:  # the gateway signs for the key the bearer token carries
-                inv = sign_invocation(
-                    signer, handle_, tool_request(up.route, message, body), int(time.time())
-                )
+                held_key = _held_key(handle_, message)
+                kept = gw.held_calls.get(held_key)
+                if kept is not None and kept[3] > time.monotonic():
+                    # the call its person was asked about, asked again (a client's retry has
+                    # a new JSON-RPC id): the same invocation, over the same message
+                    inv, body = kept[0], kept[1]
+                else:
+                    kept = None
+                    inv = sign_invocation(
+                        signer, handle_, tool_request(up.route, message, body), int(time.time())
+                    )
             else:
                 inv = gw._invocation(headers, handle_, proof_key)
                 gw._covers(inv, tool_request(up.route, message, body))
@@ -270,7 +298,22 @@ async def handle(gw: Any, up: Upstream, path: str, rest: str, scope, receive, se
                 r.headers["WWW-Authenticate"] = challenge(
                     gw, scope, name, "invalid_token", bearer=signer is not None
                 )
+            if r.error == APPROVAL_PENDING:  # step-up: a person must approve this call
+                if held_key is not None:
+                    first = kept[2] if kept is not None else ident
+                    gw.held_calls.put(held_key, (inv, body, first, time.monotonic() + HELD_FOR))
+                data = {"reason": r.args[0], **(r.extra or {})}
+                held = _rpc_error(ident, APPROVAL_REQUIRED, f"approval required: {r.args[0]}", data)
+                return await gw._json(send, 200, held, r.headers)
             raise
+        if held_key is not None:
+            gw.held_calls.pop(held_key)
+        transform = None
+        if kept is not None and kept[2] != ident:  # the answer is to the retry's id
+
+            def transform(data: bytes, ctype: str) -> bytes:
+                return _each_message(data, ctype, lambda m: _with_id(m, ident))
+
         if not verdict.allowed:
             data = {
                 "reason": verdict.reason,
@@ -288,6 +331,7 @@ async def handle(gw: Any, up: Upstream, path: str, rest: str, scope, receive, se
             access=verdict.id,
             body=body,
             secret=secret,
+            transform=transform,
             drop_also=NO_ORIGIN,
         )
 

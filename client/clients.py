@@ -5,11 +5,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import anyio
 import httpx
 
 from lineage.verifier.bundle import VerifiedBundle
@@ -216,7 +216,7 @@ class AsyncLineageClient:
             pause = _pause(status, deadline)
             if pause is None:
                 return status["status"]
-            await asyncio.sleep(pause)
+            await anyio.sleep(pause)
 
     async def result(
         self, access_id: str, *, upstream_status: int | None = None, failure: str | None = None

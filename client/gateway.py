@@ -35,6 +35,7 @@ from functools import cached_property
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
+import anyio
 import httpx
 
 from lineage.verifier.errors import FormatError
@@ -768,8 +769,6 @@ class AsyncGatewayTransport(httpx.AsyncBaseTransport):
         self.approval_wait, self.on_approval = approval_wait, on_approval
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        import anyio
-
         if self._signer.routes is None:
             response = await self._inner.handle_async_request(self._signer.description())
             await response.aread()

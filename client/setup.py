@@ -25,6 +25,9 @@ setup(
         # httpcore imports sniffio on every async call and, without it, searches sys.path
         # for it each time: a few percent of every async request (docs/BENCH.md, gateway).
         "sniffio>=1.3",
+        # the async gateway transport and client sleep with it while a person approves a
+        # call (step-up), on whatever event loop runs them; httpx itself depends on it
+        "anyio>=4",
     ],
     cmdclass={"build_py": BuildPy},
 )

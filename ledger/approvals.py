@@ -28,7 +28,7 @@ from typing import Any
 from lineage.verifier.approval import Approval, context_digest, invocation_digest, parse_approval
 from lineage.verifier.invocation import SignedInvocation, parse_signed_invocation
 
-from .decide import ApprovalRequired, Decision, decide
+from .decide import ApprovalRequired, Decision, decide, parsed_policy
 from .errors import LedgerError
 from .log import Log
 from .store import SQLiteStore
@@ -265,7 +265,12 @@ def decide_or_hold(
     the same invocation sent again is decided with the principal's answer."""
     if not isinstance(invocation, SignedInvocation):
         invocation = parse_signed_invocation(invocation)
-    call = approvals.by_digest(invocation_digest(invocation))
+    # Only a policy with a require_approval rule holds calls: otherwise no lookup at all,
+    # so step-up costs the decisions of a ledger that does not use it nothing. (A policy
+    # logged after this read is met in decide, which raises ApprovalRequired.)
+    current = log.state().policy
+    holds = current is not None and any(r.require_approval for r in parsed_policy(current).rules)
+    call = approvals.by_digest(invocation_digest(invocation)) if holds else None
     now = int(approvals.clock())
     if call is not None and (
         context_digest(call.context) != context_digest(context) or call.enforcement != enforcement

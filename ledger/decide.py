@@ -57,6 +57,7 @@ __all__ = [
     "Recorded",
     "Standing",
     "decide",
+    "parsed_policy",
     "record_result",
     "record_results",
     "standing",
@@ -149,7 +150,7 @@ def standing(state: ChainView, rec: CredentialRecord, index: int, time: int) -> 
     return ACTIVE
 
 
-def _policy(entry: Any) -> PolicyDocument:
+def parsed_policy(entry: Any) -> PolicyDocument:
     """The parsed document of a policy entry, parsed once per version."""
     key = (entry.version, canonical(entry.document))
     found = _POLICIES.get(key)
@@ -243,7 +244,7 @@ def decide(
         if fault is not None:
             check, reason = fault
         elif state.policy is not None:
-            policy = _policy(state.policy)
+            policy = parsed_policy(state.policy)
             denial = policy.asserting_fault(enforcement, context) or policy.fault(
                 state, rec, request, index, time
             )

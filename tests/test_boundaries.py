@@ -52,7 +52,9 @@ def test_verifier_needs_only_pynacl_and_the_standard_library():
 def test_client_needs_only_httpx_joserfc_and_the_verifier():
     # httpx2 is imported only if present (client/gateway.py: McpAuth must also be an
     # httpx2.Auth for the mcp SDK 2.x); lineage-client does not depend on it.
-    allowed = {"lineage.client", "lineage.verifier", "httpx", "joserfc", "httpx2"}
+    # anyio: httpx's own dependency (its async transport runs on it), so installed wherever
+    # lineage-client is; the async transport sleeps with it, whatever the event loop.
+    allowed = {"lineage.client", "lineage.verifier", "httpx", "joserfc", "httpx2", "anyio"}
     for module, where in imports("client"):
         ok = module in allowed or module in sys.stdlib_module_names
         assert ok, f"client/{where} imports {module}"

@@ -259,6 +259,22 @@ def test_decide_without_the_store_raises_approval_required(w: World):
 # -- the offline verifier -----------------------------------------------------------------
 
 
+def _access_body(inv, approval: dict, decision: str = "allow") -> dict:
+    """An access entry's body for ``inv``, carrying ``approval``, as a decision key signs it."""
+    return {
+        "kind": "access",
+        "v": 1,
+        "log": ORIGIN,
+        "invocation": dict(inv.obj),
+        "context": {},
+        "enforcement": "gw-1",
+        "decision": decision,
+        "reason": "permitted by every credential in the chain",
+        "policy": 1,
+        "approval": approval,
+    }
+
+
 def _forced(w: World, body_changes) -> dict:
     """A bundle whose last entry is an access with an approval, changed by ``body_changes``
     and signed by the decision key: what a log that skipped its checks would serve."""
@@ -266,19 +282,7 @@ def _forced(w: World, body_changes) -> dict:
 
     g = w.append(w.grant())
     inv = w.invoke(w.agent, g.id, HELD)
-    approval = _approve(w, inv)
-    body = {
-        "kind": "access",
-        "v": 1,
-        "log": ORIGIN,
-        "invocation": dict(inv.obj),
-        "context": {},
-        "enforcement": "gw-1",
-        "decision": "allow",
-        "reason": "permitted by every credential in the chain",
-        "policy": 1,
-        "approval": dict(approval.obj),
-    }
+    body = _access_body(inv, dict(_approve(w, inv).obj))
     body = body_changes(w, body, g) or body
     return forced_bundle(w.log, [sign_entry(body, [w.log.keys.decision])], w.now)
 
@@ -336,20 +340,7 @@ def test_an_access_entry_carries_approvals_only(w: World):
     inv = w.invoke(w.agent, "0" * 64, HELD)
     refusal = dict(_approve(w, inv, decision="refuse").obj)
     with pytest.raises(EntryFormatError) as exc:
-        Access.parse(
-            {
-                "kind": "access",
-                "v": 1,
-                "log": ORIGIN,
-                "invocation": dict(inv.obj),
-                "context": {},
-                "enforcement": "gw-1",
-                "decision": "deny",
-                "reason": "x",
-                "policy": 1,
-                "approval": refusal,
-            }
-        )
+        Access.parse(_access_body(inv, refusal, "deny"))
     assert exc.value.field == "approval.decision"
 
 

@@ -16,6 +16,7 @@ the same link, and one approval can never answer another invocation.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -46,6 +47,12 @@ __all__ = [
 HOLD_TTL = 600  # seconds a person has to answer before the held call lapses
 MAX_HELD = 16  # calls one credential may have waiting at once
 POLL_INTERVAL = 2  # seconds between polls the service asks for (CIBA's ``interval``)
+
+
+_ASKED_OTHERWISE = (
+    "this invocation is held for approval as asked by another enforcement point or with "
+    "another context: send it as it was asked"
+)
 
 
 class ApprovalError(LedgerError):
@@ -105,8 +112,9 @@ class Held:
     reason: str
 
 
-def _hash(secret: str) -> bytes:
-    return hashlib.sha256(secret.encode()).digest()
+def _page_token(key: bytes, call_id: str) -> str:
+    mac = hmac.new(key, b"lineage approval page\n" + call_id.encode(), hashlib.sha256)
+    return base64.urlsafe_b64encode(mac.digest()).rstrip(b"=").decode()
 
 
 _COLUMNS = "id, digest, credential, principal, rule, request, created, expires, status, answer"
@@ -167,6 +175,10 @@ class ApprovalStore:
             if rows:
                 found = self._row(rows[0])
                 if found.status_at(now) != "expired":
+                    if context_digest(found.context) != context_digest(context) or (
+                        found.enforcement != enforcement
+                    ):  # raced with the same invocation asked another way: one is held
+                        raise ApprovalError(_ASKED_OTHERWISE)
                     return found
             waiting = self.store._query(
                 "SELECT count(*) FROM approvals WHERE credential = ? AND status = 'pending' "
@@ -197,7 +209,7 @@ class ApprovalStore:
                             need.principal,
                             json.dumps(list(need.rules)),
                             json.dumps(request),
-                            _hash(secrets.token_urlsafe(32)),
+                            secrets.token_bytes(32),  # the key of its page's CSRF token
                             now,
                             now + HOLD_TTL,
                         ),
@@ -209,20 +221,22 @@ class ApprovalStore:
         return found
 
     def page_token(self, call_id: str) -> str:
-        """A fresh CSRF token for the page showing this call (the last page shown wins)."""
-        csrf = secrets.token_urlsafe(32)
-        with self.store.transaction():
-            self.store._write(
-                [("UPDATE approvals SET csrf = ? WHERE id = ?", (_hash(csrf), call_id))]
-            )
-        return csrf
+        """The CSRF token of the page showing this call: the same on every page shown (a
+        MAC of the call's id under a key made for the call), so opening the link again,
+        in another tab or by someone else, voids no page already open, and showing the
+        page writes nothing."""
+        rows = self.store._query("SELECT csrf FROM approvals WHERE id = ?", (call_id,))
+        if not rows:
+            raise ApprovalError("no such call waiting for approval", "not_found")
+        return _page_token(rows[0][0], call_id)
 
     def waiting(self, call_id: str, csrf: str | None) -> HeldCall:
         """The call, if ``csrf`` is its page's token and it still waits for an answer."""
         rows = self.store._query("SELECT csrf FROM approvals WHERE id = ?", (call_id,))
         if not rows:
             raise ApprovalError("no such call waiting for approval", "not_found")
-        if not csrf or not hmac.compare_digest(rows[0][0], _hash(csrf)):
+        expected = _page_token(rows[0][0], call_id)
+        if not csrf or not hmac.compare_digest(expected.encode(), str(csrf).encode()):
             raise ApprovalError("the form's CSRF token is missing or wrong", "access_denied")
         call = self.get(call_id)
         assert call is not None
@@ -275,10 +289,7 @@ def decide_or_hold(
     if call is not None and (
         context_digest(call.context) != context_digest(context) or call.enforcement != enforcement
     ):
-        raise ApprovalError(
-            "this invocation is held for approval as asked by another enforcement point or "
-            "with another context: send it as it was asked"
-        )
+        raise ApprovalError(_ASKED_OTHERWISE)
     approval = None
     refused = False
     if call is not None and call.status_at(now) == "approved":

@@ -49,6 +49,16 @@ def test_verifier_needs_only_pynacl_and_the_standard_library():
         assert ok, f"verifier/{where} imports {module}"
 
 
+# The framework adapters (docs/INTEGRATIONS.md): each may import its own framework, which
+# is an optional extra of lineage-client; nothing else imports them.
+ADAPTERS = {
+    "langchain.py": ("langchain_core", "pydantic"),
+    "openai_agents.py": ("agents", "openai", "pydantic"),
+    "mcp_tools.py": ("mcp", "httpx2"),
+    "crewai.py": ("crewai", "pydantic"),
+}
+
+
 def test_client_needs_only_httpx_joserfc_and_the_verifier():
     # httpx2 is imported only if present (client/gateway.py: McpAuth must also be an
     # httpx2.Auth for the mcp SDK 2.x); lineage-client does not depend on it.
@@ -57,6 +67,7 @@ def test_client_needs_only_httpx_joserfc_and_the_verifier():
     allowed = {"lineage.client", "lineage.verifier", "httpx", "joserfc", "httpx2", "anyio"}
     for module, where in imports("client"):
         ok = module in allowed or module in sys.stdlib_module_names
+        ok = ok or module in ADAPTERS.get(where, ())  # an adapter: its framework, only
         assert ok, f"client/{where} imports {module}"
         assert module != "sqlite3", f"client/{where} imports the ledger's storage"
 
@@ -103,3 +114,19 @@ def test_one_version_in_one_place():
 
     for dist in ("lineage-verifier", "lineage-client", "lineage-ledger"):
         assert installed(dist) == version, dist
+
+
+def test_no_framework_is_imported_unless_its_adapter_is():
+    """``import lineage.client`` and the toolkit load no agent framework: each adapter is
+    an optional extra, imported only by the code that uses it."""
+    import subprocess
+
+    code = (
+        "import sys, lineage.client, lineage.client.toolkit, lineage.client.gateway\n"
+        "bad = [m for m in ('langchain_core', 'agents', 'crewai', 'mcp', 'openai') "
+        "if m in sys.modules]\n"
+        "print(bad)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
+

@@ -19,6 +19,7 @@ import it only when imported themselves.
 from __future__ import annotations
 
 import re
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from .gateway import APPROVAL_PENDING, OnApproval, gateway_session
 __all__ = ["Denied", "Held", "ToolFunction", "Toolkit"]
 
 ToolFunction = Callable[..., Any]
+_LOCK = threading.Lock()
 _CHECK = re.compile(r"(?P<check>[a-z-]+): ")
 # FORMAT.md §8 scope denials: "scope: credential X does not permit the request: FIELD: ..."
 _FIELD = re.compile(r"does not permit the request: (?P<field>[A-Za-z0-9_.\[\]-]+):")
@@ -98,6 +100,7 @@ class Toolkit:
     on_approval: OnApproval | None = None
     _http: httpx.Client | None = field(default=None, repr=False)
     _standing: dict[str, Any] | None = field(default=None, repr=False)
+    _owns_client: bool = field(default=False, repr=False)  # made by start(): closed by close()
 
     @classmethod
     def start(
@@ -111,23 +114,28 @@ class Toolkit:
         **kw: Any,
     ) -> Toolkit:
         """A toolkit for ``credential``, held by ``agent``, at ``service`` and ``gateway``."""
-        return cls(LineageClient(service, log_key=log_key), gateway, agent, credential, **kw)
+        client = LineageClient(service, log_key=log_key)
+        return cls(client, gateway, agent, credential, _owns_client=True, **kw)
 
     @property
     def http(self) -> httpx.Client:
         """Every request signed for this credential, through the gateway; a 403 refusal
         raises ``Denied`` or ``Held``."""
-        if self._http is None:
-            self._http = gateway_session(
-                self.gateway,
-                self.agent,
-                self.credential,
-                approval_wait=self.approval_wait,
-                on_approval=self.on_approval,
-                event_hooks={"response": [_raise_refusals]},
-                timeout=30,
-            )
+        with _LOCK:  # frameworks run tools in threads, several at once
+            if self._http is None:
+                self._http = self._session()
         return self._http
+
+    def _session(self) -> httpx.Client:
+        return gateway_session(
+            self.gateway,
+            self.agent,
+            self.credential,
+            approval_wait=self.approval_wait,
+            on_approval=self.on_approval,
+            event_hooks={"response": [_raise_refusals]},
+            timeout=30,
+        )
 
     def run(self, fn: ToolFunction, /, **arguments: Any) -> Any:
         """``fn(self.http, **arguments)``; a refusal is the answer (its text), so the model
@@ -193,9 +201,14 @@ class Toolkit:
         self.client.revoke(self.credential, holder=self.agent, reason=reason)
 
     def close(self) -> None:
+        """Close this kit's HTTP client (and the service client, if ``start`` made it;
+        sub-agents' kits share their parent's)."""
         if self._http is not None:
             self._http.close()
             self._http = None
+        if self._owns_client:
+            self.client.close()
+            self._owns_client = False
 
     def __enter__(self) -> Toolkit:
         return self
@@ -204,13 +217,23 @@ class Toolkit:
         self.close()
 
 
+def _within(asked: str, pattern: str) -> bool:
+    """Whether resource (or pattern) ``asked`` is within ``pattern`` (SCOPE.md §2: a
+    pattern's wildcard is its last segment, ``*``)."""
+    if pattern.endswith("/*") or pattern.endswith(":*"):
+        return asked.startswith(pattern[:-1]) and asked != pattern[:-1]
+    return asked == pattern
+
+
 def _narrowed(
     scope: Sequence[Mapping[str, Any]],
     actions: Sequence[str] | None,
     resources: Sequence[str] | None,
 ) -> list[dict[str, Any]]:
-    """Each detail of ``scope`` keeping only ``actions`` (if given), with ``resources`` (if
-    given) in place of its own; details left with no action are dropped."""
+    """Each detail of ``scope`` keeping only ``actions`` (if given) and, if ``resources``
+    are given, only those of them its own patterns cover (a detail with no resource list
+    covers them all); details left with no action or no resource are dropped, with their
+    constraints kept on the ones that stay."""
     out = []
     for detail in scope:
         d = dict(detail)
@@ -219,7 +242,13 @@ def _narrowed(
             if not d["actions"]:
                 continue
         if resources is not None:
-            d["resources"] = sorted(set(resources))
+            own = d.get("resources")
+            kept = sorted(
+                r for r in set(resources) if own is None or any(_within(r, p) for p in own)
+            )
+            if not kept:
+                continue
+            d["resources"] = kept
         out.append(d)
     if not out:
         raise ValueError("nothing of this credential's scope is left to delegate")

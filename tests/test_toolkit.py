@@ -75,3 +75,20 @@ def test_narrowing_keeps_only_what_is_asked():
     assert _narrowed(scope, None, ["a/b"])[0]["resources"] == ["a/b"]
     with pytest.raises(ValueError):
         _narrowed(scope, ["delete"], None)
+    two = [
+        {"type": "mcp", "actions": ["call"], "resources": ["tool:read_inbox"]},
+        {
+            "type": "mcp",
+            "actions": ["call"],
+            "resources": ["tool:send_email"],
+            "constraints": {"to": {"in": ["bob@corp.example"]}},
+        },
+    ]
+    # only the detail that covers the asked resource stays, with its own constraints
+    assert _narrowed(two, None, ["tool:read_inbox"]) == [two[0]]
+    assert _narrowed(two, None, ["tool:send_email"]) == [two[1]]
+    with pytest.raises(ValueError):
+        _narrowed(two, None, ["tool:delete_everything"])
+    assert _narrowed(scope, None, ["a/*"])[0]["resources"] == ["a/*"]  # a pattern as itself
+    with pytest.raises(ValueError):
+        _narrowed(scope, None, ["b/c"])

@@ -129,4 +129,3 @@ def test_no_framework_is_imported_unless_its_adapter_is():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
-

@@ -34,7 +34,7 @@ setup(
         "langchain": ["langchain-core>=1.0"],
         "openai-agents": ["openai-agents>=0.24"],
         "mcp": ["mcp>=2.3"],
-        "crewai": ["crewai>=1.15"],
+        "crewai": ["crewai>=1.15,<1.16"],
     },
     cmdclass={"build_py": BuildPy},
 )

@@ -29,12 +29,5 @@ setup(
         # call (step-up), on whatever event loop runs them; httpx itself depends on it
         "anyio>=4",
     ],
-    # the framework adapters (docs/INTEGRATIONS.md): each imported only by its users
-    extras_require={
-        "langchain": ["langchain-core>=1.0"],
-        "openai-agents": ["openai-agents>=0.24"],
-        "mcp": ["mcp>=2.3"],
-        "crewai": ["crewai>=1.15,<1.16"],
-    },
     cmdclass={"build_py": BuildPy},
 )

@@ -136,6 +136,29 @@ def test_wheels_carry_one_version_and_only_lineage_names(wheels):
         assert not stray, f"{wheel.name} packages {stray}"
 
 
+def test_the_client_wheel_offers_each_framework_as_an_extra(wheels):
+    """docs/INTEGRATIONS.md's installs: the adapters ship in lineage-client, and each
+    framework is an extra, never a dependency."""
+    import zipfile
+
+    wheel = zipfile.ZipFile(wheels["lineage-client"])
+    meta = next(n for n in wheel.namelist() if n.endswith(".dist-info/METADATA"))
+    text = wheel.read(meta).decode()
+    for extra, requirement in (
+        ("langchain", "langchain-core"),
+        ("openai-agents", "openai-agents"),
+        ("mcp", "mcp"),
+        ("crewai", "crewai"),
+    ):
+        assert f"Provides-Extra: {extra}" in text, extra
+        lines = [
+            line for line in text.splitlines() if line.startswith(f"Requires-Dist: {requirement}")
+        ]
+        assert lines and all(f'extra == "{extra}"' in line for line in lines), lines
+    for module in ("toolkit", "langchain", "openai_agents", "mcp_tools", "crewai"):
+        assert f"lineage/client/{module}.py" in wheel.namelist(), module
+
+
 def test_verifier_alone_verifies_every_fixture(tmp_path, wheels, empty):
     bin_ = venv(tmp_path / "venv", wheels["lineage-verifier"])
     assert installed(bin_) <= VERIFIER_MAY_HAVE, installed(bin_) - VERIFIER_MAY_HAVE

@@ -19,6 +19,7 @@ to a wider one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 from collections.abc import Mapping, Sequence
@@ -27,6 +28,7 @@ from typing import Any
 
 from agents import Agent, FunctionTool, Handoff, RunContextWrapper, function_tool, handoff
 
+from .flows import LineageHTTPError
 from .toolkit import ToolFunction, Toolkit
 
 __all__ = ["LineageContext", "lineage_handoff", "lineage_tool"]
@@ -45,8 +47,13 @@ class LineageContext:
         if not self.kits:
             self.kits.append(self.kit)
 
-    def close(self) -> None:
-        """Close every toolkit's HTTP client (the credentials stay as they are)."""
+    def close(self, *, revoke: bool = True) -> None:
+        """End the run's standing: revoke every credential a hand-off derived during the
+        run (``revoke``; the first agent's own credential is left as it is), then close
+        every toolkit's HTTP client."""
+        for kit in reversed(self.kits[1:] if revoke else []):
+            with contextlib.suppress(LineageHTTPError):  # expired, or revoked already
+                kit.revoke("the run ended")
         for kit in self.kits:
             kit.close()
 

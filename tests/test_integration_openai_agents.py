@@ -163,7 +163,10 @@ def test_an_agent_hands_off_to_a_narrower_sub_agent_through_the_gateway(
     assert [k.credential for k in ctx.kits] == [world.handle, sub.credential]
     assert sub.parent is kit and sub.task == "mail/read"
     assert sub.agent.key.public != world.agent.key.public
-    rec = srv.log.state().credential(sub.credential)  # (the run's clients are closed)
+    state = srv.log.state()  # closing the run revoked the hand-off's credential, only it
+    assert state.revoked_at(sub.credential) is not None
+    assert state.revoked_at(world.handle) is None
+    rec = state.credential(sub.credential)  # (the run's clients are closed)
     assert [list(d.actions) for d in rec.credential.scope] == [["read"]]
 
     # the ledger: grant -> delegation -> accesses, each access by the credential that made it

@@ -34,7 +34,7 @@ from langchain_core.tools import BaseTool, StructuredTool, ToolException
 from langchain_core.tools.base import create_schema_from_function
 
 from .flows import LineageHTTPError
-from .toolkit import Denied, Held, ToolFunction, Toolkit
+from .toolkit import REFUSALS, ToolFunction, Toolkit, refusal_text
 
 __all__ = ["lineage_handoff", "lineage_tool", "run_agent"]
 
@@ -65,8 +65,8 @@ def lineage_tool(
     def call(**arguments: Any) -> Any:
         try:
             return fn(kit.http, **arguments)
-        except (Denied, Held) as refusal:
-            raise ToolException(str(refusal)) from refusal
+        except REFUSALS as refusal:
+            raise ToolException(refusal_text(refusal)) from refusal
 
     return StructuredTool.from_function(
         call,
@@ -74,6 +74,7 @@ def lineage_tool(
         description=description or inspect.getdoc(fn) or name,
         args_schema=schema,
         handle_tool_error=True,
+        handle_validation_error=True,  # arguments of the wrong shape: an answer, not the end
     )
 
 
@@ -109,7 +110,7 @@ def lineage_handoff(
                 ttl=ttl,
                 description=description,
             )
-        except LineageHTTPError as refused:
+        except (LineageHTTPError, ValueError) as refused:  # the ledger's no, or nothing left
             raise ToolException(f"Lineage refused the hand-off to {name}: {refused}") from None
         try:
             agent = build(sub)
@@ -123,7 +124,11 @@ def lineage_handoff(
                 sub.close()
 
     return StructuredTool.from_function(
-        hand_off, name=name, description=description, handle_tool_error=True
+        hand_off,
+        name=name,
+        description=description,
+        handle_tool_error=True,
+        handle_validation_error=True,
     )
 
 

@@ -34,8 +34,8 @@ from mcp.types import CallToolResult, TextContent, Tool
 
 from lineage.verifier.resource import matches, parse_resource
 
-from .gateway import TOOL_ACTION, mcp_auth
-from .toolkit import Denied, Held, Toolkit
+from .gateway import TOOL_ACTION, MappingError, canonical_segments, mcp_auth
+from .toolkit import Denied, Held, Refused, Toolkit
 
 __all__ = [
     "APPROVAL_REQUIRED",
@@ -99,6 +99,13 @@ async def call_tool(
     (``is_error``, the text "Lineage denied this call (field F): REASON", and
     ``structured_content`` with ``reason``, ``field``, ``check``), not an exception. The
     call never reached the server. Other errors are raised as the SDK raises them."""
+    unsendable = _unsendable(name, arguments)
+    if unsendable is not None:  # refused here: sent, it would end the session, not the call
+        return CallToolResult(
+            content=[TextContent(type="text", text=str(Refused(unsendable)))],
+            structured_content={"refusal": "unsendable", "reason": unsendable},
+            is_error=True,
+        )
     try:
         return await client.call_tool(name, dict(arguments or {}), **options)
     except MCPError as error:
@@ -106,6 +113,29 @@ async def call_tool(
         if refused is None:
             raise
         return _refused(refused)
+
+
+MAX_MESSAGE = 1 << 20  # the gateway's default body_limit (GATEWAY.md §2)
+
+
+def _unsendable(name: Any, arguments: Mapping[str, Any] | None) -> str | None:
+    """Why the gateway could not decide this call (a tool name that is not one resource
+    segment, a message over its limit), or None."""
+    if not isinstance(name, str) or not name or len(name) > 256 or name == "*":
+        return f"{str(name)[:64]!r} is not a tool name"
+    try:
+        segments = canonical_segments("/" + name)
+    except MappingError as exc:
+        return f"{name[:64]!r} is not a tool name: {exc}"
+    if tuple(segments) != (name,):
+        return f"{name[:64]!r} is not a tool name: one path segment, spelled once"
+    try:
+        size = len(json.dumps(dict(arguments or {})))
+    except (TypeError, ValueError) as exc:
+        return f"the arguments are not JSON: {exc}"
+    if size > MAX_MESSAGE:
+        return f"the arguments are {size} bytes, more than the gateway takes"
+    return None
 
 
 def text_of(result: CallToolResult) -> str:

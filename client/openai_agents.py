@@ -105,22 +105,45 @@ def lineage_handoff(
     """``agents.handoff(agent)`` that, when the model takes it, derives ``agent``'s
     credential from the current one (``Toolkit.delegate``: a fresh key, ``scope`` or the
     current scope with only ``actions``/``resources``, at most ``ttl`` seconds; ``limits``:
-    ``max_depth``, ...) and makes it the run's. A delegation the ledger refuses is an
-    error that ends the run: it is the program's scope, not the model's, that is wrong."""
+    ``max_depth``, ...) and makes it the run's. A delegation the ledger refuses does not
+    end the run (the model chose the hand-off, and a prompt-injected model must not be able
+    to kill the run with one): the sub-agent runs with no credential at all, every tool
+    answering that the hand-off was refused, and never with the current one."""
 
     async def on_handoff(ctx: RunContextWrapper[Any]) -> None:
         lineage = _context(ctx)
-        sub = await asyncio.to_thread(
-            lineage.kit.delegate,
-            task=task,
-            actions=actions,
-            resources=resources,
-            scope=scope,
-            ttl=ttl,
-            description=description,
-            **(limits or {}),
-        )
+        try:
+            sub = await asyncio.to_thread(
+                lineage.kit.delegate,
+                task=task,
+                actions=actions,
+                resources=resources,
+                scope=scope,
+                ttl=ttl,
+                description=description,
+                **(limits or {}),
+            )
+        except (LineageHTTPError, ValueError) as refused:
+            lineage.kit = _NoStanding(f"Lineage refused the hand-off to {agent.name}: {refused}")
+            return
         lineage.kit = sub
         lineage.kits.append(sub)
 
     return handoff(agent, on_handoff=on_handoff, **handoff_kw)
+
+
+class _NoStanding:
+    """The standing of a sub-agent whose hand-off the ledger refused: no credential, so
+    every tool answers with the refusal and nothing is sent."""
+
+    def __init__(self, why: str):
+        self.why = why
+
+    def run(self, fn: ToolFunction, /, **arguments: Any) -> str:
+        return self.why
+
+    def delegate(self, **kw: Any) -> Any:
+        raise ValueError(self.why)
+
+    def close(self) -> None:
+        return None

@@ -29,9 +29,16 @@ import httpx
 
 from .clients import LineageClient
 from .flows import Agent
-from .gateway import APPROVAL_PENDING, OnApproval, gateway_session
+from .gateway import (
+    APPROVAL_HEADER,
+    APPROVAL_PENDING,
+    MappingError,
+    NotBehindGateway,
+    OnApproval,
+    gateway_session,
+)
 
-__all__ = ["Denied", "Held", "ToolFunction", "Toolkit"]
+__all__ = ["REFUSALS", "Denied", "Held", "Refused", "ToolFunction", "Toolkit", "refusal_text"]
 
 ToolFunction = Callable[..., Any]
 _LOCK = threading.Lock()
@@ -56,6 +63,15 @@ class Denied(Exception):
         return f"Lineage denied this call{where}: {self.reason}"
 
 
+class Refused(Exception):
+    """The call was not sent, or the gateway would not take it: a request the gateway's
+    rules refuse (a path or query it cannot spell once, a URL no route fronts, a body too
+    large, too many calls waiting), or no decision could be had. Nothing was forwarded."""
+
+    def __str__(self) -> str:
+        return f"Lineage refused to send this call: {self.args[0]}"
+
+
 class Held(Exception):
     """A policy rule holds the call until a person approves it (step-up): ``url`` is their
     page. Nothing was logged or forwarded."""
@@ -69,21 +85,49 @@ class Held(Exception):
         return f"This call waits for a person's approval ({self.reason}); their page: {url}"
 
 
+def _as_refusal(exc: BaseException) -> BaseException:
+    """A refusal as the tool's answer: the toolkit's own, or what the transport refused to
+    send (its rules for paths and queries, a URL outside every route)."""
+    if isinstance(exc, Denied | Held | Refused):
+        return exc
+    return Refused(str(exc) or type(exc).__name__)
+
+
 def _raise_refusals(response: httpx.Response) -> None:
-    """The gateway's refusals, as exceptions the toolkit turns into tool answers."""
-    if response.status_code != 403:
+    """The gateway's own refusals, as exceptions the toolkit turns into tool answers.
+
+    Only the gateway's: an answer the gateway forwarded carries ``Lineage-Access`` (and the
+    gateway drops any ``Lineage-*`` header of the upstream's), so an API that answers 403
+    with a body shaped like a denial, or like an approval link, is the API's answer, never
+    Lineage's word. An approval link also needs the gateway's ``Lineage-Approval`` header.
+    """
+    if response.status_code < 400 or "lineage-access" in response.headers:
         return
     response.read()
     try:
         body = response.json()
     except ValueError:
+        body = None
+    if not isinstance(body, dict) or not isinstance(body.get("error"), str):
         return
-    if not isinstance(body, dict):
+    error, description = body["error"], str(body.get("error_description", ""))
+    if response.status_code == 403 and error == "access_denied":
+        raise Denied(description, body.get("receipt"))
+    if response.status_code == 403 and error == APPROVAL_PENDING:
+        if APPROVAL_HEADER in response.headers:
+            raise Held(description, body.get("approval") or {})
         return
-    if body.get("error") == "access_denied":
-        raise Denied(str(body.get("error_description", "")), body.get("receipt"))
-    if body.get("error") == APPROVAL_PENDING:
-        raise Held(str(body.get("error_description", "")), body.get("approval") or {})
+    raise Refused(f"{response.status_code} {error}: {description}")
+
+
+# What a tool's answer says instead of ending the run: the gateway's refusals, and what the
+# transport would not send (a request it cannot derive, a URL outside every route).
+REFUSALS = (Denied, Held, Refused, MappingError, NotBehindGateway, httpx.InvalidURL)
+
+
+def refusal_text(exc: BaseException) -> str:
+    """The text a model reads for one of ``REFUSALS``."""
+    return str(_as_refusal(exc))
 
 
 @dataclass
@@ -142,8 +186,8 @@ class Toolkit:
         reads why and the run goes on."""
         try:
             return fn(self.http, **arguments)
-        except (Denied, Held) as refusal:
-            return str(refusal)
+        except REFUSALS as refusal:
+            return str(_as_refusal(refusal))
 
     def standing(self) -> dict[str, Any]:
         """This credential as the ledger sees it (RFC 7662 introspection, as its holder)."""

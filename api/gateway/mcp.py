@@ -172,8 +172,22 @@ def _held_key(credential: str, message: dict[str, Any]) -> str:
     return credential + "\n" + json.dumps(rest, sort_keys=True, separators=(",", ":"))
 
 
-def _with_id(message: Any, ident: Any) -> Any:
-    if isinstance(message, dict) and "id" in message:
+UPSTREAM_ERROR = -32000  # what an MCP server's error in the gateway's own codes becomes
+
+
+def _upstream_answer(message: Any, ident: Any = None) -> Any:
+    """An MCP server's answer as the gateway passes it on: an error in one of the codes the
+    gateway speaks with (-31403, -31402) becomes -32000, its message marked as the
+    server's, its data dropped; with ``ident``, the answer's id is set to it."""
+    if not isinstance(message, dict):
+        return message
+    error = message.get("error")
+    if isinstance(error, dict) and error.get("code") in (DENIED, APPROVAL_REQUIRED):
+        message["error"] = {
+            "code": UPSTREAM_ERROR,
+            "message": f"the MCP server answered: {str(error.get('message', ''))[:1024]}",
+        }
+    if ident is not None and "id" in message:
         message["id"] = ident
     return message
 
@@ -308,11 +322,13 @@ async def handle(gw: Any, up: Upstream, path: str, rest: str, scope, receive, se
             raise
         if held_key is not None:
             gw.held_calls.pop(held_key)
-        transform = None
-        if kept is not None and kept[2] != ident:  # the answer is to the retry's id
+        answer_id = ident if kept is not None and kept[2] != ident else None
 
-            def transform(data: bytes, ctype: str) -> bytes:
-                return _each_message(data, ctype, lambda m: _with_id(m, ident))
+        def transform(data: bytes, ctype: str) -> bytes:
+            # the server's own errors never wear the gateway's codes (a server answering
+            # -31403 or -31402 would pass off its words as Lineage's denial or approval
+            # link); and a held call's retry is answered under its own id
+            return _each_message(data, ctype, lambda m: _upstream_answer(m, answer_id))
 
         if not verdict.allowed:
             data = {

@@ -94,6 +94,25 @@ SCOPE = [
 ]
 
 
+def mcp_config(srv: Any, upstream: str) -> Any:
+    """A gateway before the MCP server at ``upstream`` (as ``mail``), deciding at ``srv``."""
+    return parse_gateway(
+        {
+            "service": srv.base,
+            "token": {"from": "env", "name": "UNUSED"},
+            "upstreams": {
+                "mail": {
+                    "kind": "mcp",
+                    "url": upstream + "/mcp",
+                    "location": LOCATION,
+                    "secret": {"from": "env", "name": "LINEAGE_TEST_MCP_KEY"},
+                    "attach": "header:X-Mcp-Key",
+                }
+            },
+        }
+    )
+
+
 @dataclass
 class World:
     srv: Any
@@ -110,21 +129,7 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
     guard = Guard(mail_server(calls))
     guard.calls = calls
     with running(tmp_path) as srv, serve_app(guard, lifespan="on") as upstream:
-        cfg = parse_gateway(
-            {
-                "service": srv.base,
-                "token": {"from": "env", "name": "UNUSED"},
-                "upstreams": {
-                    "mail": {
-                        "kind": "mcp",
-                        "url": upstream + "/mcp",
-                        "location": LOCATION,
-                        "secret": {"from": "env", "name": "LINEAGE_TEST_MCP_KEY"},
-                        "attach": "header:X-Mcp-Key",
-                    }
-                },
-            }
-        )
+        cfg = mcp_config(srv, upstream)
         client = LineageClient(srv.base, log_key=srv.log.log_key.vkey)
         agent = Agent.ephemeral()
         handle = client.grant(srv.alice, "alice@corp", agent, task="mail", scope=SCOPE)

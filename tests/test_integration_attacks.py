@@ -44,7 +44,6 @@ from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.load import dumps
 from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 
-from lineage.api.gateway.config import parse_gateway
 from lineage.client import Agent, LineageClient
 from lineage.client.gateway import gateway_session
 from lineage.client.langchain import lineage_handoff, lineage_tool, run_agent
@@ -60,7 +59,7 @@ from lineage.verifier.entry import sign_entry
 from .api_server import MAIL, ORIGIN, running
 from .gateway_harness import MAIL_SECRET, Upstream, gateway, serve_app
 from .test_gateway import SCOPE, World, stack
-from .test_gateway_mcp import LOCATION, MCP_SECRET, Guard, mail_server
+from .test_gateway_mcp import MCP_SECRET, Guard, mail_server, mcp_config
 from .test_gateway_mcp import SCOPE as MCP_SCOPE
 
 EVE, BOB = "eve@evil.example", "bob@corp.example"
@@ -1532,21 +1531,7 @@ def _mcp_world(tmp_path: Path, server: Any) -> Iterator[McpWorld]:
     guard = Guard(server(found))
     guard.calls = found
     with running(tmp_path) as srv, serve_app(guard, lifespan="on") as upstream:
-        cfg = parse_gateway(
-            {
-                "service": srv.base,
-                "token": {"from": "env", "name": "UNUSED"},
-                "upstreams": {
-                    "mail": {
-                        "kind": "mcp",
-                        "url": upstream + "/mcp",
-                        "location": LOCATION,
-                        "secret": {"from": "env", "name": "LINEAGE_TEST_MCP_KEY"},
-                        "attach": "header:X-Mcp-Key",
-                    }
-                },
-            }
-        )
+        cfg = mcp_config(srv, upstream)
         agent = Agent.ephemeral()
         with LineageClient(srv.base, log_key=srv.log.log_key.vkey) as client:
             handle = client.grant(srv.alice, "alice@corp", agent, task="mail", scope=MCP_SCOPE)

@@ -22,7 +22,6 @@ from typing import Any
 
 import pytest
 
-from lineage.api.gateway.config import parse_gateway
 from lineage.client import Agent, LineageClient
 from lineage.client.mcp_tools import call_tool, delegate_tools, mcp_session, mcp_tools, text_of
 from lineage.client.toolkit import Toolkit
@@ -31,7 +30,7 @@ from lineage.verifier.bundle import verify_bundle
 
 from .api_server import running
 from .gateway_harness import gateway, serve_app
-from .test_gateway_mcp import LOCATION, MCP_SECRET, SCOPE, Guard, mail_server
+from .test_gateway_mcp import MCP_SECRET, SCOPE, Guard, mail_server, mcp_config
 
 
 @dataclass
@@ -48,21 +47,7 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
     guard = Guard(mail_server(calls))
     guard.calls = calls
     with running(tmp_path) as srv, serve_app(guard, lifespan="on") as upstream:
-        cfg = parse_gateway(
-            {
-                "service": srv.base,
-                "token": {"from": "env", "name": "UNUSED"},
-                "upstreams": {
-                    "mail": {
-                        "kind": "mcp",
-                        "url": upstream + "/mcp",
-                        "location": LOCATION,
-                        "secret": {"from": "env", "name": "LINEAGE_TEST_MCP_KEY"},
-                        "attach": "header:X-Mcp-Key",
-                    }
-                },
-            }
-        )
+        cfg = mcp_config(srv, upstream)
         agent = Agent.ephemeral()
         with LineageClient(srv.base, log_key=srv.log.log_key.vkey) as client:
             handle = client.grant(srv.alice, "alice@corp", agent, task="mail", scope=SCOPE)

@@ -67,6 +67,29 @@ AGENT = textwrap.dedent(
 )
 
 
+def _run_agent(w, **extra_env: str) -> subprocess.CompletedProcess:
+    """The agent runtime, in a process of its own, with an environment holding only what
+    the toolkit needs (and ``extra_env``); its stdout is the attacker's dump."""
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "AGENT_SEED": w.agent.key.seed.hex(),
+        "SERVICE": w.srv.base,
+        "GATEWAY": w.base,
+        "CREDENTIAL": w.handle,
+        **extra_env,
+    }
+    run = subprocess.run(
+        [sys.executable, "-c", AGENT],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    return run
+
+
 def _spellings(secret: str) -> list[str]:
     raw = secret.encode()
     return [
@@ -88,22 +111,7 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 def test_a_dumped_agent_runtime_holds_no_upstream_secret_and_no_lasting_credential(world):
     w = world
-    env = {
-        "PATH": os.environ.get("PATH", ""),
-        "AGENT_SEED": w.agent.key.seed.hex(),
-        "SERVICE": w.srv.base,
-        "GATEWAY": w.base,
-        "CREDENTIAL": w.handle,
-    }
-    run = subprocess.run(
-        [sys.executable, "-c", AGENT],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=Path(__file__).resolve().parent.parent,
-    )
-    assert run.returncode == 0, run.stderr[-2000:]
+    run = _run_agent(w)
     dump = run.stdout
     assert '"/v1/messages/17"' in dump  # the dump holds what the tool read, the call worked
     assert any(s.raw_path == "/v1/messages/17" for s in w.api.seen)
@@ -141,22 +149,5 @@ def test_a_dumped_agent_runtime_holds_no_upstream_secret_and_no_lasting_credenti
 def test_the_drill_would_catch_a_secret_in_the_runtime(world):
     """The check is not vacuous: with the secret in the agent's environment (the documented
     practice the drill replaces), the same dump gives it up."""
-    w = world
-    env = {
-        "PATH": os.environ.get("PATH", ""),
-        "AGENT_SEED": w.agent.key.seed.hex(),
-        "SERVICE": w.srv.base,
-        "GATEWAY": w.base,
-        "CREDENTIAL": w.handle,
-        "MAIL_API_KEY": MAIL_SECRET,
-    }
-    run = subprocess.run(
-        [sys.executable, "-c", AGENT],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=Path(__file__).resolve().parent.parent,
-    )
-    assert run.returncode == 0, run.stderr[-2000:]
+    run = _run_agent(world, MAIL_API_KEY=MAIL_SECRET)
     assert MAIL_SECRET in run.stdout

@@ -36,7 +36,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from lineage.verifier.approval import Approval, invocation_digest, parse_approval
+from lineage.verifier.approval import Approval, fresh, invocation_digest, parse_approval
 from lineage.verifier.bodies import result_body
 from lineage.verifier.chain import ChainView, CredentialRecord
 from lineage.verifier.entry import Entry, sign_entry
@@ -230,8 +230,7 @@ def decide(
                 inv.verify(rec.holder)
             except SignatureError as exc:
                 raise InvalidInvocation(str(exc), "signature") from None
-        waited = approval is not None and inv.iat <= time <= approval.expires_at
-        if abs(time - inv.iat) > window and not waited:
+        if not fresh(inv.iat, time, window, approval):
             raise InvalidInvocation(f"iat {inv.iat} is not within {window} s of {time}", "stale")
         if approval is not None and time > approval.expires_at:
             raise InvalidInvocation(f"the approval expired at {approval.expires_at}", "stale")

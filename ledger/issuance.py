@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from lineage.verifier.approval import fresh
 from lineage.verifier.entry import Entry, sign_entry
 from lineage.verifier.errors import FormatError
 from lineage.verifier.keys import PublicKey, SigningKey
@@ -72,8 +73,7 @@ def admission(settings: Settings) -> Admit:
                 )
             inv = body.invocation
             # an approved call may wait for its person, until the approval expires (§5.1)
-            waited = body.approval is not None and inv.iat <= time <= body.approval.expires_at
-            if abs(time - inv.iat) > settings.invocation_window and not waited:
+            if not fresh(inv.iat, time, settings.invocation_window, body.approval):
                 raise RejectedEntry(
                     f"invocation iat {inv.iat} is more than {settings.invocation_window} s "
                     f"from the log's time {time}",

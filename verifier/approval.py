@@ -35,6 +35,7 @@ __all__ = [
     "MAX_APPROVAL_TTL",
     "Approval",
     "context_digest",
+    "fresh",
     "invocation_digest",
     "parse_approval",
     "sign_approval",
@@ -116,3 +117,12 @@ def sign_approval(
         "expires_at": expires_at,
     }
     return parse_approval(sign_object(APPROVAL_CONTEXT, obj, [key]))
+
+
+def fresh(iat: int, time: int, window: int, approval: Approval | None = None) -> bool:
+    """Whether an invocation made at ``iat`` may be decided at ``time`` (FORMAT.md §5, §8
+    step 6): within ``window`` seconds either way, or, approved, no earlier than it was
+    made and no later than the approval's ``expires_at`` (the person may take a while)."""
+    if abs(time - iat) <= window:
+        return True
+    return approval is not None and iat <= time <= approval.expires_at

@@ -55,7 +55,7 @@ from bisect import bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .approval import context_digest, invocation_digest
+from .approval import context_digest, fresh, invocation_digest
 from .attenuation import check_covers
 from .entry import Entry, Leaf
 from .errors import AttenuationError, ChainError, SignatureError
@@ -538,14 +538,13 @@ class Rules:
         if body.approval is not None:
             self._approval(view, entry, body, rec, index, time)
         if self.complete:
-            skew = abs(time - inv.iat)
             # An approved call may wait for its person: until the approval expires (§5.1).
-            waited = body.approval is not None and inv.iat <= time <= body.approval.expires_at
-            if skew > self.invocation_window and not waited:
+            if not fresh(inv.iat, time, self.invocation_window, body.approval):
                 raise self._fail(
                     entry,
                     "freshness",
-                    f"invocation iat {inv.iat} is {skew} s from the leaf's time {time}; "
+                    f"invocation iat {inv.iat} is {abs(time - inv.iat)} s from the leaf's "
+                    f"time {time}; "
                     f"the window is {self.invocation_window} s",
                 )
             if view.nonce_seen(inv.credential, inv.nonce, allowed_only=False):

@@ -31,7 +31,7 @@ from lineage.verifier.keys import APPROVAL_CONTEXT, b64u_encode
 
 from ..errors import ApiError
 from ..service import Service, service
-from .web import SECURITY_HEADERS, _same_origin
+from .web import _same_origin, page
 
 __all__ = ["approval_error", "base_url", "router"]
 
@@ -98,19 +98,6 @@ def _when(seconds: int) -> str:
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
-    doc = (
-        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{html.escape(title)}</title>"
-        '<link rel="stylesheet" href="/static/lineage.css">'
-        '<script src="/static/common.js" defer></script>'
-        '<script src="/static/approve.js" defer></script></head>'
-        f"<body><main>{body}</main></body></html>"
-    )
-    return HTMLResponse(doc, status_code=status, headers=SECURITY_HEADERS)
-
-
 def _describe(svc: Service, call: HeldCall) -> str:
     """The exact call in words: who asks, under whose grant, to do what, to what."""
     e = html.escape
@@ -149,14 +136,14 @@ def _describe(svc: Service, call: HeldCall) -> str:
 
 
 @router.get("/approve/{call_id}", include_in_schema=False)
-def page(call_id: CallId, svc: Annotated[Service, Depends(service)]) -> HTMLResponse:
+def approval_page(call_id: CallId, svc: Annotated[Service, Depends(service)]) -> HTMLResponse:
     store = _store(svc)
     call = store.get(call_id)
     if call is None:
-        return _page("Lineage: no such call", "<h1>No such call</h1>", 404)
+        return page("Lineage: no such call", "<h1>No such call</h1>", 404, script="approve.js")
     state = call.status_at(int(svc.log.clock()))
     if state != "pending":
-        return _page(
+        return page(
             "Lineage: answered",
             f"<h1>This call is {html.escape(state)}</h1><p>There is nothing to answer.</p>",
         )
@@ -173,7 +160,7 @@ def page(call_id: CallId, svc: Annotated[Service, Depends(service)]) -> HTMLResp
         "<p><button id=approve disabled>Approve this call</button> "
         "<button id=refuse disabled>Refuse</button></p><p id=status role=status></p>"
     )
-    return _page("Lineage: approve one call", body)
+    return page("Lineage: approve one call", body, script="approve.js")
 
 
 class Chosen(BaseModel):

@@ -48,7 +48,7 @@ from ..gateway import mcp
 from ..gateway.config import Upstream
 from ..service import Service, service
 from .oauth import issuer
-from .web import SECURITY_HEADERS, _same_origin
+from .web import _same_origin, page
 
 __all__ = ["router"]
 
@@ -247,28 +247,11 @@ def _client(svc: Service, client_id: str | None) -> dict[str, Any] | None:
     return AuthzStore(svc.log.store).client(client_id) or _metadata_document(svc, client_id)
 
 
-def _page(title: str, body: str, status: int = 200, script: str | None = None) -> HTMLResponse:
-    scripts = (
-        f'<script src="/static/common.js" defer></script><script src="/static/{script}" defer>'
-        "</script>"
-        if script
-        else ""
-    )
-    doc = (
-        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{html.escape(title)}</title>"
-        f'<link rel="stylesheet" href="/static/lineage.css">{scripts}</head>'
-        f"<body><main>{body}</main></body></html>"
-    )
-    return HTMLResponse(doc, status_code=status, headers=SECURITY_HEADERS)
-
-
-def _error_page(message: str) -> HTMLResponse:
+def _errorpage(message: str) -> HTMLResponse:
     """Errors about the client or its redirect URI are shown, never redirected (RFC 6749
     §4.1.2.1): the redirect is exactly what cannot be trusted."""
     body = f"<h1>This request cannot be answered</h1><p class=error>{html.escape(message)}</p>"
-    return _page("Lineage: request refused", body, status=400)
+    return page("Lineage: request refused", body, status=400)
 
 
 def _to_client(redirect: str, params: dict[str, str]) -> str:
@@ -324,15 +307,15 @@ def authorize(
     store = AuthzStore(svc.log.store)
     client = _client(svc, client_id)
     if client is None:
-        return _error_page(
+        return _errorpage(
             "unknown client_id: register the client (/oauth/register), or make client_id "
             "the https URL of its metadata document"
         )
     if redirect_uri not in client["redirect_uris"]:
-        return _error_page("redirect_uri is not one the client registered (exact match)")
+        return _errorpage("redirect_uri is not one the client registered (exact match)")
     iss = issuer(request)
     if state is not None and len(state) > MAX_STATE:
-        return _error_page(f"state is longer than {MAX_STATE} characters")
+        return _errorpage(f"state is longer than {MAX_STATE} characters")
 
     def refuse(error: str, description: str) -> RedirectResponse:
         params = {"error": error, "error_description": description, "iss": iss}
@@ -452,7 +435,7 @@ def authorize(
     sent_to = (
         f'<p id="resource">Its token is for <code>{e(resource)}</code>.</p>' if resource else ""
     )
-    page = f"""
+    shown = f"""
 <h1>{e(client["client_name"])} asks for your authority</h1>
 <p>An agent (key <code>{e(holder.kid)}</code>) of <b>{e(client["client_name"])}</b> asks to act for
 you on task <code>{e(task)}</code>{": " + e(task_description) if task_description else ""}.</p>
@@ -466,7 +449,7 @@ you on task <code>{e(task)}</code>{": " + e(task_description) if task_descriptio
 <p id="status" role="status" aria-live="polite"></p>
 <div id="request" hidden data-request="{e(pending_id)}" data-csrf="{e(csrf)}"></div>
 """
-    return _page("Lineage: consent", page, script="consent.js")
+    return page("Lineage: consent", shown, script="consent.js")
 
 
 class Answer(BaseModel):

@@ -8,12 +8,13 @@ URL's fragment, so it is in no request line or log; the script posts it with the
 from __future__ import annotations
 
 import functools
+import html
 from importlib.resources import files
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import Response
+from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from lineage.ledger.invites import INVITE, InviteError, InviteStore
@@ -25,7 +26,7 @@ from ..errors import ApiError
 from ..models import Receipt
 from ..service import Service, public_url, service
 
-__all__ = ["SECURITY_HEADERS", "router"]
+__all__ = ["SECURITY_HEADERS", "page", "router"]
 
 router = APIRouter(tags=["enrolment"])
 
@@ -55,6 +56,25 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 @functools.cache  # a handful of small files, read once
 def _asset(name: str) -> bytes:
     return files("lineage.api").joinpath("web", name).read_bytes()
+
+
+def page(title: str, body: str, status: int = 200, script: str | None = None) -> HTMLResponse:
+    """A server-rendered page under the pages' headers (CSP, no framing, no caching), with
+    ``script`` (one of ``ASSETS``) after common.js, if given."""
+    scripts = (
+        f'<script src="/static/common.js" defer></script><script src="/static/{script}" defer>'
+        "</script>"
+        if script
+        else ""
+    )
+    doc = (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{html.escape(title)}</title>"
+        f'<link rel="stylesheet" href="/static/lineage.css">{scripts}</head>'
+        f"<body><main>{body}</main></body></html>"
+    )
+    return HTMLResponse(doc, status_code=status, headers=SECURITY_HEADERS)
 
 
 @router.get("/enroll", include_in_schema=False)

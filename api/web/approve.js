@@ -3,19 +3,10 @@
 // signing, this page checks that the approval names the SHA-256 of the very invocation
 // and context it shows, and signs the bytes it built itself.
 "use strict";
-// Uses $, b64u, post, say and keyring from common.js, loaded first.
+// Uses $, b64u, post, say and keys from common.js, loaded first.
 
 const CONTEXT = "lineage.approval.v1\u0000";
 
-async function myKeys(principal) {
-  const db = await keyring();
-  const all = await new Promise((resolve, reject) => {
-    const r = db.transaction("keys").objectStore("keys").getAll();
-    r.onsuccess = () => resolve(r.result);
-    r.onerror = () => reject(r.error);
-  });
-  return all.filter((k) => k.principal === principal);
-}
 
 async function hex(text) {
   const d = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text));
@@ -30,7 +21,7 @@ function canonical(obj) {
 
 async function start() {
   const call = $("call").dataset;
-  const mine = await myKeys(call.principal);
+  const mine = (await keys()).filter((k) => k.principal === call.principal);
   if (!mine.length) {
     $("signer").textContent = `This browser holds no key of ${call.principal}: only ` +
       `${call.principal} can answer, from a browser they enrolled.`;

@@ -1,4 +1,4 @@
-// Shared by the enrolment and consent pages (docs/CONSENT.md): encodings, posting JSON to
+// Shared by the enrolment, consent and approval pages (docs/CONSENT.md): encodings, posting JSON to
 // this service, and the keyring this browser keeps in IndexedDB.
 "use strict";
 
@@ -40,5 +40,15 @@ function keyring() {
     open.onupgradeneeded = () => open.result.createObjectStore("keys", { keyPath: "kid" });
     open.onsuccess = () => resolve(open.result);
     open.onerror = () => reject(open.error);
+  });
+}
+
+// Every key this browser holds: [{kid, principal, public_key, pair}], oldest first.
+async function keys() {
+  const db = await keyring();
+  return new Promise((resolve, reject) => {
+    const all = db.transaction("keys").objectStore("keys").getAll();
+    all.onsuccess = () => resolve(all.result);
+    all.onerror = () => reject(all.error);
   });
 }

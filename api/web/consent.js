@@ -2,16 +2,7 @@
 // this browser made at enrolment and can never export. The service prepares the exact
 // bytes (the entry's signing context and canonical body); this page signs them.
 "use strict";
-// Uses $, b64u, unb64u, say, post and keyring from common.js, loaded first.
-
-async function keys() {
-  const db = await keyring();
-  return new Promise((resolve, reject) => {
-    const all = db.transaction("keys").objectStore("keys").getAll();
-    all.onsuccess = () => resolve(all.result);
-    all.onerror = () => reject(all.error);
-  });
-}
+// Uses $, b64u, unb64u, say, post and keys from common.js, loaded first.
 
 async function start() {
   const request = $("request").dataset.request;

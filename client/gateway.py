@@ -667,6 +667,51 @@ class _Signer:
                 self.held.pop(key, None)
         return poll
 
+    def exchange(self, signed: httpx.Request, wait: float):
+        """One request through the gateway, step-up included, without I/O of its own: it
+        yields the requests to send (and gets their responses back: a poll's and a held
+        answer's read, any other as it streams), ``_Show`` for
+        the person's link, and seconds to sleep; it returns the final response. Held and
+        ``wait`` > 0: poll until the person answers, then send the same invocation again."""
+        response = yield signed
+        poll = self.note(signed, response)
+        if poll is None or wait <= 0:
+            return response
+        response.read()
+        yield _Show(_held_approval(response))
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            asked = httpx.Request("GET", poll, extensions={POLL: True})
+            status, pause = _pending_status((yield asked))
+            if status != "pending":
+                break
+            yield min(pause, max(0.0, deadline - time.monotonic()))
+        else:
+            return response
+        if status not in ("approved", "refused"):
+            return response
+        again = self.proved(signed)
+        final = yield again
+        self.note(again, final)
+        return final
+
+
+POLL = "lineage_poll"  # the extension that marks a request for a held call's status
+
+
+def _small(request: httpx.Request, response: httpx.Response) -> bool:
+    """A poll's answer, or a held call's: the exchange reads them whole; others stream."""
+    return bool(request.extensions.get(POLL)) or (
+        response.status_code == 403 and APPROVAL_HEADER in response.headers
+    )
+
+
+@dataclass(frozen=True)
+class _Show:
+    """A step of ``_Signer.exchange``: show the person's link (``on_approval``)."""
+
+    approval: dict[str, Any]
+
 
 def _pending_status(answer: httpx.Response) -> tuple[str, int]:
     """(status, seconds to wait) from ``GET /v1/approvals/{id}``; ``expired`` if unreadable."""
@@ -722,30 +767,23 @@ class GatewayTransport(httpx.BaseTransport):
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         self._routes()
-        signed = self._signer.sign(request, request.read())
-        response = self._inner.handle_request(signed)
-        poll = self._signer.note(signed, response)
-        if poll is None or self.approval_wait <= 0:
-            return response
-        response.read()
-        if self.on_approval is not None:
-            self.on_approval(_held_approval(response))
-        deadline = time.monotonic() + self.approval_wait
-        while time.monotonic() < deadline:
-            answer = self._inner.handle_request(httpx.Request("GET", poll))
-            answer.read()
-            status, pause = _pending_status(answer)
-            if status != "pending":
-                break
-            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
-        else:
-            return response
-        if status not in ("approved", "refused"):
-            return response
-        again = self._signer.proved(signed)
-        response = self._inner.handle_request(again)
-        self._signer.note(again, response)
-        return response
+        steps = self._signer.exchange(
+            self._signer.sign(request, request.read()), self.approval_wait
+        )
+        step = next(steps)
+        try:
+            while True:
+                if isinstance(step, httpx.Request):
+                    answer = self._inner.handle_request(step)
+                    if _small(step, answer):
+                        answer.read()
+                elif isinstance(step, _Show):
+                    answer = self.on_approval(step.approval) if self.on_approval else None
+                else:
+                    answer = time.sleep(step)
+                step = steps.send(answer)
+        except StopIteration as done:
+            return done.value
 
     def close(self) -> None:
         self._inner.close()
@@ -774,32 +812,23 @@ class AsyncGatewayTransport(httpx.AsyncBaseTransport):
             await response.aread()
             self._signer.load(response)
         body = await request.aread()
-        signed = self._signer.sign(request, body)
-        response = await self._inner.handle_async_request(signed)
-        poll = self._signer.note(signed, response)
-        if poll is None or self.approval_wait <= 0:
-            return response
-        await response.aread()
-        if self.on_approval is not None:
-            shown = self.on_approval(_held_approval(response))
-            if hasattr(shown, "__await__"):
-                await shown
-        deadline = time.monotonic() + self.approval_wait
-        while time.monotonic() < deadline:
-            answer = await self._inner.handle_async_request(httpx.Request("GET", poll))
-            await answer.aread()
-            status, pause = _pending_status(answer)
-            if status != "pending":
-                break
-            await anyio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
-        else:
-            return response
-        if status not in ("approved", "refused"):
-            return response
-        again = self._signer.proved(signed)
-        response = await self._inner.handle_async_request(again)
-        self._signer.note(again, response)
-        return response
+        steps = self._signer.exchange(self._signer.sign(request, body), self.approval_wait)
+        step = next(steps)
+        try:
+            while True:
+                if isinstance(step, httpx.Request):
+                    answer = await self._inner.handle_async_request(step)
+                    if _small(step, answer):
+                        await answer.aread()
+                elif isinstance(step, _Show):
+                    answer = self.on_approval(step.approval) if self.on_approval else None
+                    if hasattr(answer, "__await__"):
+                        answer = await answer
+                else:
+                    answer = await anyio.sleep(step)
+                step = steps.send(answer)
+        except StopIteration as done:
+            return done.value
 
     async def aclose(self) -> None:
         await self._inner.aclose()

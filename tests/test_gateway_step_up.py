@@ -244,3 +244,29 @@ def test_a_bearer_mcp_clients_held_call_goes_through_on_its_retry_once_approved(
     again = _rpc(world, token, 4, "boss@corp.example")  # a new call: held again
     assert again.json()["error"]["code"] == -31402
     assert world.calls.count("send_email:boss@corp.example") == 1
+
+
+def test_the_async_transport_waits_for_the_person_too(world):
+    import anyio
+
+    from lineage.client.gateway import async_gateway_session
+
+    agent, handle = _grant(world)
+    shown: list[dict] = []
+
+    async def show(held: dict) -> None:  # an async callback is awaited
+        shown.append(held)
+        await anyio.to_thread.run_sync(world.answer, held)
+
+    async def run() -> httpx.Response:
+        async with async_gateway_session(
+            world.gateway, agent, handle, approval_wait=30, on_approval=show, timeout=10
+        ) as mail:
+            read = await mail.get(f"{MAIL}/v1/messages/21")  # streams: not held, not read early
+            assert read.status_code == 200
+            return await mail.delete(f"{MAIL}/v1/messages/21")
+
+    done = anyio.run(run)
+    assert done.status_code == 200, done.text
+    assert len(shown) == 1
+    assert world.reached().count("DELETE /v1/messages/21") == 1

@@ -16,6 +16,7 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import hypothesis
 import pytest
 
@@ -38,6 +39,22 @@ __all__ = [
 ]
 
 ORIGIN = "test.example/ledger"
+
+# httpx's default timeout is 5 s. CI runs the suite on two shared cores beside a headless
+# chromium, where one request to a test server once took longer than that (a fixture's
+# first append timed out, nothing was wrong). Calls that leave the timeout at httpx's
+# default get 60 s in the tests; any timeout a test or the code sets is kept as it is.
+_HTTPX_DEFAULT = httpx.Timeout(5.0)
+_PATIENT = httpx.Timeout(60.0)
+_timeout = httpx.Client.timeout
+
+
+def _patient_timeout(client: object) -> httpx.Timeout:
+    chosen = _timeout.fget(client)
+    return _PATIENT if chosen == _HTTPX_DEFAULT else chosen
+
+
+httpx._client.BaseClient.timeout = property(_patient_timeout, _timeout.fset)  # type: ignore[attr-defined]
 T0 = 1767225600  # 2026-01-01T00:00:00Z
 TABLES = ("leaves", "nodes", "checkpoints", "meta")
 

@@ -26,7 +26,7 @@ from .gateway.app import Gateway
 from .gateway.config import GatewayConfig
 from .gateway.decider import LocalDecider
 from .openapi import install_openapi
-from .routers import access, approvals, consent, credentials, entries, oauth, ops, web
+from .routers import access, approvals, consent, credentials, entries, explorer, oauth, ops, web
 from .routers import log as log_routes
 from .service import Service
 
@@ -161,7 +161,18 @@ def create_app(
         app.mount(well_known, _Metadata(mounted, well_known))
     install_handlers(app)
     install_openapi(app)
-    for module in (oauth, consent, entries, access, approvals, credentials, log_routes, ops, web):
+    for module in (
+        oauth,
+        consent,
+        entries,
+        access,
+        approvals,
+        credentials,
+        log_routes,
+        ops,
+        web,
+        explorer,
+    ):
         app.include_router(module.router)
 
     @app.middleware("http")

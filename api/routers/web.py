@@ -47,6 +47,8 @@ ASSETS = {
     "consent.js": "text/javascript; charset=utf-8",
     "approve.js": "text/javascript; charset=utf-8",
     "common.js": "text/javascript; charset=utf-8",
+    "explorer.js": "text/javascript; charset=utf-8",
+    "verify.js": "text/javascript; charset=utf-8",
     "lineage.css": "text/css; charset=utf-8",
 }
 PROOF_CONTEXT = b"lineage-enrol-v1\n"
@@ -58,21 +60,35 @@ def _asset(name: str) -> bytes:
     return files("lineage.api").joinpath("web", name).read_bytes()
 
 
-def page(title: str, body: str, status: int = 200, script: str | None = None) -> HTMLResponse:
+def page(
+    title: str,
+    body: str,
+    status: int = 200,
+    script: str | None = None,
+    *,
+    module: str | None = None,
+    wide: bool = False,
+) -> HTMLResponse:
     """A server-rendered page under the pages' headers (CSP, no framing, no caching), with
-    ``script`` (one of ``ASSETS``) after common.js, if given."""
-    scripts = (
-        f'<script src="/static/common.js" defer></script><script src="/static/{script}" defer>'
-        "</script>"
-        if script
-        else ""
-    )
+    ``script`` (one of ``ASSETS``) after common.js, and ``module`` (an ES module that
+    imports what else it needs, after common.js), if given; ``wide`` for pages of tables."""
+    scripts = ""
+    if script:
+        scripts = (
+            '<script src="/static/common.js" defer></script>'
+            f'<script src="/static/{script}" defer></script>'
+        )
+    if module:  # after common.js, which it may use (module scripts run after defer ones)
+        if not script:
+            scripts += '<script src="/static/common.js" defer></script>'
+        scripts += f'<script type="module" src="/static/{module}"></script>'
+    main = '<main class="wide">' if wide else "<main>"
     doc = (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{html.escape(title)}</title>"
         f'<link rel="stylesheet" href="/static/lineage.css">{scripts}</head>'
-        f"<body><main>{body}</main></body></html>"
+        f"<body>{main}{body}</main></body></html>"
     )
     return HTMLResponse(doc, status_code=status, headers=SECURITY_HEADERS)
 

@@ -1425,6 +1425,41 @@ async function run(fn) {
   }
 }
 
+/** The bundle's schema (§9.1, before step 1): the document, its entries read, the consistency part. */
+async function parseBundle(cx, bundleJson) {
+  const doc = readDoc(bundleJson, 36, 256 * 1024 * 1024);
+  // schema
+  fields(doc, "bundle", ["origin", "log_key", "checkpoint", "entries"], ["consistency"]);
+  needLog(doc.origin, "origin");
+  if (!isStr(doc.log_key)) fmt("log_key", "not a string");
+  if (!isStr(doc.checkpoint)) fmt("checkpoint", "not a string");
+  if (!Array.isArray(doc.entries) || doc.entries.length < 1) fmt("entries", "must be a non-empty list");
+  const items = [];
+  for (let i = 0; i < doc.entries.length; i++) {
+    const it = doc.entries[i];
+    const f = `entries[${i}]`;
+    try {
+      fields(it, f, ["index", "leaf", "inclusion"]);
+      needInt(it.index, `${f}.index`, 0);
+      const proof = needHashes(it.inclusion, `${f}.inclusion`);
+      checkLeaf(it.leaf, `${f}.leaf`);
+      const leafBytes = jcsBytes(it.leaf);
+      const entryBytes = jcsBytes(it.leaf.entry);
+      items.push({ index: it.index, leaf: it.leaf, proof, leafBytes, id: hex(await cx.sha256(entryBytes)) });
+    } catch (x) {
+      if (x instanceof VerifyError && x.entry == null) x.entry = isObj(it) && isInt(it.index) ? it.index : i;
+      throw x;
+    }
+  }
+  let cons = null;
+  if ("consistency" in doc) {
+    fields(doc.consistency, "consistency", ["from_size", "proof"]);
+    needInt(doc.consistency.from_size, "consistency.from_size", 1);
+    cons = { m: BigInt(doc.consistency.from_size), proof: needHashes(doc.consistency.proof, "consistency.proof") };
+  }
+  return { doc, items, cons };
+}
+
 /**
  * Verify an evidence bundle (FORMAT.md §9.1).
  * bundleJson: string, bytes or object; logVkey: the trusted verifier-key string.
@@ -1435,36 +1470,7 @@ export async function verifyBundle(bundleJson, logVkey, options = {}) {
   let at = null;
   return run(async () => {
     const K = await parseVkey(cx, asText(logVkey).trim());
-    const doc = readDoc(bundleJson, 36, 256 * 1024 * 1024);
-    // schema
-    fields(doc, "bundle", ["origin", "log_key", "checkpoint", "entries"], ["consistency"]);
-    needLog(doc.origin, "origin");
-    if (!isStr(doc.log_key)) fmt("log_key", "not a string");
-    if (!isStr(doc.checkpoint)) fmt("checkpoint", "not a string");
-    if (!Array.isArray(doc.entries) || doc.entries.length < 1) fmt("entries", "must be a non-empty list");
-    const items = [];
-    for (let i = 0; i < doc.entries.length; i++) {
-      const it = doc.entries[i];
-      const f = `entries[${i}]`;
-      try {
-        fields(it, f, ["index", "leaf", "inclusion"]);
-        needInt(it.index, `${f}.index`, 0);
-        const proof = needHashes(it.inclusion, `${f}.inclusion`);
-        checkLeaf(it.leaf, `${f}.leaf`);
-        const leafBytes = jcsBytes(it.leaf);
-        const entryBytes = jcsBytes(it.leaf.entry);
-        items.push({ index: it.index, leaf: it.leaf, proof, leafBytes, id: hex(await cx.sha256(entryBytes)) });
-      } catch (x) {
-        if (x instanceof VerifyError && x.entry == null) x.entry = isObj(it) && isInt(it.index) ? it.index : i;
-        throw x;
-      }
-    }
-    let cons = null;
-    if ("consistency" in doc) {
-      fields(doc.consistency, "consistency", ["from_size", "proof"]);
-      needInt(doc.consistency.from_size, "consistency.from_size", 1);
-      cons = { m: BigInt(doc.consistency.from_size), proof: needHashes(doc.consistency.proof, "consistency.proof") };
-    }
+    const { doc, items, cons } = await parseBundle(cx, bundleJson);
     // 1
     if (doc.log_key !== K.text) fail("signature", "the bundle's log key is not the trusted one");
     if (doc.origin !== K.name) fail("signature", "the bundle's origin is not the trusted key's name");
@@ -1513,6 +1519,84 @@ export async function verifyBundle(bundleJson, logVkey, options = {}) {
       ids: items.map((it) => it.id),
     };
   }).then((r) => (r.ok || r.entry != null ? r : { ...r, entry: at }));
+}
+
+/**
+ * Verify a bundle entry by entry, for a page that shows each one (docs/EXPLORER.md).
+ * The same checks as verifyBundle, but a failing entry does not stop the rest: it is
+ * reported with its check and left out of the replay, so what depends on it fails in turn
+ * (a delegation from it: "link"). If the document, the log key or the checkpoint fails,
+ * no entry is verified: {ok: false, check, detail, entries: []}.
+ * Returns {ok, origin, size, root, checkpoint, entries: [{index, id, kind, ok, check, detail}]}.
+ */
+export async function verifyEach(bundleJson, logVkey, options = {}) {
+  const cx = options.crypto || defaultBackend();
+  let K, doc, items, cp;
+  const head = await run(async () => {
+    K = await parseVkey(cx, asText(logVkey).trim());
+    ({ doc, items } = await parseBundle(cx, bundleJson));
+    if (doc.log_key !== K.text) fail("signature", "the bundle's log key is not the trusted one");
+    if (doc.origin !== K.name) fail("signature", "the bundle's origin is not the trusted key's name");
+    cp = await openCheckpoint(cx, doc.checkpoint, K);
+    return { ok: true };
+  });
+  if (!head.ok) return { ...head, entries: [] };
+  const replay = new Replay(cx, K, { mode: options.mode || "partial", window: options.window ?? 60 });
+  const entries = [];
+  for (const it of items) {
+    const r = await run(async () => {
+      const idx = BigInt(it.index);
+      if (idx >= cp.size) fail("proof", `index beyond the checkpoint's size ${cp.size}`);
+      const root = await rootFromInclusion(cx, idx, cp.size, await leafHash(cx, it.leafBytes), it.proof);
+      if (!root || !bytesEq(root, cp.root)) fail("proof", "the inclusion proof does not yield the checkpoint's root");
+      await replay.apply(it.index, it.leaf, it.id);
+      return { ok: true };
+    });
+    entries.push({ index: it.index, id: it.id, kind: it.leaf.entry.kind, ok: r.ok, check: r.check ?? null, detail: r.detail ?? null });
+  }
+  return {
+    ok: entries.every((e) => e.ok),
+    origin: K.name,
+    size: Number(cp.size),
+    root: hex(cp.root),
+    checkpoint: doc.checkpoint,
+    entries,
+  };
+}
+
+/**
+ * Open a checkpoint note with the trusted log key: {ok, origin, size, root (hex)} or a failure.
+ */
+export async function openCheckpointNote(note, logVkey, options = {}) {
+  const cx = options.crypto || defaultBackend();
+  return run(async () => {
+    const K = await parseVkey(cx, asText(logVkey).trim());
+    const cp = await openCheckpoint(cx, asText(note), K);
+    return { ok: true, origin: K.name, size: Number(cp.size), root: hex(cp.root) };
+  });
+}
+
+/**
+ * Is the log of checkpoint ``newer`` an extension of the log of checkpoint ``older``?
+ * Both notes are opened with the trusted key; ``proof`` is the consistency proof from
+ * older's size to newer's (a list of base64 hashes, GET /v1/log/proof/consistency).
+ * Returns {ok, from, to} or {ok: false, check: "signature"|"format"|"proof", detail}.
+ */
+export async function checkConsistency(older, newer, proof, logVkey, options = {}) {
+  const cx = options.crypto || defaultBackend();
+  return run(async () => {
+    const K = await parseVkey(cx, asText(logVkey).trim());
+    const a = await openCheckpoint(cx, asText(older), K);
+    const b = await openCheckpoint(cx, asText(newer), K);
+    if (a.size > b.size) fail("proof", `the earlier checkpoint (${a.size}) is larger than the current one (${b.size})`);
+    if (a.size === 0n) return { ok: true, from: 0, to: Number(b.size) };
+    const hashes = needHashes(proof, "consistency");
+    if (a.size === b.size) {
+      if (hashes.length !== 0 || !bytesEq(a.root, b.root)) fail("proof", "same size, different roots: the log was rewritten");
+    } else if (!(await verifyConsistency(cx, a.size, b.size, a.root, b.root, hashes)))
+      fail("proof", `the consistency proof from ${a.size} to ${b.size} does not verify: the log was rewritten`);
+    return { ok: true, from: Number(a.size), to: Number(b.size) };
+  });
 }
 
 /**

@@ -491,9 +491,11 @@ function needLog(v, field = "log") {
 function needSigs(v, field = "sigs") {
   if (!Array.isArray(v) || v.length !== 1) fmt(field, "must be a list of exactly one signature");
   fields(v[0], `${field}[0]`, ["kid", "sig"]);
-  const kid = b64uDecode(v[0].kid);
-  if (!isStr(v[0].kid) || !kid || kid.length !== 32) fmt(`${field}[0].kid`, "not a key id");
-  if (!isStr(v[0].sig) || !b64uDecode(v[0].sig)) fmt(`${field}[0].sig`, "not base64url");
+  // A kid is compared, never decoded (FORMAT.md §3): 43 base64url characters; one that is
+  // not canonical names no key, and fails as "signature" when it is looked up.
+  if (!isStr(v[0].kid) || !/^[A-Za-z0-9_-]{43}$/.test(v[0].kid)) fmt(`${field}[0].kid`, "not a key id");
+  const sig = isStr(v[0].sig) ? b64uDecode(v[0].sig) : null;
+  if (!sig || sig.length !== 64) fmt(`${field}[0].sig`, "not canonical base64url of 64 bytes");
 }
 const cmp = (a, b) => (a < b ? -1 : a > b ? 1 : 0);
 function needCanonicalList(v, field, min, max, each, compare = cmp) {
@@ -782,7 +784,7 @@ export function checkEntry(e) {
         if (k.roles.includes("operator")) op = true;
       });
       if (!op) fmt("keys", "no operator key");
-      void vk;
+      if (vk.name !== e.log) fmt("log_key", "the key's name must be the entry's log");
       break;
     }
     case "key":
@@ -1238,13 +1240,13 @@ class Replay {
     if (this.ids.has(id)) fail("duplicate", `repeats the entry at index ${this.ids.get(id).index}`);
     // step 1
     if (this.count === 0 && (index !== 0 || e.kind !== "genesis")) fail("genesis", "the first leaf is not a genesis at index 0");
-    if (this.count > 0 && e.kind === "genesis") fail("genesis", "a second genesis");
+    if (e.log !== this.vkey.name) fail("origin", `entry is for log ${e.log}, not ${this.vkey.name}`);
     if (e.kind === "genesis") {
+      if (this.count > 0) fail("genesis", "a second genesis");
       if (e.log_key !== this.vkey.text) fail("log-key", "the genesis names another log key");
       const lk = b64uEncode(this.vkey.pub);
       await this.sigBy(e, SIG_ENTRY, [lk], "the log key");
     }
-    if (e.log !== this.vkey.name) fail("origin", `entry is for log ${e.log}, not ${this.vkey.name}`);
 
     const post = [];
     switch (e.kind) {
@@ -1288,10 +1290,11 @@ class Replay {
         await this.sigBy(e, SIG_ENTRY, [parent.body.holder], "the parent's holder");
         const chain = this.chain(e.parent);
         for (const c of chain) {
+          // one credential at a time from the root: expired, not yet valid, revoked (§8 step 4)
           if (!(time < c.body.expires_at)) fail("expired", `credential ${c.id} expired`);
           if ("not_before" in c.body && !(c.body.not_before <= time)) fail("not-yet-valid", `credential ${c.id} not yet valid`);
+          if (this.isRevoked(c)) fail("revoked", `credential ${c.id} is revoked`);
         }
-        for (const c of chain) if (this.isRevoked(c)) fail("revoked", `credential ${c.id} is revoked`);
         const bad = covers(parent.body, e);
         if (bad) fail("attenuation", bad);
         if (!(time < e.expires_at)) fail("expired", "delegation expired when logged");
@@ -1314,7 +1317,7 @@ class Replay {
         } else {
           const h = e.target.holder;
           const signer = await this.sigBy(e, SIG_ENTRY, [...ops, h], "an operator or the key itself");
-          if (signer === h && !ops.includes(h) && !this.holders.has(h)) fail("link", "the key held no earlier credential");
+          if (signer === h && !this.holders.has(h)) fail("link", "the key held no earlier credential");
           post.push(() => this.revokedHolders.add(h));
         }
         break;
@@ -1365,7 +1368,7 @@ class Replay {
       if (!(a.iat <= time + this.W)) fail("approval", "approval issued in the future");
     }
     if (this.mode === "complete") {
-      const fresh = "approval" in e ? inv.iat <= time && time <= e.approval.expires_at : Math.abs(time - inv.iat) <= this.W;
+      const fresh = Math.abs(time - inv.iat) <= this.W || ("approval" in e && inv.iat <= time && time <= e.approval.expires_at);
       if (!fresh) fail("freshness", "invocation outside the window");
       if (cred.allNonces.has(inv.nonce)) fail("replay", "nonce already used");
       if (e.policy !== this.lastPolicy) fail("policy", `names policy ${e.policy}, in force ${this.lastPolicy}`);
@@ -1430,9 +1433,9 @@ async function parseBundle(cx, bundleJson) {
   const doc = readDoc(bundleJson, 36, 256 * 1024 * 1024);
   // schema
   fields(doc, "bundle", ["origin", "log_key", "checkpoint", "entries"], ["consistency"]);
-  needLog(doc.origin, "origin");
-  if (!isStr(doc.log_key)) fmt("log_key", "not a string");
-  if (!isStr(doc.checkpoint)) fmt("checkpoint", "not a string");
+  needStr(doc.origin, "origin", 255); // what it must be is step 1's question: "signature"
+  needStr(doc.log_key, "log_key", 512);
+  needStr(doc.checkpoint, "checkpoint", 65536);
   if (!Array.isArray(doc.entries) || doc.entries.length < 1) fmt("entries", "must be a non-empty list");
   const items = [];
   for (let i = 0; i < doc.entries.length; i++) {

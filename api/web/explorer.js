@@ -17,6 +17,7 @@ let lastQuery = null;
 let bundle = null; // the lineage on screen
 let bundleResults = null;
 let bundleIds = []; // [{id, leafHash}] of bundle.entries, computed here
+let bundleText = ""; // the bundle exactly as served: what the download holds
 
 // ------------------------------------------------------------------ small helpers
 
@@ -64,7 +65,7 @@ async function principalHeaders(path, nonce) {
   return { Authorization: `DPoP ${k.principal}`, DPoP: `${input}.${b64u(sig)}` };
 }
 
-async function api(path) {
+async function api(path, raw = false) {
   let headers = {};
   const token = sessionStorage.getItem(TOKEN);
   if (token) headers.Authorization = `Bearer ${token}`;
@@ -79,7 +80,7 @@ async function api(path) {
     const why = answer.detail || answer.error_description || `HTTP ${r.status}`;
     throw new Error(r.status === 401 ? `Sign in with a reader token first (${why}).` : why);
   }
-  return (r.headers.get("content-type") || "").includes("json") ? r.json() : r.text();
+  return !raw && (r.headers.get("content-type") || "").includes("json") ? r.json() : r.text();
 }
 
 function download(name, type, text) {
@@ -303,9 +304,18 @@ const hexOf = (b) => Array.from(b, (x) => x.toString(16).padStart(2, "0")).join(
 
 async function openLineage(credential) {
   say("Fetching the lineage and verifying it here…");
-  const [vkey, doc] = await Promise.all([logKey(), api(`/v1/credentials/${encodeURIComponent(credential)}/lineage`)]);
+  const [vkey, text] = await Promise.all([logKey(), api(`/v1/credentials/${encodeURIComponent(credential)}/lineage`, true)]);
+  const result = await verifyEach(text, vkey, { crypto: cx }); // the bytes as served
+  let doc;
+  try {
+    doc = JSON.parse(text);
+  } catch {
+    doc = { entries: [] };
+  }
+  // A bundle refused as a whole (its form, its log key, its checkpoint) is not drawn at all.
+  if (!doc || !Array.isArray(doc.entries) || result.entries.length === 0) doc = { entries: [] };
   bundle = doc;
-  const result = await verifyEach(doc, vkey, { crypto: cx });
+  bundleText = text;
   // What each entry is, computed here (not taken from the server): its id and leaf hash.
   const enc = new TextEncoder();
   bundleIds = await Promise.all(
@@ -610,7 +620,7 @@ $("view-timeline").addEventListener("click", () => ((view = "timeline"), showVie
 $("check-inclusion").addEventListener("click", () => checkInclusion().catch(failed));
 $("dl-csv").addEventListener("click", () => download("lineage-search.csv", "text/csv", csvOf(shown)));
 $("dl-jsonl").addEventListener("click", () => download("lineage-search.jsonl", "application/jsonl", jsonlOf(shown)));
-$("dl-bundle").addEventListener("click", () => download(`lineage-${$("lineage").dataset.credential}.json`, "application/json", JSON.stringify(bundle, null, 1)));
+$("dl-bundle").addEventListener("click", () => download(`lineage-${$("lineage").dataset.credential}.json`, "application/json", bundleText));
 $("dl-lineage-csv").addEventListener("click", () => download("lineage.csv", "text/csv", csvOf(bundleRows(), bundleVerdict)));
 $("dl-lineage-jsonl").addEventListener("click", () => download("lineage.jsonl", "application/jsonl", jsonlOf(bundleRows())));
 

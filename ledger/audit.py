@@ -15,7 +15,10 @@
    an operator, every chain, attenuation step, revocation, budget and decision; no
    entry twice; each access naming the policy version in force, its invocation's
    ``iat`` within ``invocation_window`` of the leaf's time and its nonce new; and the
-   query index (``refs``) says of each leaf what the leaf itself says.
+   query index (``refs``, and ``access_refs`` for accesses: decision and resource) says
+   of each leaf what the leaf itself says. An access may lack its ``access_refs`` row
+   only while a ledger from before that table has yet to back-fill it (no
+   ``access_refs_indexed`` in meta); a row that is there must be right.
 5. State: the chain state tables the ledger decides from (ledger/state.py) hold
    exactly what the replay gives at the size they record (the whole log, unless a
    ledger from before them has yet to replay into them): keys, credentials and
@@ -64,7 +67,8 @@ from lineage.verifier.note import Verifier, parse_vkey
 
 from .errors import LedgerError
 from .ledger import sidecar_path
-from .refs import ref_of
+from .refs import Ref, ref_of
+from .store import ACCESS_REFS_DONE
 
 __all__ = ["AuditFailure", "AuditReport", "CannotOpen", "audit", "first_repeat"]
 
@@ -443,6 +447,7 @@ def _audit(
         # The chain state is compared with the replay at the size it records: the whole
         # log, unless a ledger from before the state tables has not yet replayed into them.
         state_size = _state_size(conn)
+        access_refs = _access_refs(conn)
         if state_size is not None and state_size > size:
             raise AuditFailure("state", f"the chain state has {state_size} leaves, the log {size}")
         if state_size == 0:
@@ -460,6 +465,18 @@ def _audit(
                     (rows[0][0], rows[-1][0] + 1),
                 )
             }
+            access_stored = (
+                {
+                    r[0]: r[1:]
+                    for r in conn.execute(
+                        "SELECT idx, decision, resource FROM access_refs "
+                        "WHERE idx >= ? AND idx < ?",
+                        (rows[0][0], rows[-1][0] + 1),
+                    )
+                }
+                if access_refs is not None
+                else {}
+            )
             for index, time, raw in rows:
                 leaf = Leaf(parse_checked_entry(raw), time)  # pass 1 parsed it strictly
                 try:
@@ -479,6 +496,8 @@ def _audit(
                         f"{stored.get(index)}, the leaf gives {want}",
                         index,
                     )
+                if access_refs is not None:
+                    _check_access_ref(index, ref, access_stored.get(index), access_refs)
             done += len(rows)
             tick("replay", done, size)
         # A refs row beyond the last leaf would refuse every later append at its index
@@ -488,6 +507,15 @@ def _audit(
             raise AuditFailure(
                 "index", f"the refs table has a row at index {stray}, beyond the last leaf"
             )
+        if access_refs is not None:
+            stray = conn.execute(
+                "SELECT MIN(idx) FROM access_refs WHERE idx >= ?", (size,)
+            ).fetchone()[0]
+            if stray is not None:
+                raise AuditFailure(
+                    "index",
+                    f"the access_refs table has a row at index {stray}, beyond the last leaf",
+                )
         return AuditReport(
             size, tree_root(size, tree), count, len(replay.credentials), replay.access_count
         )
@@ -552,6 +580,31 @@ def _state_size(conn: sqlite3.Connection) -> int | None:
     if type(row[0]) is not int or row[0] < 0:
         raise AuditFailure("state", f"the chain_state size is {row[0]!r}, not a leaf count")
     return row[0]
+
+
+def _access_refs(conn: sqlite3.Connection) -> bool | None:
+    """Whether every access must have its ``access_refs`` row (the back-fill of a ledger
+    from before the table is done); None for a ledger from before the table."""
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if "access_refs" not in tables:
+        return None
+    done = conn.execute("SELECT 1 FROM meta WHERE key = ?", (ACCESS_REFS_DONE,)).fetchone()
+    return done is not None
+
+
+def _check_access_ref(index: int, ref: Ref, stored: tuple | None, complete: bool) -> None:
+    """The ``access_refs`` row of the leaf at ``index`` says what the leaf says: an access's
+    decision and resource; no row for any other kind."""
+    want = (ref.decision, ref.resource) if ref.decision is not None else None
+    if stored == want or (stored is None and not complete):
+        return
+    if want is None:
+        why = f"a {ref.kind} leaf has the access_refs row {stored}"
+    elif stored is None:
+        why = "the access has no access_refs row (its back-fill was recorded as done)"
+    else:
+        why = f"the access_refs row is {stored}, the leaf gives {want}"
+    raise AuditFailure("index", f"index {index}: {why}", index)
 
 
 def _roles(text: object) -> object:

@@ -62,9 +62,9 @@ from .checkpoints import (
 )
 from .errors import Busy, Damaged, NotFound, RejectedEntry, RollbackError, StorageError
 from .keys import KeyRing
-from .refs import Ref, ref_of
+from .refs import Ref, access_of, ref_of
 from .state import RecordCache, SQLiteState
-from .store import Store, StoredLeaf
+from .store import ACCESS_REFS_DONE, Store, StoredLeaf
 
 __all__ = ["MAX_BATCH", "Appended", "Log"]
 
@@ -72,6 +72,7 @@ logger = logging.getLogger("lineage")
 
 MAX_BATCH = 512
 CATCH_UP = 2000  # leaves replayed into the chain state per transaction after an upgrade
+ACCESS_CATCH_UP = 2000  # access rows back-filled per transaction after migration 10
 SIDECAR_EVERY = 1.0  # seconds between the writer's sidecar writes (the thread does the rest)
 
 # Called inside the write transaction with (entry, chain state, index, time) before the
@@ -174,6 +175,7 @@ class Log:
         self.clock = clock
         self._cache = RecordCache()  # parsed credential records, shared by every view
         self._caught_up = False  # the chain state has applied every leaf (once per process)
+        self._access_indexed = False  # every access has its access_refs row (once per process)
         self._state_lock = threading.RLock()  # the writer holds it across a commit
         self._checkpoint_lock = threading.Lock()
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
@@ -664,18 +666,59 @@ class Log:
                 self._commit(batch)
 
     def index_refs(self) -> None:
-        """Bring the query index up to the log (a ledger from before it existed)."""
+        """Bring the query index up to the log (a ledger from before it existed), and
+        give every access it indexed before migration 10 its decision and resource."""
         state = self.state()
         if self.store.refs_size() < state.size:
             with self._state_lock, self.store.transaction():
                 self._backfill_refs(self.store.state(self._cache))
+        if not self._access_indexed:
+            self._backfill_access_refs()
 
     def _backfill_refs(self, state: ChainView) -> None:
-        """Index leaves appended before the refs table existed (inside the write lock)."""
+        """Index leaves appended before the refs table existed (inside the write lock).
+
+        Their accesses' ``access_refs`` rows too, but only where there is none: refs rows
+        deleted to be rebuilt leave the access rows in place."""
         have, size = self.store.refs_size(), state.size
         if have < size:
             missing = [ref_of(state, i, leaf) for i, leaf in self.leaves(have, size)]
-            self.store.add_refs(missing)
+            self.store.add_refs([dataclasses.replace(r, decision=None) for r in missing])
+            self.store.add_access_refs(missing)
+
+    def _backfill_access_refs(self) -> None:
+        """Write the ``access_refs`` row of every access ``refs`` indexed before that table
+        existed (a ledger from before migration 10), once.
+
+        Inside the write lock, ``ACCESS_CATCH_UP`` rows a transaction, each transaction
+        reading what is missing afresh: any number of processes may do it at once, or
+        stop half-way, and every row is written once. The last transaction records that
+        none is missing (``ACCESS_REFS_DONE``), so later opens only read that key. The
+        rows come from the leaves alone (``access_of``); no state is replayed.
+        """
+        if self.store.get_meta(ACCESS_REFS_DONE) is not None:
+            self._access_indexed = True
+            return
+        start = 0
+        with self._state_lock:
+            while not self._access_indexed:
+                with self.store.transaction():
+                    if self.store.get_meta(ACCESS_REFS_DONE) is not None:
+                        break  # another process finished it
+                    missing = self.store.access_refs_missing(start, ACCESS_CATCH_UP)
+                    self.store.add_access_refs([self._access_ref(i) for i in missing])
+                    if len(missing) < ACCESS_CATCH_UP:
+                        self.store.set_meta(ACCESS_REFS_DONE, str(self.store.refs_size()))
+                        break
+                start = missing[-1] + 1
+            self._access_indexed = True
+
+    def _access_ref(self, index: int) -> Ref:
+        """The access row of the leaf at ``index`` (no decision if it is not an access,
+        which ``refs`` said it was: nothing is written, and the audit says why)."""
+        leaf = self.leaf(index)
+        decision, resource = access_of(leaf) or (None, None)
+        return Ref(index, leaf.entry.kind, leaf.time, decision=decision, resource=resource)
 
     def state(self) -> SQLiteState:
         """The chain state as committed (ledger/state.py): loads nothing, reads on demand.

@@ -1,4 +1,5 @@
-"""Queries over the log: lineages, subtrees, and entries by principal, holder, task, kind, time.
+"""Queries over the log: lineages, subtrees, and entries by principal, holder, task, kind, time,
+and an access's decision and resource.
 
 Answers come from the chain state (``Log.state()``, ledger/state.py), which
 indexes every credential's parent, principal and holder, from the query index
@@ -83,8 +84,12 @@ def related(log: Log, credentials: list[str], within: str | None = None) -> list
 class Filter:
     """Which leaves: those about ``principal`` (its identity bindings, and every grant,
     delegation, access and revocation in chains it authorised), about a ``holder`` key,
-    a ``task`` (or, ending in "/", a task and its sub-tasks), of a ``kind``, or integrated
-    in [``since``, ``until``)."""
+    a ``task`` (or, ending in "/", a task and its sub-tasks), of a ``kind``, integrated
+    in [``since``, ``until``), or accesses with a ``decision`` ("allow" or "deny") or on a
+    ``resource`` (the invocation's ``request.resource``: exactly, or, ending in "*", every
+    resource starting with what comes before it: ``mailbox:alice/*`` matches
+    ``mailbox:alice/inbox/1``; a "*" anywhere else is an ordinary character). Setting
+    ``decision`` or ``resource`` implies ``kind="access"``."""
 
     principal: str | None = None
     holder: str | None = None  # kid or base64url key
@@ -92,6 +97,8 @@ class Filter:
     kind: str | None = None
     since: int | None = None  # integrated time, inclusive
     until: int | None = None  # integrated time, exclusive
+    decision: str | None = None  # an access's decision: "allow" or "deny"
+    resource: str | None = None  # an access's resource, or a prefix ending in "*"
 
 
 def entries(
@@ -103,6 +110,11 @@ def entries(
     """
     log.index_refs()  # a ledger from before the index existed is indexed once
     end = log.size if end is None else end
+    kind = f.kind
+    if f.decision is not None or f.resource is not None:
+        if kind not in (None, "access"):
+            return  # only accesses have a decision and a resource
+        kind = "access"
     holders = None
     if f.holder is not None:
         holders = [f.holder]
@@ -116,9 +128,11 @@ def entries(
             principal=f.principal,
             holders=holders,
             task=f.task,
-            kind=f.kind,
+            kind=kind,
             since=f.since,
             until=f.until,
+            decision=f.decision,
+            resource=f.resource,
         )
         for index in found:
             yield index, log.leaf(index)

@@ -38,7 +38,15 @@ from .refs import Ref
 from .state import MIGRATION as STATE_MIGRATION
 from .state import RESULTS_MIGRATION, RecordCache, SQLiteState
 
-__all__ = ["FILE_MODE", "SCHEMA_VERSION", "SQLiteStore", "Store", "StoredLeaf", "db_files"]
+__all__ = [
+    "ACCESS_REFS_DONE",
+    "FILE_MODE",
+    "SCHEMA_VERSION",
+    "SQLiteStore",
+    "Store",
+    "StoredLeaf",
+    "db_files",
+]
 
 logger = logging.getLogger("lineage")
 
@@ -119,6 +127,8 @@ class Store(Protocol):
     ) -> None: ...
     def transaction(self) -> AbstractContextManager[None]: ...
     def add_refs(self, refs: Sequence[Ref]) -> None: ...
+    def add_access_refs(self, refs: Sequence[Ref]) -> None: ...
+    def access_refs_missing(self, start: int, limit: int) -> list[int]: ...
     def refs_size(self) -> int: ...
     def find_refs(self, start: int, end: int, limit: int, **match: object) -> list[int]: ...
     def add_checkpoint(self, size: int, root: bytes, note: bytes, created: int) -> None: ...
@@ -135,19 +145,28 @@ class Store(Protocol):
     def ref_indexes(self, size: int, kind: str, **about: object) -> list[int]: ...
 
 
-def _append_only(table: str, key: str) -> str:
+def _append_only(table: str, key: str, *, again: bool = False) -> str:
     """Refuse UPDATE, DELETE, and an INSERT that would replace a row (``INSERT OR
-    REPLACE`` deletes the old row without firing DELETE triggers)."""
+    REPLACE`` deletes the old row without firing DELETE triggers). ``again``: written
+    so that running it a second time changes nothing (``IF NOT EXISTS``)."""
     match = " AND ".join(f"{c} = NEW.{c}" for c in key.split(","))
+    create = "CREATE TRIGGER IF NOT EXISTS" if again else "CREATE TRIGGER"
     return f"""
-    CREATE TRIGGER {table}_no_update BEFORE UPDATE ON {table}
+    {create} {table}_no_update BEFORE UPDATE ON {table}
         BEGIN SELECT RAISE(ABORT, 'lineage: {table} is append-only'); END;
-    CREATE TRIGGER {table}_no_delete BEFORE DELETE ON {table}
+    {create} {table}_no_delete BEFORE DELETE ON {table}
         BEGIN SELECT RAISE(ABORT, 'lineage: {table} is append-only'); END;
-    CREATE TRIGGER {table}_no_replace BEFORE INSERT ON {table}
+    {create} {table}_no_replace BEFORE INSERT ON {table}
         WHEN EXISTS (SELECT 1 FROM {table} WHERE {match})
         BEGIN SELECT RAISE(ABORT, 'lineage: {table} is append-only'); END;
     """
+
+
+# The meta key saying every access leaf indexed in ``refs`` has its ``access_refs`` row
+# (migration 10). Set by the migration itself when ``refs`` is empty then (every refs row
+# written since has come with its access row), else by ``Log.index_refs`` once it has
+# back-filled the accesses indexed before the table existed.
+ACCESS_REFS_DONE = "access_refs_indexed"
 
 
 MIGRATIONS: list[str] = [
@@ -289,6 +308,28 @@ MIGRATIONS: list[str] = [
         sealed  BLOB NOT NULL,
         expires INTEGER NOT NULL
     );
+    """,
+    # 10: an access leaf's decision and resource, for queries (ledger/refs.py): written
+    # with the leaf and its refs row. A table of its own, not columns of refs: refs rows
+    # are append-only (no UPDATE), so the rows of a ledger from before this migration can
+    # only be added, not filled in (``Log.index_refs`` back-fills them, a bounded
+    # transaction at a time). ``resource`` is NULL for a request that names only a
+    # location. Idempotent, like 6 to 9: a process that read a stale version may run it
+    # again.
+    """
+    CREATE TABLE IF NOT EXISTS access_refs (
+        idx      INTEGER PRIMARY KEY,
+        decision TEXT    NOT NULL CHECK (decision IN ('allow', 'deny')),
+        resource TEXT
+    );
+    CREATE INDEX IF NOT EXISTS access_refs_decision ON access_refs (decision, idx);
+    CREATE INDEX IF NOT EXISTS access_refs_resource ON access_refs (resource, idx);
+    """
+    + _append_only("access_refs", "idx", again=True)
+    + f"""
+    INSERT INTO meta (key, value) SELECT '{ACCESS_REFS_DONE}', '0'
+        WHERE NOT EXISTS (SELECT 1 FROM refs)
+        AND NOT EXISTS (SELECT 1 FROM meta WHERE key = '{ACCESS_REFS_DONE}');
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -690,6 +731,9 @@ class SQLiteStore:
         )
 
     def add_refs(self, refs: Sequence[Ref]) -> None:
+        """Write each ref's ``refs`` row and, for an access, its ``access_refs`` row (in
+        the caller's transaction: the leaf's). A row already there is refused, as any
+        rewrite of an append-only table is."""
         self._write(
             [
                 (
@@ -699,9 +743,43 @@ class SQLiteStore:
                         (r.index, r.kind, r.time, r.principal, r.holder, r.task, r.credential)
                         for r in refs
                     ],
+                ),
+                (
+                    "INSERT INTO access_refs (idx, decision, resource) VALUES (?, ?, ?)",
+                    [(r.index, r.decision, r.resource) for r in refs if r.decision is not None],
+                ),
+            ]
+        )
+
+    def add_access_refs(self, refs: Sequence[Ref]) -> None:
+        """Back-fill: write the ``access_refs`` row of each access among ``refs`` whose
+        leaf has none yet (a row already there is kept, and audited like any other)."""
+        self._write(
+            [
+                (
+                    "INSERT INTO access_refs (idx, decision, resource) SELECT ?, ?, ? "
+                    "WHERE NOT EXISTS (SELECT 1 FROM access_refs WHERE idx = ?)",
+                    [
+                        (r.index, r.decision, r.resource, r.index)
+                        for r in refs
+                        if r.decision is not None
+                    ],
                 )
             ]
         )
+
+    def access_refs_missing(self, start: int, limit: int) -> list[int]:
+        """Up to ``limit`` indexes from ``start`` on, in order, of leaves ``refs`` says are
+        accesses that have no ``access_refs`` row (a ledger from before migration 10)."""
+        return [
+            row[0]
+            for row in self._query(
+                "SELECT idx FROM refs INDEXED BY refs_kind WHERE kind = 'access' AND idx >= ? "
+                "AND NOT EXISTS (SELECT 1 FROM access_refs a WHERE a.idx = refs.idx) "
+                "ORDER BY idx LIMIT ?",
+                (start, limit),
+            )
+        ]
 
     def refs_size(self) -> int:
         return self._query("SELECT IFNULL(MAX(idx) + 1, 0) FROM refs")[0][0]
@@ -709,44 +787,80 @@ class SQLiteStore:
     def find_refs(self, start: int, end: int, limit: int, **match: object) -> list[int]:
         """Indexes in [start, end) whose refs match: equality on principal, kind and
         credential; ``holders``, any of these kids; ``task`` (a "prefix/" also matches its
-        sub-tasks); ``since``/``until`` on time."""
-        where, params = ["idx >= ?", "idx < ?"], [start, end]
+        sub-tasks); ``since``/``until`` on time; and on an access's ``access_refs`` row,
+        equality on ``decision``, and ``resource`` (ending in "*", a prefix: the text
+        before the "*", compared with ``substr``, so no other character is special).
+        Given either of these, only accesses match."""
+        where, params = [], []
         for column in ("principal", "kind", "credential"):
             if match.get(column) is not None:
-                where.append(f"{column} = ?")
+                where.append(f"refs.{column} = ?")
                 params.append(match[column])
         holders = match.get("holders")
         if holders:
-            where.append(f"holder IN ({', '.join('?' for _ in holders)})")
+            where.append(f"refs.holder IN ({', '.join('?' for _ in holders)})")
             params += list(holders)
         task = match.get("task")
         if isinstance(task, str):
             if task.endswith("/"):
-                where.append("(task = ? OR substr(task, 1, ?) = ?)")
+                where.append("(refs.task = ? OR substr(refs.task, 1, ?) = ?)")
                 params += [task[:-1], len(task), task]
             else:
-                where.append("task = ?")
+                where.append("refs.task = ?")
                 params.append(task)
         if match.get("since") is not None:
-            where.append("time >= ?")
+            where.append("refs.time >= ?")
             params.append(match["since"])
         if match.get("until") is not None:
-            where.append("time < ?")
+            where.append("refs.time < ?")
             params.append(match["until"])
+        decision, resource = match.get("decision"), match.get("resource")
+        if decision is not None:
+            where.append("a.decision = ?")
+            params.append(decision)
+        prefix = isinstance(resource, str) and resource.endswith("*")
+        if isinstance(resource, str):
+            if not prefix:
+                where.append("a.resource = ?")
+                params.append(resource)
+            elif len(resource) > 1:
+                where.append("substr(a.resource, 1, ?) = ?")
+                params += [len(resource) - 1, resource[:-1]]
+            else:  # "*" alone: any access that names a resource
+                where.append("a.resource IS NOT NULL")
         # The most selective equality's (column, idx) index reads matches in index order;
-        # left to itself, with no statistics, SQLite may walk a far larger one.
-        chosen = next(
-            (
-                column
-                for column in ("credential", "principal", "holder", "task", "kind")
-                if (match.get("holders") if column == "holder" else match.get(column))
-                and not (column == "task" and str(task).endswith("/"))
-            ),
-            None,
-        )
-        table = f"refs INDEXED BY refs_{chosen}" if chosen else "refs"
-        sql = f"SELECT idx FROM {table} WHERE {' AND '.join(where)} ORDER BY idx LIMIT ?"
-        return [row[0] for row in self._query(sql, [*params, limit])]
+        # left to itself, with no statistics, SQLite may walk a far larger one. A resource
+        # prefix is not an equality: its index would read every match of the log in
+        # resource order, to be sorted, whatever [start, end).
+        given = {
+            "credential": match.get("credential"),
+            "resource": resource if not prefix else None,
+            "principal": match.get("principal"),
+            "holder": holders,
+            "task": task if not str(task).endswith("/") else None,
+            "decision": decision,
+            "kind": match.get("kind"),
+        }
+        chosen = next((column for column, value in given.items() if value), None)
+        if decision is None and resource is None:
+            table = f"refs INDEXED BY refs_{chosen}" if chosen else "refs"
+            key = "refs.idx"
+        elif chosen in ("resource", "decision", "kind", None):
+            # from access_refs, in index order, each row's refs row read by its key
+            # (CROSS JOIN keeps this loop order)
+            using = (
+                f"INDEXED BY access_refs_{chosen}"
+                if chosen in ("resource", "decision")
+                else "NOT INDEXED"  # by its key, idx: a range of the log, in order
+            )
+            table = f"access_refs AS a {using} CROSS JOIN refs ON refs.idx = a.idx"
+            key = "a.idx"
+        else:
+            table = f"refs INDEXED BY refs_{chosen} CROSS JOIN access_refs AS a ON a.idx = refs.idx"
+            key = "refs.idx"
+        where = [f"{key} >= ?", f"{key} < ?", *where]
+        sql = f"SELECT {key} FROM {table} WHERE {' AND '.join(where)} ORDER BY {key} LIMIT ?"
+        return [row[0] for row in self._query(sql, [start, end, *params, limit])]
 
     def anchor_indexes(self, size: int) -> list[int]:
         """Indexes below ``size`` of the genesis, key and policy entries."""

@@ -366,3 +366,19 @@ def test_a_principal_reads_what_they_authorised_with_their_browsers_key(browser,
     page.wait_for_selector("#status.error")
     assert page.is_hidden("#lineage")
     context.close()
+
+
+def test_a_search_by_decision_and_resource_prefix_shows_only_those(browser, world):  # noqa: F811
+    srv, ids = world
+    context, page, _ = signed_in(browser, srv)
+    page.select_option("select[name=decision]", "deny")
+    page.fill("input[name=resource]", "mailbox:alice/*")
+    page.click("#search button[type=submit]")
+    page.wait_for_selector("#results tbody tr")
+    rows = page.query_selector_all("#results tbody tr")
+    assert [int(r.get_attribute("data-index")) for r in rows] == [index_of(srv, ids["denied"])]
+    page.select_option("select[name=decision]", "allow")
+    page.fill("input[name=resource]", "mailbox:alice/inbox/msg-1")
+    page.click("#search button[type=submit]")
+    page.wait_for_function("document.querySelectorAll('#results tbody tr').length === 2")
+    context.close()

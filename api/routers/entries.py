@@ -1,10 +1,11 @@
-"""Entries: append any signed entry; read one; query by principal, holder, task, kind, time."""
+"""Entries: append any signed entry; read one; query by principal, holder, task, kind, time,
+and an access's decision and resource."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -12,6 +13,7 @@ from lineage.ledger.query import Filter, entries
 from lineage.verifier.entry import MAX_ENTRY_SIZE, parse_entry
 from lineage.verifier.fields import HEX_ID
 from lineage.verifier.jcs import canonical, parse
+from lineage.verifier.resource import MAX_LENGTH as MAX_RESOURCE
 
 from ..errors import CHALLENGE, ApiError
 from ..models import AppendResult, EntryPage, LeafView
@@ -25,6 +27,21 @@ router = APIRouter(prefix="/v1/entries", tags=["entries"])
 MAX_PAGE = 500
 MAX_SCAN = 5000  # leaves examined per request, whatever the filters
 Page = Count(MAX_PAGE)
+Decision = Annotated[
+    Literal["allow", "deny"] | None,
+    Query(description="only access entries with this decision"),
+]
+Resource = Annotated[
+    str | None,
+    Query(
+        min_length=1,
+        max_length=MAX_RESOURCE,
+        description=(
+            "only access entries whose invocation's request.resource is this one, or, "
+            'ending in "*", starts with what comes before it (mailbox:alice/*)'
+        ),
+    ),
+]
 
 
 @router.post(
@@ -70,10 +87,17 @@ def query(
     kind: str | None = None,
     since: Time = None,
     until: Time = None,
+    decision: Decision = None,
+    resource: Resource = None,
     cursor: Index = 0,
     limit: Page = 100,
 ) -> dict[str, Any]:
     """Entries matching every filter given, from ``cursor`` (a leaf index), a page at a time.
+
+    ``decision`` (``allow`` or ``deny``; anything else is 400) and ``resource`` (at most
+    2,048 characters: a resource exactly, or ending in ``*`` every resource starting with
+    what comes before it, so ``mailbox:alice/*`` matches ``mailbox:alice/inbox/1``; no
+    other character is special) select access entries only, from the query index.
 
     Only entries the caller may read are listed. One request looks at no more than
     ``MAX_SCAN`` leaves; ``next_cursor`` continues where it stopped.
@@ -94,6 +118,8 @@ def query(
         kind=kind,
         since=since,
         until=until,
+        decision=decision,
+        resource=resource,
     )
     state = svc.log.state()
     out, next_cursor = [], None

@@ -117,7 +117,6 @@ def test_an_auditor_searches_opens_a_lineage_and_every_entry_verifies(browser, w
     assert "deny: read mailbox:alice/sent/msg-9" in page.inner_text("#results")
 
     page.click("#check-inclusion")
-    page.wait_for_function("!document.querySelector('#status').textContent.includes('…')")
     page.wait_for_selector("#status:has-text('proved included')")
     assert page.query_selector_all("#results tr[data-verdict=verified]").__len__() == len(listed)
 
@@ -380,5 +379,6 @@ def test_a_search_by_decision_and_resource_prefix_shows_only_those(browser, worl
     page.select_option("select[name=decision]", "allow")
     page.fill("input[name=resource]", "mailbox:alice/inbox/msg-1")
     page.click("#search button[type=submit]")
-    page.wait_for_function("document.querySelectorAll('#results tbody tr').length === 2")
+    page.wait_for_selector("#results tbody tr:nth-child(2)")  # the page's CSP forbids eval:
+    assert len(page.query_selector_all("#results tbody tr")) == 2  # no wait_for_function
     context.close()

@@ -129,13 +129,15 @@ async function consistent(older, newer, vkey) {
   const b = await openCheckpointNote(newer, vkey, { crypto: cx });
   if (!a.ok) return { ok: false, check: a.check, detail: `the earlier checkpoint: ${a.detail}` };
   if (!b.ok) return { ok: false, check: b.check, detail: b.detail };
-  const [lo, hi] = a.size <= b.size ? [older, newer] : [newer, older];
-  const [m, n] = a.size <= b.size ? [a.size, b.size] : [b.size, a.size];
+  if (a.size > b.size)
+    // A log smaller than one seen before is rolled back, or a stale view hiding what was
+    // appended since: never an extension, whatever proves it a prefix.
+    return { ok: false, check: "proof", detail: `the log shown has ${b.size} entries, fewer than the ${a.size} of the checkpoint seen before: rolled back, or hiding what came after` };
   let proof = [];
-  if (m > 0 && m < n) proof = (await api(`/v1/log/proof/consistency?first=${m}&second=${n}`)).consistency;
-  const r = await checkConsistency(lo, hi, proof, vkey, { crypto: cx });
+  if (a.size > 0 && a.size < b.size) proof = (await api(`/v1/log/proof/consistency?first=${a.size}&second=${b.size}`)).consistency;
+  const r = await checkConsistency(older, newer, proof, vkey, { crypto: cx });
   if (r.ok) {
-    localStorage.setItem(REMEMBERED, hi);
+    localStorage.setItem(REMEMBERED, newer);
     showRemembered();
   }
   return r;
@@ -215,9 +217,16 @@ async function search(more) {
   if (more && nextCursor !== null) q.set("cursor", String(nextCursor));
   say("Searching…");
   const page = await api(`/v1/entries?${q}`);
+  const enc = new TextEncoder();
+  for (const row of page.entries) {
+    // what the downloads and the inclusion check use: computed here, not the server's
+    row.id = hexOf(await cx.sha256(enc.encode(jcs(row.entry))));
+    row.leaf_hash = hexOf(await leafHash(cx, enc.encode(jcs({ entry: row.entry, time: row.time }))));
+  }
+  const first = shown.length;
   shown.push(...page.entries);
   nextCursor = page.next_cursor;
-  for (const row of page.entries) $("results").tBodies[0].append(resultRow(row));
+  page.entries.forEach((row, i) => $("results").tBodies[0].append(resultRow(row, first + i)));
   renderTimeline();
   $("results-bar").hidden = false;
   $("more").hidden = nextCursor === null;
@@ -226,13 +235,13 @@ async function search(more) {
   showView();
 }
 
-function resultRow(row) {
+function resultRow(row, position) {
   const e = row.entry;
   const cred = credentialOf(e, row.id);
   const open = cred ? el("button", { type: "button", class: "link", text: "lineage", onclick: () => openLineage(cred).catch(failed) }) : "";
   return el(
     "tr",
-    { "data-index": String(row.index), "data-kind": e.kind },
+    { "data-index": String(row.index), "data-kind": e.kind, "data-position": String(position) },
     el("td", { text: String(row.index) }),
     el("td", { text: iso(row.time) }),
     el("td", { text: e.kind }),
@@ -279,16 +288,16 @@ async function checkInclusion() {
   const root = cp.root;
   let good = 0;
   for (const tr of $("results").tBodies[0].rows) {
-    const row = shown.find((r) => String(r.index) === tr.dataset.index);
+    const row = shown[Number(tr.dataset.position)]; // by position: two rows may claim one index
     const cell = tr.querySelector(".proof");
     if (!row || row.index >= cp.size) {
       cell.textContent = "after the checkpoint";
       continue;
     }
     const p = await api(`/v1/log/proof/inclusion?index=${row.index}&tree_size=${cp.size}`);
-    const leafBytes = new TextEncoder().encode(jcs({ entry: row.entry, time: row.time }));
     const path = p.audit_path.map((h) => b64Decode(h));
-    const got = path.every(Boolean) ? await rootFromInclusion(cx, BigInt(row.index), BigInt(cp.size), await leafHash(cx, leafBytes), path) : null;
+    const leaf = Uint8Array.from(row.leaf_hash.match(/../g), (h) => parseInt(h, 16)); // computed here
+    const got = path.every(Boolean) ? await rootFromInclusion(cx, BigInt(row.index), BigInt(cp.size), leaf, path) : null;
     const ok = got && hexOf(got) === root;
     cell.textContent = ok ? `in checkpoint ${cp.size}` : "NOT in the log";
     cell.className = ok ? "proof ok" : "proof error";
@@ -354,8 +363,10 @@ async function openLineage(credential) {
   $("lineage").scrollIntoView({ block: "start" });
 }
 
-function verdictOf(result, index) {
-  return result.entries.find((e) => e.index === index) || { ok: false, check: result.check || "format", detail: result.detail || "not verified" };
+// The verdict on the bundle's entry at `position`: by position, never by index, since a
+// lying bundle may list a forged entry under a genuine one's index.
+function verdictOf(result, position) {
+  return result.entries[position] || { ok: false, check: result.check || "format", detail: result.detail || "not verified" };
 }
 
 function badge(v) {
@@ -369,8 +380,8 @@ function badge(v) {
 function listEntries(doc, result) {
   const body = $("bundle-entries").tBodies[0];
   body.replaceChildren();
-  for (const it of doc.entries) {
-    const v = verdictOf(result, it.index);
+  for (const [position, it] of doc.entries.entries()) {
+    const v = verdictOf(result, position);
     body.append(
       el("tr", { "data-entry-index": String(it.index), "data-kind": it.leaf.entry.kind },
         el("td", { text: String(it.index) }),
@@ -386,8 +397,10 @@ function listEntries(doc, result) {
 // its accesses (and their results) under it.
 function drawTree(doc, result) {
   const byId = new Map();
-  const leafOf = new Map();
-  doc.entries.forEach((it, i) => leafOf.set(bundleIds[i].id, it));
+  const leafOf = new Map(); // id -> {index, leaf, position}; the first of an id listed twice
+  doc.entries.forEach((it, position) => {
+    if (!leafOf.has(bundleIds[position].id)) leafOf.set(bundleIds[position].id, { ...it, position });
+  });
   const creds = [], accesses = [], results = [], revocations = [];
   for (const [id, it] of leafOf) {
     const e = it.leaf.entry;
@@ -439,7 +452,7 @@ function drawTree(doc, result) {
   }
 
   function node(c) {
-    const v = verdictOf(result, c.it.index);
+    const v = verdictOf(result, c.it.position);
     const st = status(c);
     const li = el("li", { class: `cred ${st}`, "data-credential": c.id, "data-entry-index": String(c.it.index), "data-status": st });
     const head = el("div", { class: "card" + (v.ok ? "" : " failed") },
@@ -463,7 +476,7 @@ function drawTree(doc, result) {
   }
 
   function accessNode(a) {
-    const v = verdictOf(result, a.it.index);
+    const v = verdictOf(result, a.it.position);
     const q = a.e.invocation.request;
     const li = el("li", { class: `access ${a.e.decision}`, "data-entry-index": String(a.it.index), "data-decision": a.e.decision },
       el("div", { class: "card" + (v.ok ? "" : " failed") },
@@ -472,7 +485,7 @@ function drawTree(doc, result) {
         el("span", { class: "hint", text: `#${a.it.index} · ${iso(a.it.leaf.time)}` }), " ",
         badge(v),
         a.e.reason ? el("div", { class: "reason", text: `reason: ${a.e.reason}` }) : null,
-        ...a.results.map((r) => el("div", { class: "hint", "data-entry-index": String(r.it.index) }, `result #${r.it.index}: upstream status ${r.e.upstream_status ?? "none"} `, badge(verdictOf(result, r.it.index))))),
+        ...a.results.map((r) => el("div", { class: "hint", "data-entry-index": String(r.it.index) }, `result #${r.it.index}: upstream status ${r.e.upstream_status ?? "none"} `, badge(verdictOf(result, r.it.position))))),
     );
     return li;
   }
@@ -516,15 +529,18 @@ function scopeView(scope, parentScope) {
 
 const CSV_COLUMNS = ["index", "time", "kind", "id", "decision", "action", "resource", "reason", "verified"];
 function csvOf(rows, verdicts) {
+  // A cell a spreadsheet would read as a formula gets a leading ' (OWASP's advice: quotes
+  // alone are stripped before the cell is evaluated); then the usual CSV quoting.
   const quote = (v) => {
-    const s = v === undefined || v === null ? "" : String(v);
-    return /[",\r\n]/.test(s) || /^[=+\-@]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;
+    let s = v === undefined || v === null ? "" : String(v);
+    if (/^[=+\-@\t\r]/.test(s)) s = "'" + s;
+    return /[",\r\n]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;
   };
   const lines = [CSV_COLUMNS.join(",")];
-  for (const r of rows) {
+  for (const [position, r] of rows.entries()) {
     const e = r.entry;
     const q = e.kind === "access" ? e.invocation.request : {};
-    const v = verdicts ? verdicts(r.index) : "";
+    const v = verdicts ? verdicts(position) : "";
     lines.push([r.index, iso(r.time), e.kind, r.id, e.decision, q.action, q.resource, e.reason, v].map(quote).join(","));
   }
   return lines.join("\r\n") + "\r\n";
@@ -535,8 +551,8 @@ function jsonlOf(rows) {
 function bundleRows() {
   return bundle.entries.map((it, i) => ({ index: it.index, id: bundleIds[i].id, time: it.leaf.time, entry: it.leaf.entry, leaf_hash: bundleIds[i].leafHash }));
 }
-function bundleVerdict(index) {
-  const v = verdictOf(bundleResults, index);
+function bundleVerdict(position) {
+  const v = verdictOf(bundleResults, position);
   return v.ok ? "verified" : `failed: ${v.check}`;
 }
 

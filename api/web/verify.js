@@ -1530,7 +1530,9 @@ export async function verifyBundle(bundleJson, logVkey, options = {}) {
  * reported with its check and left out of the replay, so what depends on it fails in turn
  * (a delegation from it: "link"). If the document, the log key or the checkpoint fails,
  * no entry is verified: {ok: false, check, detail, entries: []}.
- * Returns {ok, origin, size, root, checkpoint, entries: [{index, id, kind, ok, check, detail}]}.
+ * Returns {ok, origin, size, root, checkpoint, entries: [{index, id, kind, ok, check, detail}]},
+ * entries[i] the verdict on the bundle's entries[i]: match them by position, never by index
+ * (a lying bundle may list two entries under one index).
  */
 export async function verifyEach(bundleJson, logVkey, options = {}) {
   const cx = options.crypto || defaultBackend();
@@ -1546,8 +1548,11 @@ export async function verifyEach(bundleJson, logVkey, options = {}) {
   if (!head.ok) return { ...head, entries: [] };
   const replay = new Replay(cx, K, { mode: options.mode || "partial", window: options.window ?? 60 });
   const entries = [];
-  for (const it of items) {
+  for (let i = 0; i < items.length; i++) {
+    const it = items[i];
     const r = await run(async () => {
+      // step 3 first, against the entry listed before it (as verifyBundle does for all)
+      if (i > 0 && !(it.index > items[i - 1].index)) fail("order", `index ${it.index} does not increase`);
       const idx = BigInt(it.index);
       if (idx >= cp.size) fail("proof", `index beyond the checkpoint's size ${cp.size}`);
       const root = await rootFromInclusion(cx, idx, cp.size, await leafHash(cx, it.leafBytes), it.proof);

@@ -382,3 +382,60 @@ def test_a_search_by_decision_and_resource_prefix_shows_only_those(browser, worl
     page.wait_for_selector("#results tbody tr:nth-child(2)")  # the page's CSP forbids eval:
     assert len(page.query_selector_all("#results tbody tr")) == 2  # no wait_for_function
     context.close()
+
+
+def _fixture_jobs() -> list[dict]:
+    """Every fixture file, its expected verdict, and the mode to verify it in."""
+    jobs = []
+    for folder, verb, mode in (
+        ("bundles", "bundle", "partial"),
+        ("receipts", "receipt", "partial"),
+        ("refused-early", "bundle", "partial"),
+        ("complete", "bundle", "complete"),
+    ):
+        where = ROOT / "fixtures" / folder
+        expected = json.loads((where / "expected.json").read_text())
+        for path in sorted(where.glob("*.json")):
+            if path.name == "expected.json":
+                continue
+            want = None if path.name.startswith("valid-") else expected[path.name]["check"]
+            jobs.append(
+                {
+                    "name": f"{folder}/{path.name}",
+                    "verb": verb,
+                    "mode": mode,
+                    "text": path.read_text(),
+                    "want": want,
+                }
+            )
+    return jobs
+
+
+def test_the_pages_verifier_agrees_with_every_fixture_in_the_browser(browser, world):  # noqa: F811
+    """The module the page imports, as the service serves it, in chromium's WebCrypto: the
+    same verdict and check name as lineage-verify on every fixture (Node runs it too)."""
+    srv, _ = world
+    jobs = _fixture_jobs()
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(srv.url("/ui"))
+    page.wait_for_selector("body[data-ready=true]")
+    got = page.evaluate(
+        """async ([jobs, vkey]) => {
+            const m = await import("/static/verify.js");
+            const out = {};
+            for (const j of jobs) {
+                const r = j.verb === "receipt"
+                    ? await m.verifyReceipt(j.text, vkey)
+                    : await m.verifyBundle(j.text, vkey, { mode: j.mode });
+                out[j.name] = r.ok ? null : r.check;
+            }
+            return out;
+        }""",
+        [jobs, (ROOT / "fixtures" / "log.vkey").read_text().strip()],
+    )
+    context.close()
+    assert len(jobs) > 90
+    wrong = {j["name"]: (got.get(j["name"], "missing"), j["want"]) for j in jobs}
+    wrong = {k: v for k, v in wrong.items() if v[0] != v[1]}
+    assert not wrong, wrong

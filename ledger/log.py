@@ -16,6 +16,7 @@ back is caught): a log is never silently forked.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import queue
 import threading
@@ -62,7 +63,7 @@ from .checkpoints import (
 )
 from .errors import Busy, Damaged, NotFound, RejectedEntry, RollbackError, StorageError
 from .keys import KeyRing
-from .refs import Ref, access_of, ref_of
+from .refs import Ref, ref_of
 from .state import RecordCache, SQLiteState
 from .store import ACCESS_REFS_DONE, Store, StoredLeaf
 
@@ -176,6 +177,7 @@ class Log:
         self._cache = RecordCache()  # parsed credential records, shared by every view
         self._caught_up = False  # the chain state has applied every leaf (once per process)
         self._access_indexed = False  # every access has its access_refs row (once per process)
+        self._access_from = 0  # below it, every access has its row (this process's resume point)
         self._state_lock = threading.RLock()  # the writer holds it across a commit
         self._checkpoint_lock = threading.Lock()
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
@@ -686,39 +688,54 @@ class Log:
             self.store.add_refs([dataclasses.replace(r, decision=None) for r in missing])
             self.store.add_access_refs(missing)
 
-    def _backfill_access_refs(self) -> None:
+    def _backfill_access_refs(self, batches: int | None = None) -> bool:
         """Write the ``access_refs`` row of every access ``refs`` indexed before that table
-        existed (a ledger from before migration 10), once.
+        existed (a ledger from before migration 10); True once none is missing.
 
-        Inside the write lock, ``ACCESS_CATCH_UP`` rows a transaction, each transaction
-        reading what is missing afresh: any number of processes may do it at once, or
-        stop half-way, and every row is written once. The last transaction records that
-        none is missing (``ACCESS_REFS_DONE``), so later opens only read that key. The
-        rows come from the leaves alone (``access_of``); no state is replayed.
+        ``ACCESS_CATCH_UP`` rows a transaction, each under the write lock for that
+        transaction only (appends go on in between), each reading what is missing afresh:
+        any number of threads or processes may do it at once, or stop half-way, and every
+        row is written once. ``batches``: at most that many transactions now (the
+        checkpoint thread does one a tick, so ``lineage serve`` indexes an upgraded ledger
+        in the background); a query does all that is left. The last transaction records
+        that none is missing (``ACCESS_REFS_DONE``), so later opens only read that key.
+        The rows come from the stored leaves alone (``_access_ref``); no state is replayed.
         """
+        if self._access_indexed:
+            return True
         if self.store.get_meta(ACCESS_REFS_DONE) is not None:
             self._access_indexed = True
-            return
-        start = 0
-        with self._state_lock:
-            while not self._access_indexed:
-                with self.store.transaction():
-                    if self.store.get_meta(ACCESS_REFS_DONE) is not None:
-                        break  # another process finished it
-                    missing = self.store.access_refs_missing(start, ACCESS_CATCH_UP)
-                    self.store.add_access_refs([self._access_ref(i) for i in missing])
-                    if len(missing) < ACCESS_CATCH_UP:
-                        self.store.set_meta(ACCESS_REFS_DONE, str(self.store.refs_size()))
-                        break
-                start = missing[-1] + 1
-            self._access_indexed = True
+            return True
+        done = 0
+        while batches is None or done < batches:
+            with self._state_lock, self.store.transaction():
+                if self.store.get_meta(ACCESS_REFS_DONE) is not None:
+                    break  # another thread or process finished it
+                missing = self.store.access_refs_missing(self._access_from, ACCESS_CATCH_UP)
+                self.store.add_access_refs([self._access_ref(i) for i in missing])
+                if len(missing) < ACCESS_CATCH_UP:
+                    self.store.set_meta(ACCESS_REFS_DONE, str(self.store.refs_size()))
+                    break
+            self._access_from = max(self._access_from, missing[-1] + 1)
+            done += 1
+        else:
+            return False
+        self._access_indexed = True
+        return True
 
     def _access_ref(self, index: int) -> Ref:
-        """The access row of the leaf at ``index`` (no decision if it is not an access,
-        which ``refs`` said it was: nothing is written, and the audit says why)."""
-        leaf = self.leaf(index)
-        decision, resource = access_of(leaf) or (None, None)
-        return Ref(index, leaf.entry.kind, leaf.time, decision=decision, resource=resource)
+        """The access row of the stored leaf at ``index``, read with ``json.loads`` alone:
+        the leaf was checked when it was appended, and its resource is canonical text
+        (``access_of`` reads the same two fields through the full parse; the audit
+        compares the two). No decision if it is not an access, which ``refs`` said it
+        was: nothing is written, and the audit says why."""
+        stored = self._stored(index)
+        obj = json.loads(stored.entry)
+        decision = resource = None
+        if isinstance(obj, dict) and obj.get("kind") == "access":
+            decision = obj.get("decision")
+            resource = obj.get("invocation", {}).get("request", {}).get("resource")
+        return Ref(index, "access", stored.time, decision=decision, resource=resource)
 
     def state(self) -> SQLiteState:
         """The chain state as committed (ledger/state.py): loads nothing, reads on demand.
@@ -898,7 +915,9 @@ class Log:
     def start_checkpointing(self, interval: float = 1.0) -> None:
         """Publish a checkpoint every ``interval`` seconds when there are new leaves.
 
-        Whatever a publication raises, the thread logs it, counts it
+        On a ledger from before migration 10 it also back-fills ``access_refs``, a batch a
+        tick (``_backfill_access_refs``). Whatever a publication raises, the thread logs
+        it, counts it
         (``checkpoint_failures``, ``checkpoint_error``: what ``/healthz`` shows) and
         tries again, waiting twice as long each time up to 30 s; it never dies.
         """
@@ -907,6 +926,7 @@ class Log:
             wait = interval
             while not self._closed.wait(wait):
                 try:
+                    more = not self._backfill_access_refs(batches=1)  # an upgraded ledger's
                     latest = self.store.latest_checkpoint()
                     if latest is None or latest[0] < self.store.size():
                         self.checkpoint()
@@ -919,7 +939,7 @@ class Log:
                     wait = min(max(wait, interval) * 2, 30.0)
                 else:
                     self.checkpoint_error = None
-                    wait = interval
+                    wait = min(interval, 0.05) if more else interval  # back-fill: soon again
 
         self._ticker = threading.Thread(target=tick, name="lineage-checkpoints", daemon=True)
         self._ticker.start()

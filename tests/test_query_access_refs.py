@@ -14,6 +14,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import shutil
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -656,3 +657,42 @@ def test_api_documents_both_parameters(srv: Server):
     found = {p["name"]: p for p in spec["paths"]["/v1/entries"]["get"]["parameters"]}
     assert found["decision"]["schema"]["enum"] == ["allow", "deny"]
     assert found["resource"]["schema"]["maxLength"] == 2048
+
+
+def test_the_checkpoint_thread_backfills_an_old_ledger_without_a_query(tmp_path: Path, monkeypatch):
+    """``lineage serve`` indexes an upgraded ledger in the background, a batch a tick, so
+    the first search does not wait for all of it; appends go on between batches."""
+    w, _ = _story(tmp_path)
+    rows = _rows(w.db)
+    w.close()
+    _as_before_migration(w.db)
+    monkeypatch.setattr(log_module, "ACCESS_CATCH_UP", 2)
+    log = ih.reopen(w)
+    try:
+        assert _rows(w.db) == []
+        log.start_checkpointing(0.05)
+        deadline = time.monotonic() + 30
+        while _meta(w.db, ACCESS_REFS_DONE) is None:
+            assert time.monotonic() < deadline, "the back-fill did not finish"
+            time.sleep(0.02)
+        assert _rows(w.db) == rows
+    finally:
+        log.close()
+
+
+def test_a_page_skips_any_number_of_leaves_that_do_not_match(
+    srv: Server, api_story: dict[str, int], monkeypatch
+):
+    """The index jumps over what does not match: a page is not cut short by the distance
+    between matches, only by the matching leaves it reads (``MAX_SCAN``)."""
+    import lineage.api.routers.entries as route
+
+    every = _brute(srv.log, Filter(decision="deny"))
+    assert len(every) >= 2 and every[-1] - every[0] > 2
+    monkeypatch.setattr(route, "MAX_SCAN", 2)  # far fewer than the leaves between them
+    r = _get(srv, decision="deny", limit=500)
+    assert _indexes(r) == every[:2]  # two matches read, however far apart
+    assert r.json()["next_cursor"] == (every[2] if len(every) > 2 else None)
+    monkeypatch.setattr(route, "MAX_SCAN", 5000)
+    r = _get(srv, decision="deny", limit=500)
+    assert _indexes(r) == every and r.json()["next_cursor"] is None

@@ -25,7 +25,7 @@ __all__ = ["router"]
 
 router = APIRouter(prefix="/v1/entries", tags=["entries"])
 MAX_PAGE = 500
-MAX_SCAN = 5000  # leaves examined per request, whatever the filters
+MAX_SCAN = 5000  # matching leaves read per request, readable by the caller or not
 Page = Count(MAX_PAGE)
 Decision = Annotated[
     Literal["allow", "deny"] | None,
@@ -99,8 +99,10 @@ def query(
     what comes before it, so ``mailbox:alice/*`` matches ``mailbox:alice/inbox/1``; no
     other character is special) select access entries only, from the query index.
 
-    Only entries the caller may read are listed. One request looks at no more than
-    ``MAX_SCAN`` leaves; ``next_cursor`` continues where it stopped.
+    Only entries the caller may read are listed. The query index skips every leaf that
+    does not match; one request reads no more than ``MAX_SCAN`` matching leaves (the
+    caller may not be allowed to see them all), and ``next_cursor``, when there may be
+    more, continues where it stopped.
     """
     if who.role == "anonymous":
         raise ApiError(
@@ -122,16 +124,15 @@ def query(
         resource=resource,
     )
     state = svc.log.state()
-    out, next_cursor = [], None
-    end = min(svc.log.size, cursor + MAX_SCAN)
-    for index, leaf in entries(svc.log, f, start=cursor, end=end):
-        row = leaf_json(svc, who, index, leaf, state)
-        if "entry" not in row:
-            continue
-        if len(out) == limit:
+    out, next_cursor, read = [], None, 0
+    # The index skips what does not match, however far apart the matches are; what is
+    # bounded is the matching leaves read, including those the caller may not see.
+    for index, leaf in entries(svc.log, f, start=cursor, end=state.size):
+        if len(out) == limit or read == MAX_SCAN:
             next_cursor = index
             break
-        out.append(row)
-    else:
-        next_cursor = end if end < svc.log.size else None
+        read += 1
+        row = leaf_json(svc, who, index, leaf, state)
+        if "entry" in row:
+            out.append(row)
     return {"entries": out, "next_cursor": next_cursor}

@@ -231,7 +231,7 @@ async function search(more) {
   $("results-bar").hidden = false;
   $("more").hidden = nextCursor === null;
   $("count").textContent = `${shown.length} entr${shown.length === 1 ? "y" : "ies"}${nextCursor === null ? "" : ", more to load"}`;
-  say(shown.length ? "" : "Nothing matches (or nothing you may read).");
+  say(shown.length ? "" : nextCursor === null ? "Nothing matches (or nothing you may read)." : "Nothing you may read yet: More goes on searching.");
   showView();
 }
 

@@ -696,3 +696,24 @@ def test_a_page_skips_any_number_of_leaves_that_do_not_match(
     monkeypatch.setattr(route, "MAX_SCAN", 5000)
     r = _get(srv, decision="deny", limit=500)
     assert _indexes(r) == every and r.json()["next_cursor"] is None
+
+
+def test_a_resource_prefix_walks_a_bounded_window_a_request(
+    srv: Server, api_story: dict[str, int], monkeypatch
+):
+    """A prefix is compared on each access row, so a rare one would walk the whole rest of
+    the log in one request; instead a request walks at most ``PREFIX_WINDOW`` leaves and
+    says where to go on, and following the cursor finds every match."""
+    import lineage.api.routers.entries as route
+
+    every = _brute(srv.log, Filter(resource="mailbox:alice/*"))
+    assert every and every[0] > 2
+    monkeypatch.setattr(route, "PREFIX_WINDOW", 2)
+    first = _get(srv, resource="mailbox:alice/*", limit=500).json()
+    assert first["entries"] == [] and first["next_cursor"] == 2  # walked 2 leaves, then stopped
+    seen, cursor, requests = [], 0, 0
+    while cursor is not None:
+        page = _get(srv, resource="mailbox:alice/*", cursor=cursor, limit=500).json()
+        seen += [e["index"] for e in page["entries"]]
+        cursor, requests = page["next_cursor"], requests + 1
+    assert seen == every and requests >= srv.log.size // 2

@@ -26,6 +26,9 @@ __all__ = ["router"]
 router = APIRouter(prefix="/v1/entries", tags=["entries"])
 MAX_PAGE = 500
 MAX_SCAN = 5000  # matching leaves read per request, readable by the caller or not
+# A resource prefix is matched on each access row in turn (substr), not read from an
+# index range: one request walks at most this many leaves of the log for it.
+PREFIX_WINDOW = 100_000
 Page = Count(MAX_PAGE)
 Decision = Annotated[
     Literal["allow", "deny"] | None,
@@ -102,7 +105,8 @@ def query(
     Only entries the caller may read are listed. The query index skips every leaf that
     does not match; one request reads no more than ``MAX_SCAN`` matching leaves (the
     caller may not be allowed to see them all), and ``next_cursor``, when there may be
-    more, continues where it stopped.
+    more, continues where it stopped. A resource prefix is matched row by row, so a
+    request walks at most ``PREFIX_WINDOW`` leaves for it.
     """
     if who.role == "anonymous":
         raise ApiError(
@@ -124,15 +128,19 @@ def query(
         resource=resource,
     )
     state = svc.log.state()
-    out, next_cursor, read = [], None, 0
+    out, next_cursor = [], None
     # The index skips what does not match, however far apart the matches are; what is
     # bounded is the matching leaves read, including those the caller may not see.
-    for index, leaf in entries(svc.log, f, start=cursor, end=state.size):
+    end = state.size
+    if resource is not None and resource.endswith("*"):
+        end = min(end, cursor + PREFIX_WINDOW)
+    for read, (index, leaf) in enumerate(entries(svc.log, f, start=cursor, end=end)):
         if len(out) == limit or read == MAX_SCAN:
             next_cursor = index
             break
-        read += 1
         row = leaf_json(svc, who, index, leaf, state)
         if "entry" in row:
             out.append(row)
+    else:
+        next_cursor = end if end < state.size else None
     return {"entries": out, "next_cursor": next_cursor}

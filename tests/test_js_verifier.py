@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -114,3 +115,21 @@ def test_js_verifier_agrees_with_python_verifier(js_results: dict[str, dict]) ->
     assert not disagreeing, "JS and Python verifiers disagree:\n" + json.dumps(
         disagreeing, indent=2
     )
+
+
+def test_the_example_in_explorer_md_runs_as_it_says():
+    """docs/EXPLORER.md §6's example, run from the repository's root as the text says."""
+    text = (ROOT / "docs" / "EXPLORER.md").read_text()
+    code = re.search(r"```js\n(.*?)```", text, re.S).group(1)
+    said = re.search(r"it\s+prints `(verified: tree size \d+)`", text).group(1)
+    proc = subprocess.run(
+        [_node(), "--input-type=module", "-e", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    first, each = proc.stdout.splitlines()
+    assert first == said
+    assert each.split() == ["ok"] * int(said.rsplit(" ", 1)[1])

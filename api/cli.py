@@ -83,6 +83,7 @@ def serve(
     log.info("keys in %s/ (owner-only); verifier key: %s", keys_dir(keys), ledger.log_key.vkey)
     host, port = host or settings.host, port or settings.port
     log.info("auditors fetch the verifier key at http://%s:%d/v1/log/key", host, port)
+    log.info("the explorer (auditor or operator token): http://%s:%d/ui", host, port)
     if gateway_cfg is not None and gateway_cfg.mount:
         names = ", ".join(gateway_cfg.upstreams) or "no upstreams"
         log.info("gateway at http://%s:%d%s (%s)", host, port, gateway_cfg.mount, names)

@@ -46,7 +46,7 @@ from lineage.verifier.invocation import sign_invocation
 
 from .api_server import MAIL, free_port, running
 from .gateway_harness import MAIL_SECRET, Upstream, gateway, serve_app
-from .test_gateway_mcp import MCP_SECRET, Guard, mail_server
+from .test_gateway_mcp import MCP_SECRET, Guard
 
 PAY = "https://pay.example.com:443"
 LEAK = "https://leak.example.com:443"
@@ -385,9 +385,7 @@ def st(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         mp.setenv("LINEAGE_TEST_MAIL_KEY", MAIL_SECRET)
         mp.setenv("LINEAGE_TEST_MCP_KEY", MCP_SECRET)
         mp.setenv("LINEAGE_TEST_SPECIAL_KEY", SPECIAL_SECRET)
-        calls: list[str] = []
-        guard = Guard(mail_server(calls))
-        guard.calls = calls
+        guard = Guard.serving()
         leaky = Leaky()
         raw = RawUpstream()
         try:

@@ -9,7 +9,7 @@ sub-agent with a narrower credential sees and may call fewer.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,13 @@ class Guard:
     app: Any
     headers: list[dict[str, str]] = field(default_factory=list)
     calls: list[str] = field(default_factory=list)
+
+    @classmethod
+    def serving(cls, server: Callable[[list[str]], Any] | None = None) -> Guard:
+        """``server(calls)`` (default ``mail_server``) behind the guard; what reaches the
+        MCP server is recorded in ``guard.calls``."""
+        calls: list[str] = []
+        return cls((server or mail_server)(calls), calls=calls)
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http":
@@ -125,9 +132,7 @@ class World:
 @pytest.fixture
 def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
     monkeypatch.setenv("LINEAGE_TEST_MCP_KEY", MCP_SECRET)
-    calls: list[str] = []
-    guard = Guard(mail_server(calls))
-    guard.calls = calls
+    guard = Guard.serving()
     with running(tmp_path) as srv, serve_app(guard, lifespan="on") as upstream:
         cfg = mcp_config(srv, upstream)
         client = LineageClient(srv.base, log_key=srv.log.log_key.vkey)

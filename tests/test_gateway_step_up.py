@@ -28,7 +28,7 @@ from lineage.verifier.keys import SigningKey
 
 from .api_server import MAIL, ORIGIN, running
 from .gateway_harness import MAIL_SECRET, Upstream, serve_app
-from .test_gateway_mcp import MCP_SECRET, Guard, mail_server
+from .test_gateway_mcp import MCP_SECRET, Guard
 from .test_mcp_stock_client import ACCEPT, LOCATION, gateway_table
 
 POLICY = {
@@ -86,15 +86,14 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
     boss for alice's approval."""
     monkeypatch.setenv("LINEAGE_TEST_MCP_KEY", MCP_SECRET)
     monkeypatch.setenv("LINEAGE_TEST_MAIL_KEY", MAIL_SECRET)
-    calls: list[str] = []
-    guard = Guard(mail_server(calls))
+    guard = Guard.serving()
     with serve_app(guard, lifespan="on") as mcp_base, Upstream.serving() as (api, api_base):
         table = gateway_table(mcp_base + "/mcp", api_base, mount="/gateway")
         table["upstreams"]["api"]["actions"] = {"GET": "read", "DELETE": "delete"}
         with running(tmp_path, gateway=parse_gateway(table)) as srv:
             policy = {"kind": "policy", "v": 1, "log": ORIGIN, "version": 1, "document": POLICY}
             srv.log.append(sign_entry(policy, [srv.log.keys.operator]))
-            yield World(srv, api, guard, calls)
+            yield World(srv, api, guard, guard.calls)
 
 
 def _grant(w: World) -> tuple[Agent, str]:

@@ -30,7 +30,7 @@ import time
 import traceback
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +39,10 @@ import pytest
 from agents import Agent as SdkAgent
 from agents import RunConfig, Runner, set_tracing_disabled
 from agents.testing import ScriptedModel, assistant_message, function_call
-from langchain_core.callbacks import BaseCallbackHandler
-from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.load import dumps
 from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 
-from lineage.client import Agent, LineageClient
+from lineage.client import Agent
 from lineage.client.gateway import gateway_session
 from lineage.client.langchain import lineage_handoff, lineage_tool, run_agent
 from lineage.client.mcp_tools import call_tool, delegate_tools, mcp_session, mcp_tools, text_of
@@ -56,11 +54,14 @@ from lineage.ledger.export import credential_bundle
 from lineage.verifier.bundle import verify_bundle
 from lineage.verifier.entry import sign_entry
 
-from .api_server import MAIL, ORIGIN, running
-from .gateway_harness import MAIL_SECRET, Upstream, gateway, serve_app
+from .api_server import MAIL, ORIGIN
+from .gateway_harness import MAIL_SECRET, Upstream, serve_app
 from .test_gateway import SCOPE, World, stack
-from .test_gateway_mcp import MCP_SECRET, Guard, mail_server, mcp_config
-from .test_gateway_mcp import SCOPE as MCP_SCOPE
+from .test_gateway_mcp import MCP_SECRET
+from .test_integration_langchain import call, scripted
+from .test_integration_mcp import World as MCPWorld
+from .test_integration_mcp import mcp_world as mcp_world_of
+from .test_integration_openai_agents import send_email
 
 EVE, BOB = "eve@evil.example", "bob@corp.example"
 PLAIN_MAIL = "https://mail.example.com"  # how the docs' tools spell the API
@@ -223,25 +224,6 @@ def delete_message(http: httpx.Client, message_id: str) -> str:
 
 
 # --- LangChain's fake model -----------------------------------------------------------------
-
-
-class Seen(BaseCallbackHandler):
-    """What a chat model was given at each turn."""
-
-    def __init__(self) -> None:
-        self.turns: list[list[BaseMessage]] = []
-
-    def on_chat_model_start(self, serialized: Any, messages: Any, **kw: Any) -> None:
-        self.turns.append(list(messages[0]))
-
-
-def scripted(*replies: AIMessage) -> tuple[GenericFakeChatModel, Seen]:
-    seen = Seen()
-    return GenericFakeChatModel(messages=iter(replies), callbacks=[seen]), seen
-
-
-def call(name: str, id: str, **args: Any) -> AIMessage:
-    return AIMessage("", tool_calls=[{"name": name, "args": args, "id": id}])
 
 
 def calls(*tool_calls: tuple[str, str, dict[str, Any]]) -> AIMessage:
@@ -1098,18 +1080,6 @@ def test_an_sdk_hand_off_the_ledger_refuses_never_lets_the_sub_agent_act_as_the_
     assert result.final_output in ("done without the reader", "sent")
 
 
-def send_email(http: httpx.Client, to: str, subject: str) -> str:
-    """Send an email.
-
-    Args:
-        to: the recipient's address
-        subject: the subject line
-    """
-    r = http.post(f"{MAIL}/v1/send", json={"to": to, "subject": subject})
-    r.raise_for_status()
-    return "sent"
-
-
 def test_handing_back_to_the_parent_never_regains_the_wider_credential(world):
     triage_model = ScriptedModel(
         [
@@ -1520,33 +1490,10 @@ def test_the_ledger_verifies_and_holds_every_decided_call_under_the_credential_t
 # === 9. MCP =====================================================================================
 
 
-class McpWorld:
-    def __init__(self, srv: Any, guard: Guard, kit: Toolkit) -> None:
-        self.srv, self.guard, self.kit = srv, guard, kit
-
-
-@contextmanager
-def _mcp_world(tmp_path: Path, server: Any) -> Iterator[McpWorld]:
-    found: list[str] = []
-    guard = Guard(server(found))
-    guard.calls = found
-    with running(tmp_path) as srv, serve_app(guard, lifespan="on") as upstream:
-        cfg = mcp_config(srv, upstream)
-        agent = Agent.ephemeral()
-        with LineageClient(srv.base, log_key=srv.log.log_key.vkey) as client:
-            handle = client.grant(srv.alice, "alice@corp", agent, task="mail", scope=MCP_SCOPE)
-        with gateway(srv, cfg) as (_gw, base):
-            kit = Toolkit.start(srv.base, base, agent, handle, log_key=srv.log.log_key.vkey)
-            try:
-                yield McpWorld(srv, guard, kit)
-            finally:
-                kit.close()
-
-
 @pytest.fixture
-def mcp_world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[McpWorld]:
+def mcp_world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[MCPWorld]:
     monkeypatch.setenv("LINEAGE_TEST_MCP_KEY", MCP_SECRET)
-    with _mcp_world(tmp_path, mail_server) as w:
+    with mcp_world_of(tmp_path) as w:
         yield w
 
 
@@ -1554,7 +1501,7 @@ def mcp_world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[McpWo
 def mcp_world_factory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     monkeypatch.setenv("LINEAGE_TEST_MCP_KEY", MCP_SECRET)
     with ExitStack() as stack_:
-        yield lambda server: stack_.enter_context(_mcp_world(tmp_path, server))
+        yield lambda server: stack_.enter_context(mcp_world_of(tmp_path, server))
 
 
 MCP_NAMES = [
@@ -1581,7 +1528,7 @@ MCP_SENDS = [
 ]
 
 
-def _mcp_attempts(w: McpWorld) -> dict[str, Any]:
+def _mcp_attempts(w: MCPWorld) -> dict[str, Any]:
     """Each call in a session of its own: (is_error, text), or what ended the session."""
 
     async def one(name: str, arguments: dict[str, Any]) -> Any:

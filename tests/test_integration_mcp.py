@@ -16,6 +16,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from lineage.verifier.bundle import verify_bundle
 
 from .api_server import running
 from .gateway_harness import gateway, serve_app
-from .test_gateway_mcp import MCP_SECRET, SCOPE, Guard, mail_server, mcp_config
+from .test_gateway_mcp import MCP_SECRET, SCOPE, Guard, mcp_config
 
 
 @dataclass
@@ -40,12 +41,11 @@ class World:
     kit: Toolkit
 
 
-@pytest.fixture
-def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
-    monkeypatch.setenv("LINEAGE_TEST_MCP_KEY", MCP_SECRET)
-    calls: list[str] = []
-    guard = Guard(mail_server(calls))
-    guard.calls = calls
+@contextmanager
+def mcp_world(tmp_path: Path, server: Any = None) -> Iterator[World]:
+    """alice's grant to an agent, whose toolkit reaches ``server`` (default the mail
+    server) through the gateway's MCP front. The caller sets LINEAGE_TEST_MCP_KEY."""
+    guard = Guard.serving(server)
     with running(tmp_path) as srv, serve_app(guard, lifespan="on") as upstream:
         cfg = mcp_config(srv, upstream)
         agent = Agent.ephemeral()
@@ -53,8 +53,17 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
             handle = client.grant(srv.alice, "alice@corp", agent, task="mail", scope=SCOPE)
         with gateway(srv, cfg) as (_gw, base):
             kit = Toolkit.start(srv.base, base, agent, handle, log_key=srv.log.log_key.vkey)
-            yield World(srv, guard, kit)
-            kit.client.close()
+            try:
+                yield World(srv, guard, kit)
+            finally:
+                kit.close()
+
+
+@pytest.fixture
+def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
+    monkeypatch.setenv("LINEAGE_TEST_MCP_KEY", MCP_SECRET)
+    with mcp_world(tmp_path) as w:
+        yield w
 
 
 @dataclass

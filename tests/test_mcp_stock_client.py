@@ -60,7 +60,7 @@ from lineage.verifier.keys import ENTRY_CONTEXT, SigningKey, b64u_decode
 from .api_server import MAIL, b64u, free_port, in_thread, running
 from .gateway_harness import MAIL_SECRET, Upstream, serve_app
 from .test_browser_enrol import browser, enrol, invite  # noqa: F401  (the chromium fixture)
-from .test_gateway_mcp import MCP_SECRET, Guard, mail_server
+from .test_gateway_mcp import MCP_SECRET, Guard
 
 LOCATION = "https://mcp.example.com:443"
 ACCEPT = "application/json, text/event-stream"
@@ -142,9 +142,7 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
     own, which accepts only its secret) and an HTTP API."""
     monkeypatch.setenv("LINEAGE_TEST_MCP_KEY", MCP_SECRET)
     monkeypatch.setenv("LINEAGE_TEST_MAIL_KEY", MAIL_SECRET)
-    calls: list[str] = []
-    guard = Guard(mail_server(calls))
-    guard.calls = calls
+    guard = Guard.serving()
     callback = Callback()
     with (
         serve_app(guard, lifespan="on") as mcp_base,
@@ -602,9 +600,7 @@ def test_a_gateway_on_its_own_takes_the_bearer_token_too(tmp_path, monkeypatch):
     the ``[gateway]`` table's ``public_url``; the gateway decides through ``/v1/access``."""
     monkeypatch.setenv("LINEAGE_TEST_MCP_KEY", MCP_SECRET)
     monkeypatch.setenv("LINEAGE_TEST_MAIL_KEY", MAIL_SECRET)
-    calls: list[str] = []
-    guard = Guard(mail_server(calls))
-    guard.calls = calls
+    guard = Guard.serving()
     port = free_port()
     gw_base = f"http://127.0.0.1:{port}"
     with (
@@ -628,4 +624,4 @@ def test_a_gateway_on_its_own_takes_the_bearer_token_too(tmp_path, monkeypatch):
                 credential, _ = read_bearer(token)
                 r = call(w.mcp, bearer_token(credential, SigningKey.generate().seed))
                 assert r.status_code == 401
-    assert calls == ["read_inbox:sent"]
+    assert guard.calls == ["read_inbox:sent"]

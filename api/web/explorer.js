@@ -16,7 +16,6 @@ let nextCursor = null;
 let lastQuery = null;
 let bundle = null; // the lineage on screen
 let bundleResults = null;
-let bundleIds = []; // [{id, leafHash}] of bundle.entries, computed here
 let bundleText = ""; // the bundle exactly as served: what the download holds
 
 // ------------------------------------------------------------------ small helpers
@@ -321,18 +320,12 @@ async function openLineage(credential) {
   } catch {
     doc = { entries: [] };
   }
-  // A bundle refused as a whole (its form, its log key, its checkpoint) is not drawn at all.
+  // A bundle refused as a whole (its form, its log key, its checkpoint) is not drawn at all;
+  // otherwise result.entries[i] is the verdict on, and the id and leaf hash of, entries[i].
   if (!doc || !Array.isArray(doc.entries) || result.entries.length === 0) doc = { entries: [] };
   bundle = doc;
   bundleText = text;
-  // What each entry is, computed here (not taken from the server): its id and leaf hash.
-  const enc = new TextEncoder();
-  bundleIds = await Promise.all(
-    (Array.isArray(doc.entries) ? doc.entries : []).map(async (it) => ({
-      id: hexOf(await cx.sha256(enc.encode(jcs(it.leaf.entry)))),
-      leafHash: hexOf(await leafHash(cx, enc.encode(jcs(it.leaf)))),
-    })),
-  );
+
   bundleResults = result;
   $("lineage").hidden = false;
   $("lineage-h").textContent = `Lineage of ${short(credential, 16)}`;
@@ -398,8 +391,10 @@ function listEntries(doc, result) {
 function drawTree(doc, result) {
   const byId = new Map();
   const leafOf = new Map(); // id -> {index, leaf, position}; the first of an id listed twice
+  // ids as the verifier computed them from each entry listed, not as the server named them
   doc.entries.forEach((it, position) => {
-    if (!leafOf.has(bundleIds[position].id)) leafOf.set(bundleIds[position].id, { ...it, position });
+    const { id } = result.entries[position];
+    if (!leafOf.has(id)) leafOf.set(id, { ...it, position });
   });
   const creds = [], accesses = [], results = [], revocations = [];
   for (const [id, it] of leafOf) {
@@ -549,7 +544,8 @@ function jsonlOf(rows) {
   return rows.map((r) => JSON.stringify({ index: r.index, id: r.id, time: r.time, kind: r.entry.kind, leaf_hash: r.leaf_hash, entry: r.entry })).join("\n") + (rows.length ? "\n" : "");
 }
 function bundleRows() {
-  return bundle.entries.map((it, i) => ({ index: it.index, id: bundleIds[i].id, time: it.leaf.time, entry: it.leaf.entry, leaf_hash: bundleIds[i].leafHash }));
+  const computed = bundleResults.entries; // by position; id and leaf hash computed here
+  return bundle.entries.map((it, i) => ({ index: it.index, id: computed[i].id, time: it.leaf.time, entry: it.leaf.entry, leaf_hash: computed[i].leafHash }));
 }
 function bundleVerdict(position) {
   const v = verdictOf(bundleResults, position);

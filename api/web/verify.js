@@ -1446,9 +1446,9 @@ async function parseBundle(cx, bundleJson) {
       needInt(it.index, `${f}.index`, 0);
       const proof = needHashes(it.inclusion, `${f}.inclusion`);
       checkLeaf(it.leaf, `${f}.leaf`);
-      const leafBytes = jcsBytes(it.leaf);
+      const leafHashed = await leafHash(cx, jcsBytes(it.leaf));
       const entryBytes = jcsBytes(it.leaf.entry);
-      items.push({ index: it.index, leaf: it.leaf, proof, leafBytes, id: hex(await cx.sha256(entryBytes)) });
+      items.push({ index: it.index, leaf: it.leaf, proof, leafHash: leafHashed, id: hex(await cx.sha256(entryBytes)) });
     } catch (x) {
       if (x instanceof VerifyError && x.entry == null) x.entry = isObj(it) && isInt(it.index) ? it.index : i;
       throw x;
@@ -1486,7 +1486,7 @@ export async function verifyBundle(bundleJson, logVkey, options = {}) {
       at = it.index;
       const idx = BigInt(it.index);
       if (idx >= cp.size) fail("proof", `entry ${it.index}: index beyond the checkpoint's size ${cp.size}`);
-      const r = await rootFromInclusion(cx, idx, cp.size, await leafHash(cx, it.leafBytes), it.proof);
+      const r = await rootFromInclusion(cx, idx, cp.size, it.leafHash, it.proof);
       if (!r || !bytesEq(r, cp.root)) fail("proof", `entry ${it.index}: inclusion proof does not yield the checkpoint's root`);
     }
     // 4
@@ -1530,7 +1530,8 @@ export async function verifyBundle(bundleJson, logVkey, options = {}) {
  * reported with its check and left out of the replay, so what depends on it fails in turn
  * (a delegation from it: "link"). If the document, the log key or the checkpoint fails,
  * no entry is verified: {ok: false, check, detail, entries: []}.
- * Returns {ok, origin, size, root, checkpoint, entries: [{index, id, kind, ok, check, detail}]},
+ * Returns {ok, origin, size, root, checkpoint, entries: [{index, id, leafHash, kind, ok, check, detail}]}
+ * (id and leafHash in hex, computed from the entry as listed),
  * entries[i] the verdict on the bundle's entries[i]: match them by position, never by index
  * (a lying bundle may list two entries under one index).
  */
@@ -1555,12 +1556,12 @@ export async function verifyEach(bundleJson, logVkey, options = {}) {
       if (i > 0 && !(it.index > items[i - 1].index)) fail("order", `index ${it.index} does not increase`);
       const idx = BigInt(it.index);
       if (idx >= cp.size) fail("proof", `index beyond the checkpoint's size ${cp.size}`);
-      const root = await rootFromInclusion(cx, idx, cp.size, await leafHash(cx, it.leafBytes), it.proof);
+      const root = await rootFromInclusion(cx, idx, cp.size, it.leafHash, it.proof);
       if (!root || !bytesEq(root, cp.root)) fail("proof", "the inclusion proof does not yield the checkpoint's root");
       await replay.apply(it.index, it.leaf, it.id);
       return { ok: true };
     });
-    entries.push({ index: it.index, id: it.id, kind: it.leaf.entry.kind, ok: r.ok, check: r.check ?? null, detail: r.detail ?? null });
+    entries.push({ index: it.index, id: it.id, leafHash: hex(it.leafHash), kind: it.leaf.entry.kind, ok: r.ok, check: r.check ?? null, detail: r.detail ?? null });
   }
   return {
     ok: entries.every((e) => e.ok),

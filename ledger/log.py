@@ -678,15 +678,11 @@ class Log:
             self._backfill_access_refs()
 
     def _backfill_refs(self, state: ChainView) -> None:
-        """Index leaves appended before the refs table existed (inside the write lock).
-
-        Their accesses' ``access_refs`` rows too, but only where there is none: refs rows
-        deleted to be rebuilt leave the access rows in place."""
+        """Index leaves appended before the refs table existed (inside the write lock),
+        their accesses' ``access_refs`` rows with them, as an append writes them."""
         have, size = self.store.refs_size(), state.size
         if have < size:
-            missing = [ref_of(state, i, leaf) for i, leaf in self.leaves(have, size)]
-            self.store.add_refs([dataclasses.replace(r, decision=None) for r in missing])
-            self.store.add_access_refs(missing)
+            self.store.add_refs([ref_of(state, i, leaf) for i, leaf in self.leaves(have, size)])
 
     def _backfill_access_refs(self, batches: int | None = None) -> bool:
         """Write the ``access_refs`` row of every access ``refs`` indexed before that table
